@@ -1,0 +1,54 @@
+//! metadata-store: runs, per-epoch metrics, model artifacts, and each run's lineage to its
+//! dataset version and code version.
+//!
+//! - [`config`]: the service's own configuration section.
+//! - [`model`]: the domain types and the validation of what clients send.
+//! - [`store`]: SQL persistence (SQLite or Postgres); every observable write is one transaction.
+//! - [`events`]: in-process notifications that wake `WatchRun` streams.
+//! - [`service`]: the operations, tying the store, the object store and the events together.
+//! - [`grpc`]: the tonic layer, the only place that sees request and response types.
+//! - [`error`]: the service's error enum and its gRPC codes.
+
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod grpc;
+pub mod model;
+pub mod service;
+pub mod store;
+
+use automl_common::db::{Database, DbError, MigrationSource};
+use automl_common::s3::ObjectStore;
+use automl_common::server::ServiceRoutes;
+use tokio_util::sync::CancellationToken;
+
+pub use config::MetadataStoreConfig;
+
+/// Short name: database file, migrations table, logs.
+pub const SERVICE: &str = "metadata_store";
+
+/// The service's migrations, per backend.
+pub const MIGRATIONS: &[MigrationSource] = &[MigrationSource {
+    version: 1,
+    description: "runs, epochs, artifacts",
+    sqlite: include_str!("../migrations/sqlite/0001_init.sql"),
+    postgres: include_str!("../migrations/postgres/0001_init.sql"),
+}];
+
+/// Opens the database, and returns the routes to serve plus the database handle (closed by the
+/// caller after the server stops).
+pub async fn start(
+    common: &automl_common::config::CommonConfig,
+    config: &MetadataStoreConfig,
+    objects: ObjectStore,
+    shutdown: CancellationToken,
+) -> Result<(ServiceRoutes, Database), DbError> {
+    let db = Database::open(&common.database, &common.data_dir, SERVICE, MIGRATIONS).await?;
+    let service = service::MetadataStore::new(
+        store::RunStore::new(db.clone()),
+        objects,
+        config.watch_poll_interval(),
+    );
+    let routes = grpc::routes(service, shutdown);
+    Ok((routes, db))
+}
