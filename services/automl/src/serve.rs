@@ -1,0 +1,190 @@
+//! `automl serve <service|all>` and `automl migrate`: start the object store connection (or the
+//! embedded endpoint), then each selected service on its own port, until SIGINT/SIGTERM.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use automl_common::config::CommonConfig;
+use automl_common::db::{Database, MigrationSource};
+use automl_common::embedded_s3::EmbeddedS3;
+use automl_common::s3::{ObjectStore, S3Error};
+use automl_common::server::{ServiceRoutes, serve, shutdown_on_signals};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::AutomlConfig;
+
+/// What `automl serve` and `automl migrate` accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServiceArg {
+    /// Runs, epochs, artifacts (port 6002).
+    MetadataStore,
+    /// Every service in one process, each on its own port.
+    All,
+}
+
+/// One concrete service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// metadata-store.
+    MetadataStore,
+}
+
+impl ServiceArg {
+    /// The concrete services this argument stands for.
+    pub fn expand(self) -> Vec<Service> {
+        match self {
+            ServiceArg::MetadataStore | ServiceArg::All => vec![Service::MetadataStore],
+        }
+    }
+}
+
+impl Service {
+    /// The name as users type it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Service::MetadataStore => "metadata-store",
+        }
+    }
+
+    /// The config section holding its host and port.
+    pub fn section(self) -> &'static str {
+        match self {
+            Service::MetadataStore => "metadata_store",
+        }
+    }
+}
+
+/// Runs the selected services until a shutdown signal.
+pub async fn run(config: AutomlConfig, service: ServiceArg) -> anyhow::Result<()> {
+    let common = config.common();
+    std::fs::create_dir_all(&common.data_dir)
+        .with_context(|| format!("creating data directory {}", common.data_dir.display()))?;
+    let shutdown = shutdown_on_signals();
+    let (objects, _embedded) = connect_object_store(&common).await?;
+
+    let mut servers = Vec::new();
+    let mut databases: Vec<Database> = Vec::new();
+    for name in service.expand() {
+        let (bind, routes, db) = match name {
+            Service::MetadataStore => {
+                let section = &config.metadata_store;
+                let (routes, db) = automl_metadata_store::start(
+                    &common,
+                    section,
+                    objects.clone(),
+                    shutdown.clone(),
+                )
+                .await
+                .context("starting metadata-store")?;
+                (section.server().bind_address(), routes, db)
+            }
+        };
+        databases.push(db);
+        servers.push(spawn_server(name, &bind, routes, shutdown.clone()).await?);
+    }
+    let mut failed = None;
+    for server in servers {
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => failed = Some(err),
+            Err(join) => failed = Some(anyhow::anyhow!("server task failed: {join}")),
+        }
+        // One server stopping (or failing) stops the others.
+        shutdown.cancel();
+    }
+    for db in databases {
+        db.close().await;
+    }
+    tracing::info!("stopped");
+    failed.map_or(Ok(()), Err)
+}
+
+async fn spawn_server(
+    name: Service,
+    bind: &str,
+    routes: ServiceRoutes,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
+    let listener = TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("binding {} to {bind}", name.as_str()))?;
+    let addr = listener.local_addr()?;
+    // A line on stdout that scripts and tests can wait for.
+    println!("automl: {} listening on {addr}", name.as_str());
+    Ok(tokio::spawn(async move {
+        serve(listener, routes, shutdown)
+            .await
+            .with_context(|| format!("{} server", name.as_str()))
+    }))
+}
+
+/// Connects to the configured endpoint, or starts the embedded one when none is configured,
+/// and makes sure both buckets exist. The returned endpoint handle keeps it running.
+pub async fn connect_object_store(
+    common: &CommonConfig,
+) -> anyhow::Result<(ObjectStore, Option<EmbeddedS3>)> {
+    let (endpoint, embedded) = if common.s3.endpoint.is_empty() {
+        let listener = TcpListener::bind(&common.s3.embedded_bind)
+            .await
+            .with_context(|| {
+                format!(
+                    "binding the embedded s3 endpoint to {}",
+                    common.s3.embedded_bind
+                )
+            })?;
+        let embedded = EmbeddedS3::start(
+            &common.data_dir.join("objects"),
+            listener,
+            &common.s3.access_key,
+            &common.s3.secret_key,
+        )
+        .await?;
+        println!("automl: embedded s3 listening on {}", embedded.addr);
+        (embedded.endpoint(), Some(embedded))
+    } else {
+        (common.s3.endpoint.clone(), None)
+    };
+    let objects = ObjectStore::new(&common.s3, &endpoint);
+    ensure_buckets_with_retry(&objects).await?;
+    Ok((objects, embedded))
+}
+
+/// MinIO may still be starting (compose, Kubernetes): retry while it is unreachable.
+async fn ensure_buckets_with_retry(objects: &ObjectStore) -> anyhow::Result<()> {
+    let mut delay = Duration::from_millis(200);
+    let mut attempts = 0;
+    loop {
+        match objects.ensure_buckets().await {
+            Ok(()) => return Ok(()),
+            Err(S3Error::Unavailable(reason)) if attempts < 30 => {
+                attempts += 1;
+                tracing::warn!(endpoint = %objects.endpoint, %reason, "object store not reachable yet, retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(err) => {
+                return Err(err).with_context(|| format!("object store at {}", objects.endpoint));
+            }
+        }
+    }
+}
+
+/// `automl migrate`: applies every selected service's migrations and exits.
+pub async fn migrate(config: AutomlConfig, service: ServiceArg) -> anyhow::Result<()> {
+    let common = config.common();
+    for name in service.expand() {
+        let (short, migrations): (&'static str, &[MigrationSource]) = match name {
+            Service::MetadataStore => (
+                automl_metadata_store::SERVICE,
+                automl_metadata_store::MIGRATIONS,
+            ),
+        };
+        let db = Database::open(&common.database, &common.data_dir, short, migrations)
+            .await
+            .with_context(|| format!("migrating {}", name.as_str()))?;
+        db.close().await;
+        println!("automl: {} schema is up to date", name.as_str());
+    }
+    Ok(())
+}
