@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Benchmarks (not part of the tests). Usage: scripts/bench.sh metadata
+#
+#   metadata   LogEpoch throughput and p50/p99 latency with 1, 16 and 64 concurrent callers on
+#              one channel, plus the wall time of 1,000 sequential LogEpoch calls, against a
+#              release-built metadata-store on SQLite and on Postgres (127.0.0.1:5432).
+#
+# Environment: BENCH_SECONDS (per level, default 5), AUTOML_BENCH_POSTGRES_URL (admin URL,
+# default postgres://postgres@127.0.0.1:5432/postgres; set it to "skip" to bench SQLite only).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib/tools.sh
+
+what=${1:-}
+case "$what" in
+  metadata) ;;
+  *) echo "usage: scripts/bench.sh metadata" >&2; exit 2 ;;
+esac
+
+seconds=${BENCH_SECONDS:-5}
+pg_admin=${AUTOML_BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+
+log "building release binaries"
+cargo build --release --locked -p automl --bin automl
+cargo bench --locked -p automl --bench metadata --no-run
+bench_bin=$(ls -t target/release/deps/metadata-* | grep -v '\.d$' | head -n 1)
+
+work=$(mktemp -d)
+server_pid=
+cleanup() {
+  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Starts metadata-store with the given database URL; sets $addr.
+start_server() {
+  local url=$1 dir=$2
+  : >"$work/out"
+  AUTOML__DATA_DIR="$dir" AUTOML__DATABASE__URL="$url" AUTOML__METADATA_STORE__HOST=127.0.0.1 \
+    AUTOML__METADATA_STORE__PORT=0 AUTOML__S3__EMBEDDED_BIND=127.0.0.1:0 RUST_LOG=warn \
+    target/release/automl serve metadata-store >"$work/out" 2>"$work/err" &
+  server_pid=$!
+  for _ in $(seq 1 100); do
+    addr=$(sed -n 's/^automl: metadata-store listening on //p' "$work/out")
+    [ -n "$addr" ] && return 0
+    sleep 0.1
+  done
+  cat "$work/err" >&2
+  return 1
+}
+
+stop_server() {
+  kill "$server_pid" && wait "$server_pid" || true
+  server_pid=
+}
+
+log "metadata-store on SQLite"
+start_server "" "$work/sqlite"
+"$bench_bin" --addr "$addr" --label sqlite --seconds "$seconds"
+stop_server
+
+if [ "$pg_admin" != skip ]; then
+  ensure_postgres
+  db="automl_bench_$$"
+  psql -q "$pg_admin" -c "CREATE DATABASE $db"
+  log "metadata-store on Postgres"
+  start_server "${pg_admin%/*}/$db" "$work/postgres"
+  "$bench_bin" --addr "$addr" --label postgres --seconds "$seconds"
+  stop_server
+  psql -q "$pg_admin" -c "DROP DATABASE $db WITH (FORCE)"
+fi
