@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Benchmarks (not part of the tests). Usage: scripts/bench.sh metadata
+# Benchmarks (not part of the tests). Usage: scripts/bench.sh metadata|train
 #
 #   metadata   LogEpoch throughput and p50/p99 latency with 1, 16 and 64 concurrent callers on
 #              one channel, plus the wall time of 1,000 sequential LogEpoch calls, against a
 #              release-built metadata-store on SQLite and on Postgres (127.0.0.1:5432).
+#   train      the intent classifier: automl-train (candle, CPU) against a PyTorch reference
+#              of the same model and data split; accuracy, wall time, examples/s
+#              (scripts/bench/train.sh says more).
 #
 # Environment: BENCH_SECONDS (per level, default 5), AUTOML_BENCH_POSTGRES_URL (admin URL,
 # default postgres://postgres@127.0.0.1:5432/postgres; set it to "skip" to bench SQLite only).
@@ -14,7 +17,8 @@ source scripts/lib/tools.sh
 what=${1:-}
 case "$what" in
   metadata) ;;
-  *) echo "usage: scripts/bench.sh metadata" >&2; exit 2 ;;
+  train) exec scripts/bench/train.sh ;;
+  *) echo "usage: scripts/bench.sh metadata|train" >&2; exit 2 ;;
 esac
 
 seconds=${BENCH_SECONDS:-5}

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# scripts/bench.sh train: the intent classifier, candle (automl-train, release build, CPU) against
+# a PyTorch reference of the same model, tokenizer, split, initial weights and hyperparameters
+# (scripts/bench/reference.py, CPU, in its own virtualenv .venv/bench).
+#
+# Trains on clinc-intents-part2.csv and evaluates on clinc-intents-part1.csv (both normalized
+# into the snapshot format first), then prints accuracy on all rows and on the in-scope intents
+# (without `oos`), wall time, training examples per second, and the candle/PyTorch ratio.
+#
+# Environment: EPOCHS LR BATCH_SIZE FC_SIZE EMBED_DIM SEED (defaults 15 4 64 128 64 42: the
+# MiniAutoML values), AUTOML_BENCH_DATA (default ../shared/data).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+source scripts/lib/tools.sh
+
+data=${AUTOML_BENCH_DATA:-../shared/data}
+venv=.venv/bench
+export EPOCHS=${EPOCHS:-15} LR=${LR:-4} BATCH_SIZE=${BATCH_SIZE:-64} FC_SIZE=${FC_SIZE:-128}
+export EMBED_DIM=${EMBED_DIM:-64} SEED=${SEED:-42} DEVICE=cpu EXCLUDE_LABEL=oos
+
+for part in 1 2; do
+  [ -f "$data/clinc-intents-part$part.csv" ] || { log "missing $data/clinc-intents-part$part.csv"; exit 1; }
+done
+
+log "building automl-train (release)"
+cargo build --release --locked -p automl-text-classification --bin automl-train
+trainer=target/release/automl-train
+
+if ! "$venv/bin/python" -c 'import torch, numpy' 2>/dev/null; then
+  log "installing PyTorch 2.15.0 (CPU use) into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check torch==2.15.0 numpy
+fi
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+python3 scripts/bench/normalize.py "$data/clinc-intents-part2.csv" "$work/train"
+python3 scripts/bench/normalize.py "$data/clinc-intents-part1.csv" "$work/eval"
+
+now() { date +%s.%N; }
+
+log "candle: automl-train --examples … --out …, then evaluate"
+start=$(now)
+"$trainer" --examples "$work/train/examples.csv" --labels "$work/train/labels.csv" \
+  --out "$work/model" | tee "$work/candle.log" >&2
+"$trainer" evaluate --model "$work/model" --examples "$work/eval/examples.csv" \
+  --labels "$work/eval/labels.csv" --exclude-label oos >"$work/candle-eval.json"
+end=$(now)
+echo "{\"start\": $start, \"end\": $end}" >"$work/candle-wall.json"
+sed -n 's/^summary //p' "$work/candle.log" >"$work/candle.json"
+
+log "pytorch: scripts/bench/reference.py"
+start=$(now)
+"$venv/bin/python" scripts/bench/reference.py "$work/train" "$work/eval" >"$work/torch.json"
+end=$(now)
+echo "{\"start\": $start, \"end\": $end}" >"$work/torch-wall.json"
+
+python3 - "$work" <<'PY'
+import json, os, sys
+work = sys.argv[1]
+load = lambda name: json.load(open(os.path.join(work, name)))
+candle, candle_eval, candle_wall = load("candle.json"), load("candle-eval.json"), load("candle-wall.json")
+torch, torch_wall = load("torch.json"), load("torch-wall.json")
+p = os.environ
+print(f"intent classifier: train clinc-intents-part2 ({candle['train_examples']} train / "
+      f"{candle['validation_examples']} validation / {candle['test_examples']} test), "
+      f"evaluate clinc-intents-part1 ({candle_eval['examples']} rows, "
+      f"{candle_eval['in_scope_examples']} in scope)")
+print(f"EPOCHS={p['EPOCHS']} LR={p['LR']} BATCH_SIZE={p['BATCH_SIZE']} FC_SIZE={p['FC_SIZE']} "
+      f"EMBED_DIM={p['EMBED_DIM']} SEED={p['SEED']}, vocab {candle['vocab']} (pytorch {torch['vocab']}), "
+      f"{torch['framework']} with {torch['threads']} threads")
+rows = [
+    ("test accuracy (split of part2)", candle["test_accuracy"], torch["test_accuracy"], ".4f"),
+    ("accuracy part1, all rows", candle_eval["accuracy"], torch["eval_accuracy"], ".4f"),
+    ("accuracy part1, in scope", candle_eval["in_scope_accuracy"], torch["eval_in_scope_accuracy"], ".4f"),
+    ("training seconds", candle["train_seconds"], torch["train_seconds"], ".2f"),
+    ("wall seconds (processes)", candle_wall["end"] - candle_wall["start"],
+     torch_wall["end"] - torch_wall["start"], ".2f"),
+    ("training examples/s", candle["examples_per_sec"], torch["examples_per_sec"], ".0f"),
+]
+print(f"{'':34} {'candle':>10} {'pytorch':>10}")
+for name, a, b, fmt in rows:
+    print(f"{name:34} {a:>10{fmt}} {b:>10{fmt}}")
+print(f"candle/pytorch examples/s ratio: {candle['examples_per_sec'] / torch['examples_per_sec']:.2f}x")
+PY

@@ -1,0 +1,125 @@
+//! The local mode (train on files, write the artifact to a directory) and `evaluate`.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Context;
+use automl_common::time::now_iso;
+use automl_text_classification::Classifier;
+use automl_text_classification::artifact::{self, Lineage, Manifest};
+use automl_text_classification::data::Dataset;
+use automl_text_classification::finetune::BaseModel;
+use automl_text_classification::params::TrainParams;
+use candle_core::Device;
+
+use crate::{epoch_line, train_blocking};
+
+/// Trains on `examples`/`labels` and writes the artifact into `out`.
+pub fn train(
+    examples: &Path,
+    labels: &Path,
+    out: &Path,
+    base: Option<&Path>,
+    params: &TrainParams,
+    device: &Device,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let data = read_dataset(examples, labels)?;
+    println!(
+        "data {}: {} examples, {} labels",
+        examples.display(),
+        data.examples.len(),
+        data.labels.len()
+    );
+    let (base, base_run_id) = match base {
+        Some(dir) => {
+            let loaded = artifact::load(dir, device)
+                .with_context(|| format!("base model {}", dir.display()))?;
+            let run_id = Some(loaded.manifest.lineage.run_id.clone()).filter(|id| !id.is_empty());
+            (Some(BaseModel::from(loaded)), run_id)
+        }
+        None => (None, None),
+    };
+    let trained = train_blocking(&data, params, device, base, &mut |report| {
+        println!("{}", epoch_line(report, params.epochs));
+        true
+    })?;
+    println!("test accuracy {:.4}", trained.test_accuracy);
+    let train_seconds: f64 = trained.epochs.iter().map(|r| r.train_seconds).sum();
+    let summary = serde_json::json!({
+        "train_examples": trained.split_sizes[0],
+        "validation_examples": trained.split_sizes[1],
+        "test_examples": trained.split_sizes[2],
+        "vocab": trained.vocab.len(),
+        "classes": trained.classes.len(),
+        "test_accuracy": trained.test_accuracy,
+        "train_seconds": train_seconds,
+        "examples_per_sec": (trained.split_sizes[0] * trained.epochs.len()) as f64 / train_seconds.max(1e-9),
+    });
+    println!("summary {summary}");
+    let lineage = Lineage {
+        base_run_id,
+        ..Lineage::default()
+    };
+    let code_version = format!("automl-train {}", env!("CARGO_PKG_VERSION"));
+    let manifest = Manifest::describe(
+        &trained,
+        params,
+        "intent-classification",
+        &code_version,
+        lineage,
+        &now_iso(),
+    );
+    let files = artifact::encode(&trained.model, &trained.vocab, &manifest)?;
+    artifact::save(out, &files)?;
+    println!(
+        "wrote {} in {:.2}s",
+        out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Prints one JSON line: accuracy on all rows and, with `exclude_label`, on the others.
+pub fn evaluate(
+    model: &Path,
+    examples: &Path,
+    labels: &Path,
+    exclude_label: Option<&str>,
+) -> anyhow::Result<()> {
+    let classifier =
+        Classifier::load(model).with_context(|| format!("model {}", model.display()))?;
+    let data = read_dataset(examples, labels)?;
+    let texts: Vec<&str> = data.examples.iter().map(|e| e.text.as_str()).collect();
+    let started = Instant::now();
+    let predictions = classifier.predict_batch(&texts, 1)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let (mut total, mut correct, mut kept, mut kept_correct) = (0usize, 0usize, 0usize, 0usize);
+    for (example, prediction) in data.examples.iter().zip(&predictions) {
+        let truth = &data.labels[example.label];
+        let hit = &prediction.label == truth;
+        total += 1;
+        correct += usize::from(hit);
+        if exclude_label != Some(truth.as_str()) {
+            kept += 1;
+            kept_correct += usize::from(hit);
+        }
+    }
+    let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    let report = serde_json::json!({
+        "examples": total,
+        "accuracy": ratio(correct, total),
+        "in_scope_examples": kept,
+        "in_scope_accuracy": ratio(kept_correct, kept),
+        "predictions_per_sec": total as f64 / seconds.max(1e-9),
+    });
+    println!("{report}");
+    Ok(())
+}
+
+fn read_dataset(examples: &Path, labels: &Path) -> anyhow::Result<Dataset> {
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    Ok(Dataset::parse(&read(examples)?, &read(labels)?)?)
+}

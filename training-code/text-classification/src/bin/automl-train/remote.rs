@@ -1,0 +1,272 @@
+//! The MiniAutoML flow: LogRunStart, download the snapshot, train (LogEpoch every epoch), upload
+//! the model files under the run's prefix, CreateArtifact, LogRunEnd. Any failure after the run
+//! has started is recorded with LogRunEnd(success=false, reason) before the program exits.
+
+use std::collections::HashMap;
+
+use anyhow::{Context, bail};
+use automl_common::config::S3Config;
+use automl_common::s3::{ObjectStore, S3Error};
+use automl_common::time::now_iso;
+use automl_proto::data_management::FileInfo;
+use automl_proto::metadata_store as pb;
+use automl_proto::metadata_store::metadata_store_service_client::MetadataStoreServiceClient;
+use automl_text_classification::artifact::{self, Lineage, Manifest};
+use automl_text_classification::data::Dataset;
+use automl_text_classification::finetune::BaseModel;
+use automl_text_classification::params::TrainParams;
+use automl_text_classification::train::{EpochReport, Trained};
+use candle_core::Device;
+use tonic::transport::Channel;
+
+use crate::trainer_env::{TrainerEnv, url};
+use crate::{epoch_line, train_blocking};
+
+type Client = MetadataStoreServiceClient<Channel>;
+
+/// Runs one training job; the error, if any, has been recorded with LogRunEnd when the run had
+/// started.
+pub async fn run(env: TrainerEnv, params: TrainParams, device: Device) -> anyhow::Result<()> {
+    let channel = tonic::transport::Endpoint::from_shared(url(&env.metadata_store))?
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach metadata-store at {}", env.metadata_store))?;
+    let mut client = MetadataStoreServiceClient::new(channel);
+    let started = client
+        .log_run_start(pb::LogRunStartRequest {
+            start_time: now_iso(),
+            run_id: env.job_id.clone(),
+            run_name: env.model_name.clone(),
+            tracing: Some(pb::TracingInformation {
+                dataset_id: env.dataset_id.clone(),
+                version_hash: env.version_hash.clone(),
+                code_version: env.code_version.clone(),
+                base_run_id: env.base_run_id.clone().unwrap_or_default(),
+            }),
+        })
+        .await
+        .context("LogRunStart failed")?
+        .into_inner();
+    println!("run {} started", env.job_id);
+    let bucket = non_empty(started.bucket, &env.model_bucket);
+    let path = non_empty(started.path, &format!("run_{}", env.job_id));
+    let outcome = train_and_publish(&env, &params, device, &mut client, &bucket, &path).await;
+    let (success, message) = match &outcome {
+        Ok(test_accuracy) => (true, format!("test accuracy {test_accuracy:.3}")),
+        Err(err) => (false, format!("{err:#}")),
+    };
+    println!("run {} ended: {message}", env.job_id);
+    client
+        .log_run_end(pb::LogRunEndRequest {
+            run_id: env.job_id.clone(),
+            end_time: now_iso(),
+            success,
+            message,
+        })
+        .await
+        .context("LogRunEnd failed")?;
+    outcome.map(|_| ())
+}
+
+fn non_empty(value: String, fallback: &str) -> String {
+    if value.is_empty() {
+        fallback.to_string()
+    } else {
+        value
+    }
+}
+
+/// Everything between LogRunStart and LogRunEnd; returns the test accuracy.
+async fn train_and_publish(
+    env: &TrainerEnv,
+    params: &TrainParams,
+    device: Device,
+    client: &mut Client,
+    bucket: &str,
+    path: &str,
+) -> anyhow::Result<f64> {
+    let store = object_store(env);
+    let prefix = env.data_path.trim_end_matches('/');
+    let examples =
+        download_text(&store, &env.data_bucket, &format!("{prefix}/examples.csv")).await?;
+    let labels = download_text(&store, &env.data_bucket, &format!("{prefix}/labels.csv")).await?;
+    let data = Dataset::parse(&examples, &labels).context("bad snapshot")?;
+    println!(
+        "snapshot {}/{}: {} examples, {} labels",
+        env.data_bucket,
+        prefix,
+        data.examples.len(),
+        data.labels.len()
+    );
+    let base = match &env.base_run_id {
+        Some(run_id) => Some(load_base(client, &store, run_id, &device).await?),
+        None => None,
+    };
+    let trained = train_logging_epochs(env, params, device, data, base, client).await?;
+    println!("test accuracy {:.4}", trained.test_accuracy);
+    let lineage = Lineage {
+        run_id: env.job_id.clone(),
+        dataset_id: env.dataset_id.clone(),
+        version_hash: env.version_hash.clone(),
+        base_run_id: env.base_run_id.clone(),
+    };
+    let manifest = Manifest::describe(
+        &trained,
+        params,
+        &env.algorithm,
+        &env.code_version,
+        lineage,
+        &now_iso(),
+    );
+    let files = artifact::encode(&trained.model, &trained.vocab, &manifest)?;
+    for (name, bytes) in files.files {
+        let key = format!("{path}/{name}");
+        store.put_bytes(bucket, &key, bytes).await?;
+        println!("uploaded {bucket}/{key}");
+    }
+    let created = client
+        .create_artifact(pb::CreateArtifactRequest {
+            artifact: Some(FileInfo {
+                name: env.model_name.clone(),
+                bucket: bucket.to_string(),
+                path: path.to_string(),
+            }),
+            run_id: env.job_id.clone(),
+            algorithm: env.algorithm.clone(),
+        })
+        .await
+        .context("CreateArtifact failed")?
+        .into_inner();
+    println!("artifact {} version {}", env.model_name, created.version);
+    Ok(trained.test_accuracy)
+}
+
+/// Trains on a blocking thread while this task records each epoch with LogEpoch.
+async fn train_logging_epochs(
+    env: &TrainerEnv,
+    params: &TrainParams,
+    device: Device,
+    data: Dataset,
+    base: Option<BaseModel>,
+    client: &mut Client,
+) -> anyhow::Result<Trained> {
+    let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<(EpochReport, String)>();
+    let training_params = params.clone();
+    let training = tokio::task::spawn_blocking(move || {
+        train_blocking(&data, &training_params, &device, base, &mut |report| {
+            sender.send((report.clone(), now_iso())).is_ok()
+        })
+    });
+    while let Some((report, end_time)) = receiver.recv().await {
+        println!("{}", epoch_line(&report, params.epochs));
+        let start_time = start_of(&end_time, report.seconds);
+        client
+            .log_epoch(pb::LogEpochRequest {
+                epoch_info: Some(pb::EpochInfo {
+                    start_time,
+                    end_time,
+                    run_id: env.job_id.clone(),
+                    epoch_id: report.epoch.to_string(),
+                    metrics: epoch_metrics(&report),
+                }),
+            })
+            .await
+            .with_context(|| format!("LogEpoch {} failed", report.epoch))?;
+    }
+    Ok(training.await.context("training thread failed")??)
+}
+
+fn start_of(end_time: &str, seconds: f64) -> String {
+    let Ok(end) = chrono::DateTime::parse_from_rfc3339(end_time) else {
+        return end_time.to_string();
+    };
+    let start = end - chrono::Duration::milliseconds((seconds * 1000.0) as i64);
+    start
+        .with_timezone(&chrono::Utc)
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The metrics of an epoch as metadata-store records them.
+pub fn epoch_metrics(report: &EpochReport) -> HashMap<String, String> {
+    HashMap::from([
+        ("loss".to_string(), format!("{:.6}", report.loss)),
+        ("accuracy".to_string(), format!("{:.6}", report.accuracy)),
+        (
+            "val_accuracy".to_string(),
+            format!("{:.6}", report.val_accuracy),
+        ),
+        (
+            "examples_per_sec".to_string(),
+            format!("{:.1}", report.examples_per_sec),
+        ),
+    ])
+}
+
+fn object_store(env: &TrainerEnv) -> ObjectStore {
+    let config = S3Config {
+        access_key: env.access_key.clone(),
+        secret_key: env.secret_key.clone(),
+        ..S3Config::default()
+    };
+    ObjectStore::new(&config, &url(&env.minio_server))
+}
+
+async fn download(store: &ObjectStore, bucket: &str, key: &str) -> anyhow::Result<Vec<u8>> {
+    let object = store
+        .client()
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(|err| S3Error::from_sdk("get object", err))
+        .with_context(|| format!("cannot read {bucket}/{key}"))?;
+    let body = object
+        .body
+        .collect()
+        .await
+        .with_context(|| format!("cannot read {bucket}/{key}"))?;
+    Ok(body.into_bytes().to_vec())
+}
+
+async fn download_text(store: &ObjectStore, bucket: &str, key: &str) -> anyhow::Result<String> {
+    let bytes = download(store, bucket, key).await?;
+    String::from_utf8(bytes).with_context(|| format!("{bucket}/{key} is not UTF-8"))
+}
+
+/// The model of `run_id`, located through GetArtifact.
+async fn load_base(
+    client: &mut Client,
+    store: &ObjectStore,
+    run_id: &str,
+    device: &Device,
+) -> anyhow::Result<BaseModel> {
+    let found = client
+        .get_artifact(pb::GetArtifactRequest {
+            run_id: run_id.to_string(),
+        })
+        .await
+        .with_context(|| format!("no model artifact for base run {run_id}"))?
+        .into_inner();
+    let Some(location) = found.artifact else {
+        bail!("base run {run_id} has no artifact location");
+    };
+    let prefix = location.path.trim_end_matches('/');
+    let mut files = Vec::new();
+    for name in [
+        artifact::MODEL_FILE,
+        artifact::VOCAB_FILE,
+        artifact::MANIFEST_FILE,
+    ] {
+        files.push(download(store, &location.bucket, &format!("{prefix}/{name}")).await?);
+    }
+    let loaded = artifact::decode(&files[0], &files[1], &files[2], device)
+        .with_context(|| format!("base run {run_id}"))?;
+    println!(
+        "fine-tuning from run {run_id} ({} tokens, {} classes)",
+        loaded.vocab.len(),
+        loaded.manifest.classes.len()
+    );
+    Ok(BaseModel::from(loaded))
+}

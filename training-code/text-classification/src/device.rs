@@ -1,0 +1,81 @@
+//! Which device the dense layers run on: CPU by default; with the `cuda` cargo feature the GPU
+//! when one is present. `DEVICE=cpu|cuda|auto` overrides.
+
+use candle_core::Device;
+
+use crate::error::{Error, Result};
+
+/// The device a run asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    /// The GPU when built with `cuda` and one is present, else the CPU.
+    #[default]
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// The first GPU; an error when there is none or the build has no CUDA.
+    Cuda,
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = Error;
+
+    fn from_str(value: &str) -> Result<Self> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" | "gpu" => Ok(Self::Cuda),
+            other => Err(Error::parameter(
+                "DEVICE",
+                format!("{other:?} is not cpu, cuda or auto"),
+            )),
+        }
+    }
+}
+
+/// The device for `choice`.
+pub fn select(choice: DeviceChoice) -> Result<Device> {
+    match choice {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Cuda => cuda(),
+        DeviceChoice::Auto => Ok(cuda().unwrap_or_else(|err| {
+            tracing::debug!(%err, "using the cpu");
+            Device::Cpu
+        })),
+    }
+}
+
+/// A short name for logs and manifests: `cpu` or `cuda:N`.
+pub fn describe(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda() -> Result<Device> {
+    Device::new_cuda(0).map_err(|err| Error::Device(format!("cuda:0: {err}")))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda() -> Result<Device> {
+    Err(Error::Device(
+        "this build has no CUDA support (build with --features cuda)".into(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_choices_and_cpu_always_works() {
+        assert_eq!("CPU".parse::<DeviceChoice>().ok(), Some(DeviceChoice::Cpu));
+        assert_eq!("".parse::<DeviceChoice>().ok(), Some(DeviceChoice::Auto));
+        assert!("tpu".parse::<DeviceChoice>().is_err());
+        let device = select(DeviceChoice::Cpu).expect("cpu");
+        assert_eq!(describe(&device), "cpu");
+    }
+}

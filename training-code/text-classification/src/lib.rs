@@ -1,0 +1,37 @@
+//! The intent classifier shared by the trainer (`automl-train`) and prediction-service, so that
+//! training and serving use one tokenizer, one model definition and one artifact format.
+//!
+//! - [`tokenizer`]: lowercase word-level tokenization and the vocabulary (`vocab.json`).
+//! - [`data`]: the snapshot files (`examples.csv`, `labels.csv`) and the seeded split, read by
+//!   the small quoted-CSV reader in [`csv`].
+//! - [`model`]: mean-pooled embedding bag → Linear → ReLU → Linear → ReLU → Linear, on candle.
+//! - [`optim`]: SGD and AdamW with a row-sparse embedding update; [`params`]: the
+//!   hyperparameters as MiniAutoML passes them (`EPOCHS`, `LR`, …).
+//! - [`train`]: the training loop; [`finetune`]: starting from a trained model.
+//! - [`artifact`]: `model.safetensors`, `vocab.json`, `manifest.json`.
+//! - [`inference`]: [`Classifier`], loaded from an artifact directory, predicting labels with
+//!   scores (blocking calls).
+//! - [`device`]: CPU, or CUDA with the `cuda` feature.
+//! - [`rng`]: the seeded generator behind splits, shuffles and initial weights.
+//! - [`demo`]: a small generated dataset for demos and tests.
+
+pub mod artifact;
+pub mod csv;
+pub mod data;
+pub mod demo;
+pub mod device;
+pub mod error;
+pub mod finetune;
+pub mod inference;
+pub mod model;
+pub mod optim;
+pub mod params;
+pub mod rng;
+pub mod tokenizer;
+pub mod train;
+
+pub use error::{Error, Result};
+pub use inference::{Classifier, LabelScore, Prediction};
+
+/// The framework recorded in manifests.
+pub const FRAMEWORK: &str = "candle 0.11.1";

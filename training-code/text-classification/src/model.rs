@@ -1,0 +1,311 @@
+//! The model: a mean-pooled embedding bag, then Linear → ReLU → Linear → ReLU → Linear.
+//!
+//! The embedding table lives in host memory and the bag is pooled there: a batch touches a few
+//! hundred of its rows, so the gather, its gradient and the optimizer step visit only those rows
+//! (row-sparse), never the whole table. The dense layers are candle tensors on the model's
+//! device. Training and serving run this same code, so they cannot drift apart.
+
+use candle_core::{DType, Device, Module, Tensor, Var};
+
+use crate::error::{Error, Result};
+use crate::rng::{SplitMix64, Stream};
+
+/// The sizes that define a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ModelConfig {
+    /// Rows of the embedding table (tokens, `<unk>` included).
+    pub vocab_size: usize,
+    /// Width of an embedding row (`EMBED_DIM`).
+    pub embed_dim: usize,
+    /// Width of the two hidden layers (`FC_SIZE`).
+    pub fc_size: usize,
+    /// Number of labels.
+    pub num_classes: usize,
+}
+
+/// Range of the uniform initialization of embedding rows (MiniAutoML's `initrange`).
+const EMBED_INIT_RANGE: f32 = 0.5;
+
+/// The embedding table, row-major `vocab_size × embed_dim`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddingBag {
+    /// The weights; row `t` is `weights[t * dim..(t + 1) * dim]`.
+    pub weights: Vec<f32>,
+    /// Width of a row.
+    pub dim: usize,
+}
+
+impl EmbeddingBag {
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.weights.len() / self.dim.max(1)
+    }
+
+    /// The mean of each bag's rows, `bags.len() × dim` row-major; an empty bag pools to zeros
+    /// and an id outside the table counts as `<unk>` (0).
+    pub fn pool<B: AsRef<[u32]>>(&self, bags: &[B]) -> Vec<f32> {
+        let dim = self.dim;
+        let rows = self.rows();
+        let mut pooled = vec![0f32; bags.len() * dim];
+        for (out, bag) in pooled.chunks_exact_mut(dim).zip(bags) {
+            let bag = bag.as_ref();
+            for &id in bag {
+                let row = if (id as usize) < rows { id as usize } else { 0 };
+                let src = &self.weights[row * dim..(row + 1) * dim];
+                out.iter_mut().zip(src).for_each(|(o, s)| *o += s);
+            }
+            if !bag.is_empty() {
+                let scale = 1.0 / bag.len() as f32;
+                out.iter_mut().for_each(|o| *o *= scale);
+            }
+        }
+        pooled
+    }
+
+    /// Appends `count` rows initialized like a fresh model's (fine-tuning a larger vocabulary).
+    pub fn grow(&mut self, count: usize, rng: &mut SplitMix64) {
+        let extra = count * self.dim;
+        self.weights
+            .extend((0..extra).map(|_| rng.uniform(-EMBED_INIT_RANGE, EMBED_INIT_RANGE)));
+    }
+}
+
+/// One dense layer; the weight is `out × in` as in PyTorch.
+#[derive(Debug, Clone)]
+pub struct Dense {
+    /// `out × in`.
+    pub weight: Var,
+    /// `out`.
+    pub bias: Var,
+}
+
+impl Dense {
+    /// PyTorch's default `nn.Linear` initialization: U(-1/√in, 1/√in) for weight and bias.
+    fn init(inputs: usize, outputs: usize, rng: &mut SplitMix64, device: &Device) -> Result<Self> {
+        let bound = 1.0 / (inputs as f32).sqrt();
+        let weight: Vec<f32> = (0..inputs * outputs)
+            .map(|_| rng.uniform(-bound, bound))
+            .collect();
+        let bias: Vec<f32> = (0..outputs).map(|_| rng.uniform(-bound, bound)).collect();
+        Self::from_vecs(weight, bias, inputs, outputs, device)
+    }
+
+    /// A layer from row-major weights (`outputs × inputs`) and biases.
+    pub fn from_vecs(
+        weight: Vec<f32>,
+        bias: Vec<f32>,
+        inputs: usize,
+        outputs: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        Ok(Self {
+            weight: Var::from_vec(weight, (outputs, inputs), device)?,
+            bias: Var::from_vec(bias, outputs, device)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let linear = candle_nn::Linear::new(
+            self.weight.as_tensor().clone(),
+            Some(self.bias.as_tensor().clone()),
+        );
+        Ok(linear.forward(x)?)
+    }
+}
+
+/// A weight as saved: `(name, shape, row-major values)`.
+pub type NamedWeight = (String, Vec<usize>, Vec<f32>);
+
+/// The classifier's weights.
+#[derive(Debug, Clone)]
+pub struct Model {
+    /// Its sizes.
+    pub config: ModelConfig,
+    /// The token embeddings (host memory).
+    pub embedding: EmbeddingBag,
+    /// `embed_dim → fc_size`, `fc_size → fc_size`, `fc_size → num_classes`.
+    pub layers: [Dense; 3],
+    /// Where the dense layers live.
+    pub device: Device,
+}
+
+impl Model {
+    /// A freshly initialized model; the same seed gives the same weights.
+    pub fn new(config: ModelConfig, seed: u64, device: &Device) -> Result<Self> {
+        validate(&config)?;
+        let mut rng = SplitMix64::new(seed, Stream::Init);
+        let mut embedding = EmbeddingBag {
+            weights: Vec::new(),
+            dim: config.embed_dim,
+        };
+        embedding.grow(config.vocab_size, &mut rng);
+        let layers = [
+            Dense::init(config.embed_dim, config.fc_size, &mut rng, device)?,
+            Dense::init(config.fc_size, config.fc_size, &mut rng, device)?,
+            Dense::init(config.fc_size, config.num_classes, &mut rng, device)?,
+        ];
+        Ok(Self {
+            config,
+            embedding,
+            layers,
+            device: device.clone(),
+        })
+    }
+
+    /// The pooled embeddings of `bags` as a `bags.len() × embed_dim` tensor on the device.
+    pub fn pool<B: AsRef<[u32]>>(&self, bags: &[B]) -> Result<Tensor> {
+        let pooled = self.embedding.pool(bags);
+        Ok(Tensor::from_vec(
+            pooled,
+            (bags.len(), self.config.embed_dim),
+            &self.device,
+        )?)
+    }
+
+    /// Logits (`batch × num_classes`) from pooled embeddings.
+    pub fn head(&self, pooled: &Tensor) -> Result<Tensor> {
+        let [fc1, fc2, fc3] = &self.layers;
+        let hidden = fc1.forward(pooled)?.relu()?;
+        let hidden = fc2.forward(&hidden)?.relu()?;
+        fc3.forward(&hidden)
+    }
+
+    /// Logits of token-id bags.
+    pub fn logits<B: AsRef<[u32]>>(&self, bags: &[B]) -> Result<Tensor> {
+        self.head(&self.pool(bags)?)
+    }
+
+    /// The dense parameters in a fixed order (fc1.weight, fc1.bias, fc2…, fc3…).
+    pub fn dense_vars(&self) -> [&Var; 6] {
+        let [fc1, fc2, fc3] = &self.layers;
+        [
+            &fc1.weight,
+            &fc1.bias,
+            &fc2.weight,
+            &fc2.bias,
+            &fc3.weight,
+            &fc3.bias,
+        ]
+    }
+
+    /// Every weight in the order they are saved.
+    pub fn named_weights(&self) -> Result<Vec<NamedWeight>> {
+        let mut named = vec![(
+            "embedding.weight".to_string(),
+            vec![self.embedding.rows(), self.embedding.dim],
+            self.embedding.weights.clone(),
+        )];
+        for (i, layer) in self.layers.iter().enumerate() {
+            for (part, var) in [("weight", &layer.weight), ("bias", &layer.bias)] {
+                let values = var
+                    .as_tensor()
+                    .flatten_all()?
+                    .to_dtype(DType::F32)?
+                    .to_vec1()?;
+                named.push((format!("fc{}.{part}", i + 1), var.dims().to_vec(), values));
+            }
+        }
+        Ok(named)
+    }
+
+    /// A model from weights named as [`Model::named_weights`] names them, checked against
+    /// `config`; an inconsistent set is an [`Error::Artifact`].
+    pub fn from_named_weights(
+        config: ModelConfig,
+        mut take: impl FnMut(&str, &[usize]) -> Result<Vec<f32>>,
+        device: &Device,
+    ) -> Result<Self> {
+        validate(&config).map_err(|e| Error::Artifact(e.to_string()))?;
+        let ModelConfig {
+            vocab_size,
+            embed_dim,
+            fc_size,
+            num_classes,
+        } = config;
+        let embedding = EmbeddingBag {
+            weights: take("embedding.weight", &[vocab_size, embed_dim])?,
+            dim: embed_dim,
+        };
+        let mut layer = |n: usize, inputs: usize, outputs: usize| -> Result<Dense> {
+            let weight = take(&format!("fc{n}.weight"), &[outputs, inputs])?;
+            let bias = take(&format!("fc{n}.bias"), &[outputs])?;
+            Dense::from_vecs(weight, bias, inputs, outputs, device)
+        };
+        let layers = [
+            layer(1, embed_dim, fc_size)?,
+            layer(2, fc_size, fc_size)?,
+            layer(3, fc_size, num_classes)?,
+        ];
+        Ok(Self {
+            config,
+            embedding,
+            layers,
+            device: device.clone(),
+        })
+    }
+}
+
+fn validate(config: &ModelConfig) -> Result<()> {
+    let sizes = [
+        ("vocab_size", config.vocab_size),
+        ("EMBED_DIM", config.embed_dim),
+        ("FC_SIZE", config.fc_size),
+        ("num_classes", config.num_classes),
+    ];
+    for (name, value) in sizes {
+        if value == 0 || value > 1 << 24 {
+            return Err(Error::parameter(name, format!("{value} is out of range")));
+        }
+    }
+    if config.vocab_size.saturating_mul(config.embed_dim) > 1 << 30 {
+        return Err(Error::parameter("EMBED_DIM", "embedding table too large"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> ModelConfig {
+        ModelConfig {
+            vocab_size: 10,
+            embed_dim: 4,
+            fc_size: 8,
+            num_classes: 3,
+        }
+    }
+
+    #[test]
+    fn pooling_is_a_mean_and_empty_bags_are_zero() {
+        let bag = EmbeddingBag {
+            weights: vec![0.0, 0.0, 1.0, 2.0, 3.0, 6.0],
+            dim: 2,
+        };
+        assert_eq!(
+            bag.pool(&[vec![1u32, 2], vec![], vec![2, 2, 99]]),
+            [2.0, 4.0, 0.0, 0.0, 2.0, 4.0]
+        );
+    }
+
+    #[test]
+    fn same_seed_same_weights_and_logits_have_the_right_shape() -> Result<()> {
+        let a = Model::new(config(), 5, &Device::Cpu)?;
+        let b = Model::new(config(), 5, &Device::Cpu)?;
+        let c = Model::new(config(), 6, &Device::Cpu)?;
+        assert_eq!(a.named_weights()?, b.named_weights()?);
+        assert_ne!(a.named_weights()?, c.named_weights()?);
+        let logits = a.logits(&[vec![1u32, 2], vec![3]])?;
+        assert_eq!(logits.dims(), [2, 3]);
+        Ok(())
+    }
+
+    #[test]
+    fn rejects_absurd_sizes() {
+        let bad = ModelConfig {
+            embed_dim: 0,
+            ..config()
+        };
+        assert!(Model::new(bad, 1, &Device::Cpu).is_err());
+    }
+}

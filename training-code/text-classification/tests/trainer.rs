@@ -1,0 +1,208 @@
+//! `automl-train` as a training backend runs it: a separate process with only the trainer
+//! environment of the contract, against a metadata-store served in-process on 127.0.0.1:0 and
+//! the embedded S3 endpoint.
+
+use std::collections::HashMap;
+
+use anyhow::Context;
+use automl_common::db::{Backend, Database};
+use automl_common::testing::{TestEnv, TestServer};
+use automl_metadata_store::MetadataStoreConfig;
+use automl_proto::metadata_store as pb;
+use automl_proto::metadata_store::metadata_store_service_client::MetadataStoreServiceClient;
+use automl_text_classification::{Classifier, demo};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+const SNAPSHOT: &str = "versionedDatasets/1/hashAg==";
+
+struct Cluster {
+    env: TestEnv,
+    server: TestServer,
+    db: Database,
+    client: MetadataStoreServiceClient<Channel>,
+}
+
+async fn start() -> anyhow::Result<Cluster> {
+    let env = TestEnv::new(Backend::Sqlite).await?;
+    let shutdown = CancellationToken::new();
+    let (routes, db) = automl_metadata_store::start(
+        &env.common,
+        &MetadataStoreConfig::default(),
+        env.objects.clone(),
+        shutdown.clone(),
+    )
+    .await?;
+    let server = TestServer::start(routes, shutdown).await?;
+    let client = MetadataStoreServiceClient::new(server.channel().await?);
+    let demo = demo::snapshot(30, 5);
+    let bucket = &env.objects.datasets_bucket;
+    for (name, body) in [
+        ("examples.csv", demo.examples_csv),
+        ("labels.csv", demo.labels_csv),
+    ] {
+        let key = format!("{SNAPSHOT}/{name}");
+        env.objects
+            .put_bytes(bucket, &key, body.into_bytes())
+            .await?;
+    }
+    Ok(Cluster {
+        env,
+        server,
+        db,
+        client,
+    })
+}
+
+/// The variables a training-service backend (or MiniAutoML) sets, and nothing else.
+fn trainer_env(cluster: &Cluster, job_id: &str, data_path: &str) -> HashMap<String, String> {
+    let s3 = &cluster.env.common.s3;
+    [
+        ("JOB_ID", job_id),
+        ("ALGORITHM_NAME", "intent-classification"),
+        ("METADATA_STORE_SERVER", &cluster.server.addr.to_string()),
+        ("TRAINING_DATASET_ID", "1"),
+        ("TRAINING_DATASET_VERSION_HASH", "hashAg=="),
+        ("MODEL_BUCKET", &cluster.env.objects.models_bucket),
+        ("MODEL_NAME", "intent"),
+        ("MINIO_SERVER", &cluster.env.s3_host_port()),
+        ("MINIO_SERVER_ACCESS_KEY", &s3.access_key),
+        ("MINIO_SERVER_SECRET_KEY", &s3.secret_key),
+        ("TRAINING_DATA_BUCKET", &cluster.env.objects.datasets_bucket),
+        ("TRAINING_DATA_PATH", data_path),
+        ("EPOCHS", "4"),
+        ("LR", "4"),
+        ("BATCH_SIZE", "16"),
+        ("FC_SIZE", "32"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+async fn run_trainer(vars: HashMap<String, String>) -> anyhow::Result<(bool, String)> {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_automl-train"))
+        .env_clear()
+        .envs(vars)
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    Ok((output.status.success(), stdout))
+}
+
+async fn run_info(cluster: &mut Cluster, run_id: &str) -> anyhow::Result<pb::RunInfo> {
+    cluster
+        .client
+        .get_run_status(pb::GetRunStatusRequest {
+            run_id: run_id.into(),
+        })
+        .await?
+        .into_inner()
+        .run_info
+        .context("run info")
+}
+
+#[tokio::test]
+async fn trains_records_the_run_and_publishes_a_loadable_model() -> anyhow::Result<()> {
+    let mut cluster = start().await?;
+    let (ok, stdout) = run_trainer(trainer_env(&cluster, "1", SNAPSHOT)).await?;
+    assert!(ok, "automl-train failed");
+    assert!(stdout.contains("epoch 4/4: loss"), "{stdout}");
+
+    let run = run_info(&mut cluster, "1").await?;
+    assert!(run.success, "{run:?}");
+    assert!(run.message.starts_with("test accuracy 0.") || run.message == "test accuracy 1.000");
+    assert_eq!(run.run_name, "intent");
+    let tracing = run.tracing.clone().context("tracing")?;
+    assert_eq!(
+        (tracing.dataset_id.as_str(), tracing.version_hash.as_str()),
+        ("1", "hashAg==")
+    );
+    assert_eq!(run.epochs.len(), 4);
+    for epoch in run.epochs.values() {
+        for key in ["loss", "accuracy", "val_accuracy", "examples_per_sec"] {
+            let value: f64 = epoch.metrics.get(key).context("metric")?.parse()?;
+            assert!(value.is_finite(), "{key}");
+        }
+    }
+    let last = &run.epochs["4"].metrics;
+    assert!(last["loss"].parse::<f64>()? < run.epochs["1"].metrics["loss"].parse::<f64>()?);
+
+    let artifact = cluster
+        .client
+        .get_artifact(pb::GetArtifactRequest { run_id: "1".into() })
+        .await?
+        .into_inner();
+    let location = artifact.artifact.context("artifact location")?;
+    assert_eq!(
+        (artifact.name.as_str(), artifact.version.as_str()),
+        ("intent", "1")
+    );
+    assert_eq!(artifact.algorithm, "intent-classification");
+    assert_eq!(location.bucket, cluster.env.objects.models_bucket);
+    assert_eq!(location.path, "run_1");
+
+    let objects = cluster.env.objects.list(&location.bucket, "run_1/").await?;
+    let keys: Vec<&str> = objects.iter().map(|o| o.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "run_1/manifest.json",
+            "run_1/model.safetensors",
+            "run_1/vocab.json"
+        ]
+    );
+    let dir = tempfile::tempdir()?;
+    for key in keys {
+        let object = cluster
+            .env
+            .objects
+            .client()
+            .get_object()
+            .bucket(&location.bucket)
+            .key(key)
+            .send()
+            .await?;
+        let bytes = object.body.collect().await?.into_bytes();
+        std::fs::write(dir.path().join(key.trim_start_matches("run_1/")), bytes)?;
+    }
+    let classifier = Classifier::load(dir.path())?;
+    assert_eq!(classifier.manifest().lineage.run_id, "1");
+    assert_eq!(classifier.manifest().lineage.version_hash, "hashAg==");
+    assert_eq!(classifier.classes().len(), 5);
+    let prediction = classifier.predict("will it rain today, is there a forecast", 3)?;
+    assert!(classifier.classes().contains(&prediction.label));
+    assert_eq!(prediction.top.len(), 3);
+    assert!(prediction.top.windows(2).all(|w| w[0].score >= w[1].score));
+
+    cluster.server.stop().await;
+    cluster.db.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failed_run_is_ended_with_the_reason_and_a_non_zero_exit() -> anyhow::Result<()> {
+    let mut cluster = start().await?;
+    let (ok, stdout) = run_trainer(trainer_env(&cluster, "2", "versionedDatasets/9/none")).await?;
+    assert!(!ok, "{stdout}");
+    let run = run_info(&mut cluster, "2").await?;
+    assert!(!run.success);
+    assert!(
+        run.message
+            .contains("versionedDatasets/9/none/examples.csv"),
+        "{}",
+        run.message
+    );
+    assert!(!run.end_time.is_empty());
+
+    let mut vars = trainer_env(&cluster, "3", SNAPSHOT);
+    vars.remove("MINIO_SERVER");
+    let (ok, stdout) = run_trainer(vars).await?;
+    assert!(!ok);
+    assert!(stdout.contains("MINIO_SERVER is not set"), "{stdout}");
+
+    cluster.server.stop().await;
+    cluster.db.close().await;
+    Ok(())
+}
