@@ -720,3 +720,41 @@ async fn shutdown_ends_open_watch_streams() {
         .expect("server stops")
         .expect("stop task");
 }
+
+#[tokio::test]
+async fn shutdown_turns_health_not_serving_before_the_server_stops() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let env = env(Backend::Sqlite).await;
+    let running = start(&env).await;
+    let mut health = HealthClient::new(running.server.channel().await.expect("channel"));
+    for service in ["", "metadata_store.MetadataStoreService"] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("check")
+            .into_inner();
+        assert_eq!(status.status(), ServingStatus::Serving, "{service:?}");
+    }
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: "metadata_store.MetadataStoreService".into(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = watch.message().await.expect("first").expect("status");
+    assert_eq!(first.status(), ServingStatus::Serving);
+    running.server.shutdown.cancel();
+    let next = tokio::time::timeout(std::time::Duration::from_secs(10), watch.message())
+        .await
+        .expect("status change arrives")
+        .expect("stream")
+        .expect("message");
+    assert_eq!(next.status(), ServingStatus::NotServing);
+    running.stop().await;
+}
