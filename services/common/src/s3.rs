@@ -8,6 +8,10 @@ use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 
 use crate::config::S3Config;
 
+mod writer;
+
+pub use writer::{ObjectWriter, PART_SIZE};
+
 /// Why an object-store call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum S3Error {
@@ -198,6 +202,71 @@ impl ObjectStore {
             }]);
         }
         Ok(Vec::new())
+    }
+
+    /// A streaming writer of `bucket/key` (multipart for large objects).
+    pub fn writer(&self, bucket: &str, key: &str) -> ObjectWriter {
+        ObjectWriter::new(self.client.clone(), bucket, key)
+    }
+
+    /// A buffered reader of `bucket/key`, streamed from the store (never whole in memory).
+    pub async fn reader(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<impl tokio::io::AsyncBufRead + Send + Unpin + use<>, S3Error> {
+        let object = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|err| match &err {
+                SdkError::ServiceError(service) if service.raw().status().as_u16() == 404 => {
+                    S3Error::NotFound(format!("{bucket}/{key}"))
+                }
+                _ => S3Error::from_sdk("get object", err),
+            })?;
+        Ok(object.body.into_async_read())
+    }
+
+    /// Reads a small object whole.
+    pub async fn get_bytes(&self, bucket: &str, key: &str) -> Result<Vec<u8>, S3Error> {
+        use tokio::io::AsyncReadExt;
+        let mut reader = self.reader(bucket, key).await?;
+        let mut bytes = Vec::new();
+        reader
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|err| S3Error::Other(format!("read {bucket}/{key}: {err}")))?;
+        Ok(bytes)
+    }
+
+    /// Deletes every object under `prefix`; returns how many.
+    pub async fn delete_prefix(&self, bucket: &str, prefix: &str) -> Result<usize, S3Error> {
+        use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+        let entries = self.list(bucket, prefix).await?;
+        for chunk in entries.chunks(1000) {
+            let objects = chunk
+                .iter()
+                .map(|entry| ObjectIdentifier::builder().key(&entry.key).build())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|err| S3Error::Other(err.to_string()))?;
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|err| S3Error::Other(err.to_string()))?;
+            self.client
+                .delete_objects()
+                .bucket(bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|err| S3Error::from_sdk("delete objects", err))?;
+        }
+        Ok(entries.len())
     }
 
     /// Writes a small object in one request.
