@@ -1,0 +1,421 @@
+//! Ingestion of one commit: raw objects → normalized files under the commit's prefix.
+//!
+//! TEXT_INTENT streams the source CSV record by record (a large file never sits in memory),
+//! validates every row and writes `examples.csv` (`"<utterance>","<id>[;<id>]"`) and
+//! `labels.csv` (`"<id>","<label>"`, ids 1-based in order of first appearance). GENERIC copies
+//! every object under the source location. Both compute statistics and a content digest.
+
+use std::collections::{BTreeMap, HashMap};
+
+use automl_common::s3::{ObjectStore, S3Error};
+use sha2::{Digest, Sha256};
+
+use crate::csv::{Record, RecordReader, push_row};
+use crate::error::DataError;
+
+/// Longest raw record accepted (bytes).
+pub const MAX_RECORD_BYTES: usize = 64 * 1024;
+/// Longest utterance accepted (bytes).
+pub const MAX_UTTERANCE_BYTES: usize = 16 * 1024;
+/// Longest label accepted (bytes).
+pub const MAX_LABEL_BYTES: usize = 256;
+/// How many bad lines an error message names before the scan stops.
+const MAX_REPORTED_ERRORS: usize = 5;
+/// Flush the output buffer to the object writer at this size.
+const FLUSH_BYTES: usize = 256 * 1024;
+
+/// What an ingest produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ingested {
+    /// `numExamples`/`numLabels` or `numFiles`/`numBytes`.
+    pub statistics: BTreeMap<String, String>,
+    /// sha256 over the files (see [`content_digest`]).
+    pub content_digest: String,
+}
+
+/// The digest of a set of files: sha256 of the lines `"<sha256 hex>  <name>\n"` in name order,
+/// the same text `sha256sum` prints for the files, so users can verify it.
+pub fn content_digest(files: &BTreeMap<String, String>) -> String {
+    let mut manifest = Sha256::new();
+    for (name, digest) in files {
+        manifest.update(format!("{digest}  {name}\n").as_bytes());
+    }
+    hex::encode(manifest.finalize())
+}
+
+/// A streaming writer that also hashes what it writes.
+pub struct HashingWriter {
+    writer: automl_common::s3::ObjectWriter,
+    hasher: Sha256,
+    buffer: Vec<u8>,
+}
+
+impl HashingWriter {
+    /// Writes `bucket/key`.
+    pub fn new(objects: &ObjectStore, bucket: &str, key: &str) -> Self {
+        Self {
+            writer: objects.writer(bucket, key),
+            hasher: Sha256::new(),
+            buffer: Vec::with_capacity(FLUSH_BYTES * 2),
+        }
+    }
+
+    /// The buffer to append to; flushed by [`HashingWriter::flush_if_full`].
+    pub fn buffer(&mut self) -> &mut Vec<u8> {
+        &mut self.buffer
+    }
+
+    /// Sends the buffer on once it is large.
+    pub async fn flush_if_full(&mut self) -> Result<(), S3Error> {
+        if self.buffer.len() >= FLUSH_BYTES {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), S3Error> {
+        self.hasher.update(&self.buffer);
+        self.writer.write(&self.buffer).await?;
+        self.buffer.clear();
+        Ok(())
+    }
+
+    /// Completes the object; returns its size and sha256 hex.
+    pub async fn finish(mut self) -> Result<(u64, String), S3Error> {
+        self.flush().await?;
+        let digest = hex::encode(self.hasher.finalize());
+        let size = self.writer.finish().await?;
+        Ok((size, digest))
+    }
+
+    /// Discards the object.
+    pub async fn abort(self) {
+        self.writer.abort().await;
+    }
+}
+
+/// Label names in order of first appearance, with their 1-based ids.
+#[derive(Debug, Default)]
+pub struct LabelIds {
+    names: Vec<String>,
+    ids: HashMap<String, usize>,
+}
+
+impl LabelIds {
+    /// The id of `label`, assigning the next one on first sight.
+    pub fn id(&mut self, label: &str) -> usize {
+        if let Some(id) = self.ids.get(label) {
+            return *id;
+        }
+        self.names.push(label.to_string());
+        let id = self.names.len();
+        self.ids.insert(label.to_string(), id);
+        id
+    }
+
+    /// How many labels.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// `labels.csv`: `"<id>","<label>"` rows in id order.
+    pub fn to_csv(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (index, name) in self.names.iter().enumerate() {
+            push_row(&mut out, &[&(index + 1).to_string(), name]);
+        }
+        out
+    }
+}
+
+/// A validated TEXT_INTENT row.
+struct Row {
+    utterance: String,
+    labels: Vec<String>,
+}
+
+/// Checks one raw record; `Err` names what is wrong with it.
+fn validate(fields: Vec<Vec<u8>>) -> Result<Row, String> {
+    if fields.len() != 2 {
+        return Err(format!(
+            "expected 2 columns (utterance,label), found {}",
+            fields.len()
+        ));
+    }
+    let mut fields = fields.into_iter();
+    let (Some(utterance), Some(label)) = (fields.next(), fields.next()) else {
+        return Err("expected 2 columns (utterance,label)".into());
+    };
+    let utterance = String::from_utf8(utterance).map_err(|_| "invalid UTF-8".to_string())?;
+    let label = String::from_utf8(label).map_err(|_| "invalid UTF-8".to_string())?;
+    // Normalized files hold one example per line.
+    let utterance = utterance.replace(['\r', '\n'], " ").trim().to_string();
+    if utterance.is_empty() {
+        return Err("empty utterance".into());
+    }
+    if utterance.len() > MAX_UTTERANCE_BYTES {
+        return Err(format!("utterance longer than {MAX_UTTERANCE_BYTES} bytes"));
+    }
+    let labels: Vec<String> = label.split(';').map(|l| l.trim().to_string()).collect();
+    if labels.iter().any(String::is_empty) {
+        return Err("empty label".into());
+    }
+    if labels
+        .iter()
+        .any(|l| l.len() > MAX_LABEL_BYTES || l.contains(['\r', '\n']))
+    {
+        return Err(format!(
+            "label longer than {MAX_LABEL_BYTES} bytes or spanning lines"
+        ));
+    }
+    Ok(Row { utterance, labels })
+}
+
+/// Ingests a TEXT_INTENT CSV from `source_bucket/source_key` into `dest_prefix` of the datasets
+/// bucket. On any error nothing is left under `dest_prefix`.
+pub async fn text_intent(
+    objects: &ObjectStore,
+    source_bucket: &str,
+    source_key: &str,
+    dest_prefix: &str,
+) -> Result<Ingested, DataError> {
+    let reader = objects
+        .reader(source_bucket, source_key)
+        .await
+        .map_err(|err| source_error(err, source_bucket, source_key))?;
+    let mut records = RecordReader::new(reader, MAX_RECORD_BYTES);
+    let bucket = objects.datasets_bucket.clone();
+    let mut examples = HashingWriter::new(objects, &bucket, &format!("{dest_prefix}/examples.csv"));
+    let mut labels = LabelIds::default();
+    let mut errors: Vec<String> = Vec::new();
+    let mut count: u64 = 0;
+    let mut ids = String::new();
+    loop {
+        let record = match records.next().await {
+            Ok(Some(record)) => record,
+            Ok(None) => break,
+            Err(err) => {
+                examples.abort().await;
+                return Err(DataError::InvalidData(format!(
+                    "{source_bucket}/{source_key} could not be read: {err}"
+                )));
+            }
+        };
+        let checked = match record {
+            Record::Fields { line, fields } => validate(fields).map_err(|why| (line, why)),
+            Record::TooLong { line } => {
+                Err((line, format!("longer than {MAX_RECORD_BYTES} bytes")))
+            }
+            Record::UnclosedQuote { line } => Err((line, "unclosed quote".to_string())),
+        };
+        match checked {
+            Ok(row) if errors.is_empty() => {
+                ids.clear();
+                for (index, label) in row.labels.iter().enumerate() {
+                    if index > 0 {
+                        ids.push(';');
+                    }
+                    ids.push_str(&labels.id(label).to_string());
+                }
+                push_row(examples.buffer(), &[&row.utterance, &ids]);
+                count += 1;
+                if let Err(err) = examples.flush_if_full().await {
+                    examples.abort().await;
+                    return Err(err.into());
+                }
+                if count.is_multiple_of(1_000_000) {
+                    tracing::info!(rows = count, bytes = records.consumed(), "ingesting");
+                }
+            }
+            Ok(_) => {}
+            Err((line, why)) => {
+                errors.push(format!("line {line}: {why}"));
+                if errors.len() >= MAX_REPORTED_ERRORS {
+                    break;
+                }
+            }
+        }
+    }
+    if !errors.is_empty() {
+        examples.abort().await;
+        return Err(DataError::InvalidData(format!(
+            "{source_bucket}/{source_key} is not valid TEXT_INTENT data (utterance,label per line): {}",
+            errors.join("; ")
+        )));
+    }
+    if count == 0 {
+        examples.abort().await;
+        return Err(DataError::InvalidData(format!(
+            "{source_bucket}/{source_key} is empty: TEXT_INTENT data needs at least one utterance,label line"
+        )));
+    }
+    let (_, examples_digest) = examples.finish().await?;
+    let labels_csv = labels.to_csv();
+    let labels_digest = hex::encode(Sha256::digest(&labels_csv));
+    let labels_key = format!("{dest_prefix}/labels.csv");
+    if let Err(err) = objects.put_bytes(&bucket, &labels_key, labels_csv).await {
+        let _ = objects
+            .delete_prefix(&bucket, &format!("{dest_prefix}/"))
+            .await;
+        return Err(err.into());
+    }
+    let digests = BTreeMap::from([
+        ("examples.csv".to_string(), examples_digest),
+        ("labels.csv".to_string(), labels_digest),
+    ]);
+    Ok(Ingested {
+        statistics: BTreeMap::from([
+            ("numExamples".to_string(), count.to_string()),
+            ("numLabels".to_string(), labels.len().to_string()),
+        ]),
+        content_digest: content_digest(&digests),
+    })
+}
+
+/// Copies `source_bucket/source_key` to `dest_bucket/dest_key`, streaming and hashing; returns
+/// the size and sha256 hex.
+pub async fn copy_hashed(
+    objects: &ObjectStore,
+    source_bucket: &str,
+    source_key: &str,
+    dest_bucket: &str,
+    dest_key: &str,
+) -> Result<(u64, String), DataError> {
+    use tokio::io::AsyncReadExt;
+    let mut reader = objects
+        .reader(source_bucket, source_key)
+        .await
+        .map_err(|err| source_error(err, source_bucket, source_key))?;
+    let mut writer = HashingWriter::new(objects, dest_bucket, dest_key);
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let read = match reader.read(&mut chunk).await {
+            Ok(read) => read,
+            Err(err) => {
+                writer.abort().await;
+                return Err(err.into());
+            }
+        };
+        if read == 0 {
+            break;
+        }
+        writer.buffer().extend_from_slice(&chunk[..read]);
+        if let Err(err) = writer.flush_if_full().await {
+            writer.abort().await;
+            return Err(err.into());
+        }
+    }
+    Ok(writer.finish().await?)
+}
+
+/// Copies every object at `source_bucket/source_key` (the object itself, or everything under it
+/// as a folder) into `dest_prefix`, keeping relative paths.
+pub async fn generic(
+    objects: &ObjectStore,
+    source_bucket: &str,
+    source_key: &str,
+    dest_prefix: &str,
+) -> Result<Ingested, DataError> {
+    let entries = objects
+        .resolve_location(source_bucket, source_key)
+        .await
+        .map_err(|err| source_error(err, source_bucket, source_key))?;
+    if entries.is_empty() {
+        return Err(DataError::SourceNotFound(format!(
+            "{source_bucket}/{source_key}"
+        )));
+    }
+    let folder = format!("{}/", source_key.trim_end_matches('/'));
+    let bucket = objects.datasets_bucket.clone();
+    let mut digests = BTreeMap::new();
+    let mut total: u64 = 0;
+    for entry in &entries {
+        let relative = entry
+            .key
+            .strip_prefix(&folder)
+            .unwrap_or_else(|| entry.key.rsplit('/').next().unwrap_or(&entry.key));
+        let copied = copy_hashed(
+            objects,
+            source_bucket,
+            &entry.key,
+            &bucket,
+            &format!("{dest_prefix}/{relative}"),
+        )
+        .await;
+        match copied {
+            Ok((size, digest)) => {
+                total += size;
+                digests.insert(relative.to_string(), digest);
+            }
+            Err(err) => {
+                let _ = objects
+                    .delete_prefix(&bucket, &format!("{dest_prefix}/"))
+                    .await;
+                return Err(err);
+            }
+        }
+    }
+    Ok(Ingested {
+        statistics: BTreeMap::from([
+            ("numFiles".to_string(), digests.len().to_string()),
+            ("numBytes".to_string(), total.to_string()),
+        ]),
+        content_digest: content_digest(&digests),
+    })
+}
+
+/// A missing source object is NOT_FOUND naming it; other failures keep their kind.
+fn source_error(err: S3Error, bucket: &str, key: &str) -> DataError {
+    match err {
+        S3Error::NotFound(_) => DataError::SourceNotFound(format!("{bucket}/{key}")),
+        other => DataError::ObjectStore(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(values: &[&str]) -> Vec<Vec<u8>> {
+        values.iter().map(|v| v.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn rows_are_validated() {
+        let row = validate(raw(&["  book a flight ", "travel; booking"])).expect("valid");
+        assert_eq!(row.utterance, "book a flight");
+        assert_eq!(row.labels, ["travel", "booking"]);
+        assert!(validate(raw(&["only one column"])).is_err());
+        assert!(validate(raw(&["a", "b", "c"])).is_err());
+        assert!(validate(raw(&["", "label"])).is_err());
+        assert!(validate(raw(&["text", ""])).is_err());
+        assert!(validate(raw(&["text", "a;;b"])).is_err());
+        assert!(validate(vec![vec![0xff, 0xfe], b"x".to_vec()]).is_err());
+    }
+
+    #[test]
+    fn label_ids_follow_first_appearance() {
+        let mut labels = LabelIds::default();
+        assert_eq!(labels.id("b"), 1);
+        assert_eq!(labels.id("a"), 2);
+        assert_eq!(labels.id("b"), 1);
+        assert_eq!(
+            String::from_utf8(labels.to_csv()).expect("utf8"),
+            "\"1\",\"b\"\n\"2\",\"a\"\n"
+        );
+    }
+
+    #[test]
+    fn digest_is_sha256sum_of_the_manifest() {
+        let files = BTreeMap::from([("a".to_string(), "00".to_string())]);
+        assert_eq!(
+            content_digest(&files),
+            hex::encode(Sha256::digest(b"00  a\n"))
+        );
+    }
+}
