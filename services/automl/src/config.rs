@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use automl_common::config::{
     CommonConfig, ConfigError, DatabaseConfig, S3Config, TelemetryConfig, load,
 };
+use automl_data_management::DataManagementConfig;
 use automl_metadata_store::MetadataStoreConfig;
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +23,8 @@ pub struct AutomlConfig {
     pub s3: S3Config,
     /// `[telemetry]`
     pub telemetry: TelemetryConfig,
+    /// `[data_management]`
+    pub data_management: DataManagementConfig,
     /// `[metadata_store]`
     pub metadata_store: MetadataStoreConfig,
 }
@@ -34,6 +37,7 @@ impl Default for AutomlConfig {
             database: common.database,
             s3: common.s3,
             telemetry: common.telemetry,
+            data_management: DataManagementConfig::default(),
             metadata_store: MetadataStoreConfig::default(),
         }
     }
@@ -48,6 +52,7 @@ impl AutomlConfig {
     ) -> Result<Self, ConfigError> {
         let config: Self = load(file, env, overrides)?;
         config.common().validate()?;
+        config.data_management.validate()?;
         config.metadata_store.validate()?;
         Ok(config)
     }

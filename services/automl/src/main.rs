@@ -2,13 +2,15 @@
 //!
 //! - `automl serve <service|all>` starts services (see [`serve`]); `automl migrate` applies
 //!   database migrations; `automl health` checks a server.
-//! - `automl runs list|show|watch` read metadata-store (see [`client`]).
+//! - `automl dataset …` drives data-management (see [`datasets`]); `automl runs list|show|watch`
+//!   read metadata-store (see [`client`]).
 //!
 //! Configuration: [`config::AutomlConfig`], loaded from defaults, `--config FILE`,
 //! `AUTOML__SECTION__KEY` variables and flags, in that order.
 
 mod client;
 mod config;
+mod datasets;
 mod serve;
 
 use std::collections::HashMap;
@@ -59,6 +61,14 @@ enum Command {
         /// The service to ask about; empty for the whole server.
         #[arg(long, default_value = "")]
         service: String,
+    },
+    /// Datasets in data-management.
+    Dataset {
+        /// `host:port` of data-management.
+        #[arg(long, env = "AUTOML_DATA_MANAGEMENT", default_value = "localhost:6000")]
+        server: String,
+        #[command(subcommand)]
+        command: datasets::DatasetCommand,
     },
     /// Runs recorded in metadata-store.
     Runs {
@@ -169,6 +179,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Health { addr, service } => {
             return client::health(&addr, &service).await;
         }
+        Command::Dataset { server, command } => datasets::run(&server, command).await?,
         Command::Runs { server, command } => client::runs(&server, command).await?,
     }
     Ok(ExitCode::SUCCESS)

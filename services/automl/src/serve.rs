@@ -17,6 +17,8 @@ use crate::config::AutomlConfig;
 /// What `automl serve` and `automl migrate` accept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ServiceArg {
+    /// Datasets, commits, training snapshots (port 6000).
+    DataManagement,
     /// Runs, epochs, artifacts (port 6002).
     MetadataStore,
     /// Every service in one process, each on its own port.
@@ -26,6 +28,8 @@ pub enum ServiceArg {
 /// One concrete service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Service {
+    /// data-management.
+    DataManagement,
     /// metadata-store.
     MetadataStore,
 }
@@ -34,7 +38,9 @@ impl ServiceArg {
     /// The concrete services this argument stands for.
     pub fn expand(self) -> Vec<Service> {
         match self {
-            ServiceArg::MetadataStore | ServiceArg::All => vec![Service::MetadataStore],
+            ServiceArg::DataManagement => vec![Service::DataManagement],
+            ServiceArg::MetadataStore => vec![Service::MetadataStore],
+            ServiceArg::All => vec![Service::DataManagement, Service::MetadataStore],
         }
     }
 }
@@ -43,6 +49,7 @@ impl Service {
     /// The name as users type it.
     pub fn as_str(self) -> &'static str {
         match self {
+            Service::DataManagement => "data-management",
             Service::MetadataStore => "metadata-store",
         }
     }
@@ -50,6 +57,7 @@ impl Service {
     /// The config section holding its host and port.
     pub fn section(self) -> &'static str {
         match self {
+            Service::DataManagement => "data_management",
             Service::MetadataStore => "metadata_store",
         }
     }
@@ -67,6 +75,18 @@ pub async fn run(config: AutomlConfig, service: ServiceArg) -> anyhow::Result<()
     let mut databases: Vec<Database> = Vec::new();
     for name in service.expand() {
         let (bind, routes, db) = match name {
+            Service::DataManagement => {
+                let section = &config.data_management;
+                let (routes, db) = automl_data_management::start(
+                    &common,
+                    section,
+                    objects.clone(),
+                    shutdown.clone(),
+                )
+                .await
+                .context("starting data-management")?;
+                (section.server().bind_address(), routes, db)
+            }
             Service::MetadataStore => {
                 let section = &config.metadata_store;
                 let (routes, db) = automl_metadata_store::start(
@@ -175,6 +195,10 @@ pub async fn migrate(config: AutomlConfig, service: ServiceArg) -> anyhow::Resul
     let common = config.common();
     for name in service.expand() {
         let (short, migrations): (&'static str, &[MigrationSource]) = match name {
+            Service::DataManagement => (
+                automl_data_management::SERVICE,
+                automl_data_management::MIGRATIONS,
+            ),
             Service::MetadataStore => (
                 automl_metadata_store::SERVICE,
                 automl_metadata_store::MIGRATIONS,

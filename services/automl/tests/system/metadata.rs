@@ -1,10 +1,7 @@
-//! The `automl` binary as users run it: a real process, real sockets, the real grpcurl.
-//! Storage scenarios run on SQLite and (with AUTOML_TEST_POSTGRES_URL) on Postgres.
+//! metadata-store through the `automl` process.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,147 +11,7 @@ use automl_proto::metadata_store as pb;
 use automl_proto::metadata_store::metadata_store_service_client::MetadataStoreServiceClient;
 use tonic::transport::Channel;
 
-/// A running `automl serve` process; killed when dropped.
-struct Automl {
-    child: Child,
-    /// `service name → host:port` as the process announced them.
-    addrs: HashMap<String, String>,
-}
-
-impl Automl {
-    /// Starts `automl serve all` in `cwd` with `env`, on free ports, and waits until every
-    /// service has announced its address.
-    fn spawn(cwd: &Path, env: &[(&str, String)]) -> Automl {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_automl"));
-        command
-            .args(["serve", "all"])
-            .current_dir(cwd)
-            .env("AUTOML__METADATA_STORE__HOST", "127.0.0.1")
-            .env("AUTOML__METADATA_STORE__PORT", "0")
-            .env("AUTOML__S3__EMBEDDED_BIND", "127.0.0.1:0")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let mut child = command.spawn().expect("automl starts");
-        let stdout = child.stdout.take().expect("stdout");
-        let (sender, receiver) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut addrs = HashMap::new();
-        tokio::task::block_in_place(|| {
-            Self::await_announcements(&receiver, &mut addrs);
-        });
-        Automl { child, addrs }
-    }
-
-    fn await_announcements(
-        receiver: &std::sync::mpsc::Receiver<String>,
-        addrs: &mut HashMap<String, String>,
-    ) {
-        while !addrs.contains_key("metadata-store") {
-            let line = receiver
-                .recv_timeout(Duration::from_secs(60))
-                .expect("automl announces its services within 60 s");
-            let announced = line
-                .strip_prefix("automl: ")
-                .and_then(|rest| rest.split_once(" listening on "));
-            if let Some((name, addr)) = announced {
-                addrs.insert(name.to_string(), addr.to_string());
-            }
-        }
-    }
-
-    fn addr(&self, service: &str) -> String {
-        self.addrs[service].clone()
-    }
-
-    async fn metadata_client(&self) -> MetadataStoreServiceClient<Channel> {
-        let channel = tonic::transport::Endpoint::from_shared(format!(
-            "http://{}",
-            self.addr("metadata-store")
-        ))
-        .expect("url")
-        .connect()
-        .await
-        .expect("connect");
-        MetadataStoreServiceClient::new(channel)
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
-    }
-
-    /// SIGTERM, then waits for a clean exit.
-    fn terminate(mut self) {
-        self.signal("TERM");
-        let status = tokio::task::block_in_place(|| self.child.wait()).expect("wait");
-        assert!(status.success(), "graceful shutdown exits 0, got {status}");
-    }
-
-    /// SIGKILL, then reaps the process.
-    fn kill9(mut self) {
-        self.signal("KILL");
-        let _ = tokio::task::block_in_place(|| self.child.wait());
-    }
-}
-
-impl Drop for Automl {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The grpcurl binary: `$GRPCURL`, else `grpcurl` on the PATH (scripts/test.sh installs it).
-fn grpcurl() -> PathBuf {
-    if let Ok(path) = std::env::var("GRPCURL") {
-        return PathBuf::from(path);
-    }
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("grpcurl"))
-            .find(|candidate| candidate.is_file())
-    });
-    found.expect("grpcurl is needed: run scripts/test.sh, which installs it, or set GRPCURL")
-}
-
-/// Runs grpcurl and returns (success, stdout, stderr).
-fn run_grpcurl(args: &[&str]) -> (bool, String, String) {
-    let output = tokio::task::block_in_place(|| Command::new(grpcurl()).args(args).output())
-        .expect("grpcurl runs");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
-/// grpcurl prints responses as protobuf JSON (lowerCamelCase names, defaults omitted).
-fn grpcurl_json(addr: &str, method: &str, body: &str) -> serde_json::Value {
-    let (ok, stdout, stderr) = run_grpcurl(&["-plaintext", "-d", body, addr, method]);
-    assert!(ok, "grpcurl {method} failed: {stderr}");
-    serde_json::from_str(&stdout).expect("grpcurl prints JSON")
-}
-
-fn process_env(env: &TestEnv, data_dir: &Path) -> Vec<(&'static str, String)> {
-    vec![
-        ("AUTOML__DATA_DIR", data_dir.display().to_string()),
-        ("AUTOML__DATABASE__URL", env.common.database.url.clone()),
-        ("AUTOML__S3__ENDPOINT", env.common.s3.endpoint.clone()),
-    ]
-}
+use crate::support::{Automl, grpcurl_json, process_env, run_grpcurl};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starts_without_configuration_and_reports_serving() {
@@ -407,4 +264,40 @@ async fn kill_9_during_log_epoch_loses_no_acknowledged_epoch() {
         }
         automl.terminate();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_creates_the_schema_and_exits() {
+    let cwd = tempfile::tempdir().expect("tempdir");
+    let output = tokio::task::block_in_place(|| {
+        Command::new(env!("CARGO_BIN_EXE_automl"))
+            .args(["migrate", "all", "--data-dir", "state"])
+            .current_dir(cwd.path())
+            .output()
+    })
+    .expect("automl migrate runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(cwd.path().join("state/metadata_store.db").is_file());
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("metadata-store schema is up to date")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_configuration_is_refused_with_the_key_named() {
+    let cwd = tempfile::tempdir().expect("tempdir");
+    let output = tokio::task::block_in_place(|| {
+        Command::new(env!("CARGO_BIN_EXE_automl"))
+            .args(["serve", "all"])
+            .env("AUTOML__METADATA_STORE__PROT", "1")
+            .current_dir(cwd.path())
+            .output()
+    })
+    .expect("automl runs");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("prot"));
 }

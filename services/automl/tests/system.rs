@@ -1,0 +1,9 @@
+//! The `automl` binary as users run it: a real process, real sockets, the real grpcurl.
+//! Storage scenarios run on SQLite and (with AUTOML_TEST_POSTGRES_URL) on Postgres.
+
+#[path = "system/datasets.rs"]
+mod datasets;
+#[path = "system/metadata.rs"]
+mod metadata;
+#[path = "system/support.rs"]
+mod support;

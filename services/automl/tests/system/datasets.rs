@@ -1,0 +1,285 @@
+//! data-management through the `automl` process: the MiniAutoML demo with grpcurl, and crashes
+//! (`kill -9`) during an ingest and during a snapshot build.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use automl_common::testing::{TestEnv, backends};
+use automl_proto::data_management as pb;
+use automl_proto::data_management::data_management_service_client::DataManagementServiceClient;
+use tonic::transport::Channel;
+
+use crate::support::{Automl, grpcurl_json, process_env};
+
+fn shared_data(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/data")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|err| panic!("{} is needed: {err}", path.display()))
+}
+
+/// Splits CSV bytes into two halves at a line boundary.
+fn halves(data: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let lines: Vec<&[u8]> = data.split_inclusive(|b| *b == b'\n').collect();
+    let middle = lines.len() / 2;
+    (lines[..middle].concat(), lines[middle..].concat())
+}
+
+const SERVICE: &str = "data_management.DataManagementService";
+
+fn call(addr: &str, method: &str, body: &str) -> serde_json::Value {
+    grpcurl_json(addr, &format!("{SERVICE}/{method}"), body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn miniautoml_data_management_demo_with_grpcurl() {
+    let part1 = shared_data("clinc-intents-part1.csv");
+    let (part2a, part2b) = halves(&shared_data("clinc-intents-part2.csv"));
+    let mut digests = Vec::new();
+    for backend in backends() {
+        let env = TestEnv::new(backend).await.expect("env");
+        let bucket = env.objects.datasets_bucket.clone();
+        for (key, body) in [
+            ("upload/clinc-part1.csv", &part1),
+            ("upload/clinc-part2-a.csv", &part2a),
+            ("upload/clinc-part2-b.csv", &part2b),
+        ] {
+            env.objects
+                .put_bytes(&bucket, key, body.clone())
+                .await
+                .expect("upload");
+        }
+        let automl = Automl::spawn(env.path(), &process_env(&env, &env.path().join("automl")));
+        let addr = automl.addr("data-management");
+
+        let created = call(
+            &addr,
+            "CreateDataset",
+            &format!(
+                r#"{{"name":"clinc","description":"intents","dataset_type":"TEXT_INTENT","bucket":"{bucket}","path":"upload/clinc-part1.csv","tags":[{{"tag_key":"category","tag_value":"aaa"}}]}}"#
+            ),
+        );
+        assert_eq!(created["datasetId"], "1");
+        assert_eq!(created["commits"][0]["commitId"], "1");
+        assert_eq!(created["commits"][0]["statistics"]["numExamples"], "5500");
+        for (path, value, commit) in [
+            ("upload/clinc-part2-a.csv", "aaa", "2"),
+            ("upload/clinc-part2-b.csv", "bbb", "3"),
+        ] {
+            let updated = call(
+                &addr,
+                "UpdateDataset",
+                &format!(
+                    r#"{{"dataset_id":"1","commit_message":"more","bucket":"{bucket}","path":"{path}","tags":[{{"tag_key":"category","tag_value":"{value}"}}]}}"#
+                ),
+            );
+            let commits = updated["commits"].as_array().expect("commits");
+            assert_eq!(commits.last().expect("commit")["commitId"], commit);
+        }
+
+        let all = call(&addr, "PrepareTrainingDataset", r#"{"dataset_id":"1"}"#);
+        assert_eq!(all["versionHash"], "hashDg==");
+        let tagged = call(
+            &addr,
+            "PrepareTrainingDataset",
+            r#"{"dataset_id":"1","tags":[{"tag_key":"category","tag_value":"aaa"}]}"#,
+        );
+        assert_eq!(tagged["versionHash"], "hashBg==");
+
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        let snapshot = loop {
+            let fetched = call(
+                &addr,
+                "FetchTrainingDataset",
+                r#"{"dataset_id":"1","version_hash":"hashDg=="}"#,
+            );
+            // grpcurl omits the default enum value, RUNNING.
+            if fetched.get("state").is_some() {
+                break fetched;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "snapshot never left RUNNING"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(snapshot["state"], "READY", "{snapshot}");
+        let names: Vec<_> = snapshot["parts"]
+            .as_array()
+            .expect("parts")
+            .iter()
+            .map(|p| p["name"].as_str().expect("name").to_string())
+            .collect();
+        assert_eq!(names, ["examples.csv", "labels.csv"]);
+        assert_eq!(snapshot["root"]["path"], "versionedDatasets/1/hashDg==");
+        assert_eq!(snapshot["statistics"]["numExamples"], "13100");
+        assert_eq!(snapshot["statistics"]["numLabels"], "151");
+        digests.push(
+            snapshot["contentDigest"]
+                .as_str()
+                .expect("digest")
+                .to_string(),
+        );
+        automl.terminate();
+    }
+    // The same selection gives the same bytes on every backend.
+    assert!(
+        digests.windows(2).all(|pair| pair[0] == pair[1]),
+        "{digests:?}"
+    );
+}
+
+/// Writes a ~`megabytes` MB TEXT_INTENT file to `key`, streaming.
+async fn put_large(env: &TestEnv, key: &str, megabytes: usize) {
+    let mut writer = env.objects.writer(&env.objects.datasets_bucket, key);
+    let mut row = 0usize;
+    let mut chunk = String::new();
+    while (writer.written() as usize) < megabytes * 1024 * 1024 {
+        chunk.clear();
+        for _ in 0..10_000 {
+            row += 1;
+            chunk.push_str(&format!(
+                "generated utterance number {row} about things,intent_{}\n",
+                row % 97
+            ));
+        }
+        writer.write(chunk.as_bytes()).await.expect("write");
+    }
+    writer.finish().await.expect("finish");
+}
+
+async fn commit_ids(client: &mut DataManagementServiceClient<Channel>) -> Vec<String> {
+    client
+        .get_dataset_summary(pb::DatasetPointer {
+            dataset_id: "1".into(),
+        })
+        .await
+        .expect("summary")
+        .into_inner()
+        .commits
+        .into_iter()
+        .map(|c| c.commit_id)
+        .collect()
+}
+
+fn commit(path: &str) -> pb::CreateCommitRequest {
+    pb::CreateCommitRequest {
+        dataset_id: "1".into(),
+        commit_message: "more".into(),
+        bucket: String::new(),
+        path: path.into(),
+        tags: vec![],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_ingest_and_snapshot_build_leaves_nothing_half_done() {
+    for backend in backends() {
+        let env = TestEnv::new(backend).await.expect("env");
+        env.objects
+            .put_bytes(
+                &env.objects.datasets_bucket,
+                "upload/small.csv",
+                b"hello,greeting\n".to_vec(),
+            )
+            .await
+            .expect("upload");
+        put_large(&env, "upload/large.csv", 40).await;
+        let data_dir = env.path().join("automl");
+        let automl = Automl::spawn(env.path(), &process_env(&env, &data_dir));
+        let mut client = automl.data_client().await;
+        client
+            .create_dataset(pb::CreateDatasetRequest {
+                name: "crash".into(),
+                dataset_type: pb::DatasetType::TextIntent.into(),
+                path: "upload/small.csv".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("create");
+
+        // Crash in the middle of a large ingest.
+        let mut background = client.clone();
+        let ingest =
+            tokio::spawn(
+                async move { background.update_dataset(commit("upload/large.csv")).await },
+            );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        automl.kill9();
+        assert!(
+            ingest.await.expect("task").is_err(),
+            "the crashed ingest was not acknowledged"
+        );
+
+        let automl = Automl::spawn(env.path(), &process_env(&env, &data_dir));
+        let mut client = automl.data_client().await;
+        assert_eq!(
+            commit_ids(&mut client).await,
+            ["1"],
+            "no partial commit is visible"
+        );
+        let after = client
+            .update_dataset(commit("upload/small.csv"))
+            .await
+            .expect("the next update works")
+            .into_inner();
+        assert_eq!(after.commits.len(), 2);
+        client
+            .update_dataset(commit("upload/large.csv"))
+            .await
+            .expect("large ingest completes");
+
+        // Crash in the middle of a snapshot build.
+        let prepared = client
+            .prepare_training_dataset(pb::DatasetQuery {
+                dataset_id: "1".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("prepare")
+            .into_inner();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        automl.kill9();
+
+        let automl = Automl::spawn(env.path(), &process_env(&env, &data_dir));
+        let mut client = automl.data_client().await;
+        let query = pb::VersionQuery {
+            dataset_id: "1".into(),
+            version_hash: prepared.version_hash.clone(),
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+        let snapshot = loop {
+            let snapshot = client
+                .fetch_training_dataset(query.clone())
+                .await
+                .expect("fetch")
+                .into_inner();
+            if snapshot.state() != pb::SnapshotState::Running {
+                break snapshot;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the build never ends"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        if snapshot.state() == pb::SnapshotState::Failed {
+            assert!(!snapshot.message.is_empty(), "a failure says why");
+            client
+                .prepare_training_dataset(pb::DatasetQuery {
+                    dataset_id: "1".into(),
+                    ..Default::default()
+                })
+                .await
+                .expect("prepare again");
+        } else {
+            assert!(
+                snapshot.statistics["numExamples"]
+                    .parse::<u64>()
+                    .expect("count")
+                    > 100_000
+            );
+        }
+        automl.terminate();
+    }
+}

@@ -1,0 +1,164 @@
+//! Helpers shared by the system tests: the `automl` process, grpcurl.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use automl_common::testing::TestEnv;
+use automl_proto::data_management::data_management_service_client::DataManagementServiceClient;
+use automl_proto::metadata_store::metadata_store_service_client::MetadataStoreServiceClient;
+use tonic::transport::Channel;
+
+/// What `automl serve all` starts, as it announces them.
+pub const SERVICES: [&str; 2] = ["data-management", "metadata-store"];
+
+/// A running `automl serve` process; killed when dropped.
+pub struct Automl {
+    pub child: Child,
+    /// `service name → host:port` as the process announced them.
+    pub addrs: HashMap<String, String>,
+}
+
+impl Automl {
+    /// Starts `automl serve all` in `cwd` with `env`, on free ports, and waits until every
+    /// service has announced its address.
+    pub fn spawn(cwd: &Path, env: &[(&str, String)]) -> Automl {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_automl"));
+        command
+            .args(["serve", "all"])
+            .current_dir(cwd)
+            .env("AUTOML__DATA_MANAGEMENT__HOST", "127.0.0.1")
+            .env("AUTOML__DATA_MANAGEMENT__PORT", "0")
+            .env("AUTOML__METADATA_STORE__HOST", "127.0.0.1")
+            .env("AUTOML__METADATA_STORE__PORT", "0")
+            .env("AUTOML__S3__EMBEDDED_BIND", "127.0.0.1:0")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("automl starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut addrs = HashMap::new();
+        tokio::task::block_in_place(|| {
+            Self::await_announcements(&receiver, &mut addrs);
+        });
+        Automl { child, addrs }
+    }
+
+    fn await_announcements(
+        receiver: &std::sync::mpsc::Receiver<String>,
+        addrs: &mut HashMap<String, String>,
+    ) {
+        while !SERVICES.iter().all(|name| addrs.contains_key(*name)) {
+            let line = receiver
+                .recv_timeout(Duration::from_secs(60))
+                .expect("automl announces its services within 60 s");
+            let announced = line
+                .strip_prefix("automl: ")
+                .and_then(|rest| rest.split_once(" listening on "));
+            if let Some((name, addr)) = announced {
+                addrs.insert(name.to_string(), addr.to_string());
+            }
+        }
+    }
+
+    pub fn addr(&self, service: &str) -> String {
+        self.addrs[service].clone()
+    }
+
+    async fn channel(&self, service: &str) -> Channel {
+        tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr(service)))
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    pub async fn metadata_client(&self) -> MetadataStoreServiceClient<Channel> {
+        MetadataStoreServiceClient::new(self.channel("metadata-store").await)
+    }
+
+    pub async fn data_client(&self) -> DataManagementServiceClient<Channel> {
+        DataManagementServiceClient::new(self.channel("data-management").await)
+            .max_decoding_message_size(64 * 1024 * 1024)
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn terminate(mut self) {
+        self.signal("TERM");
+        let status = tokio::task::block_in_place(|| self.child.wait()).expect("wait");
+        assert!(status.success(), "graceful shutdown exits 0, got {status}");
+    }
+
+    /// SIGKILL, then reaps the process.
+    pub fn kill9(mut self) {
+        self.signal("KILL");
+        let _ = tokio::task::block_in_place(|| self.child.wait());
+    }
+}
+
+impl Drop for Automl {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The grpcurl binary: `$GRPCURL`, else `grpcurl` on the PATH (scripts/test.sh installs it).
+pub fn grpcurl() -> PathBuf {
+    if let Ok(path) = std::env::var("GRPCURL") {
+        return PathBuf::from(path);
+    }
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("grpcurl"))
+            .find(|candidate| candidate.is_file())
+    });
+    found.expect("grpcurl is needed: run scripts/test.sh, which installs it, or set GRPCURL")
+}
+
+/// Runs grpcurl and returns (success, stdout, stderr).
+pub fn run_grpcurl(args: &[&str]) -> (bool, String, String) {
+    let output = tokio::task::block_in_place(|| Command::new(grpcurl()).args(args).output())
+        .expect("grpcurl runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// grpcurl prints responses as protobuf JSON (lowerCamelCase names, defaults omitted).
+pub fn grpcurl_json(addr: &str, method: &str, body: &str) -> serde_json::Value {
+    let (ok, stdout, stderr) = run_grpcurl(&["-plaintext", "-d", body, addr, method]);
+    assert!(ok, "grpcurl {method} failed: {stderr}");
+    serde_json::from_str(&stdout).expect("grpcurl prints JSON")
+}
+
+pub fn process_env(env: &TestEnv, data_dir: &Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("AUTOML__DATA_DIR", data_dir.display().to_string()),
+        ("AUTOML__DATABASE__URL", env.common.database.url.clone()),
+        ("AUTOML__S3__ENDPOINT", env.common.s3.endpoint.clone()),
+    ]
+}
