@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Benchmarks (not part of the tests). Usage: scripts/bench.sh metadata|train
+# Benchmarks (not part of the tests). Usage: scripts/bench.sh metadata|dataset|train
 #
 #   metadata   LogEpoch throughput and p50/p99 latency with 1, 16 and 64 concurrent callers on
 #              one channel, plus the wall time of 1,000 sequential LogEpoch calls, against a
 #              release-built metadata-store on SQLite and on Postgres (127.0.0.1:5432).
+#   dataset    data-management: ingest throughput of generated 10 MB and 100 MB TEXT_INTENT
+#              files as a ratio to a plain PUT of the same bytes to the same S3 endpoint, the
+#              server's peak RSS during ingest and snapshot build, PrepareTrainingDataset→READY
+#              time, p50/p99 of GetDatasetSummary and FetchTrainingDataset (SQLite, embedded S3).
 #   train      the intent classifier: automl-train (candle, CPU) against a PyTorch reference
 #              of the same model and data split; accuracy, wall time, examples/s
 #              (scripts/bench/train.sh says more).
@@ -16,9 +20,9 @@ source scripts/lib/tools.sh
 
 what=${1:-}
 case "$what" in
-  metadata) ;;
+  metadata|dataset) ;;
   train) exec scripts/bench/train.sh ;;
-  *) echo "usage: scripts/bench.sh metadata|train" >&2; exit 2 ;;
+  *) echo "usage: scripts/bench.sh metadata|dataset|train" >&2; exit 2 ;;
 esac
 
 seconds=${BENCH_SECONDS:-5}
@@ -26,8 +30,8 @@ pg_admin=${AUTOML_BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgre
 
 log "building release binaries"
 cargo build --release --locked -p automl --bin automl
-cargo bench --locked -p automl --bench metadata --no-run
-bench_bin=$(ls -t target/release/deps/metadata-* | grep -v '\.d$' | head -n 1)
+cargo bench --locked -p automl --bench "$what" --no-run
+bench_bin=$(ls -t target/release/deps/"$what"-* | grep -v '\.d$' | head -n 1)
 
 work=$(mktemp -d)
 server_pid=
@@ -37,16 +41,18 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Starts metadata-store with the given database URL; sets $addr.
+# Starts SERVICE with the given database URL in DIR; sets $addr, $s3 and $server_pid.
 start_server() {
-  local url=$1 dir=$2
+  local service=$1 url=$2 dir=$3 section=${1//-/_}
   : >"$work/out"
-  AUTOML__DATA_DIR="$dir" AUTOML__DATABASE__URL="$url" AUTOML__METADATA_STORE__HOST=127.0.0.1 \
-    AUTOML__METADATA_STORE__PORT=0 AUTOML__S3__EMBEDDED_BIND=127.0.0.1:0 RUST_LOG=warn \
-    target/release/automl serve metadata-store >"$work/out" 2>"$work/err" &
+  env AUTOML__DATA_DIR="$dir" AUTOML__DATABASE__URL="$url" \
+    "AUTOML__${section^^}__HOST=127.0.0.1" "AUTOML__${section^^}__PORT=0" \
+    AUTOML__S3__EMBEDDED_BIND=127.0.0.1:0 RUST_LOG=warn \
+    target/release/automl serve "$service" >"$work/out" 2>"$work/err" &
   server_pid=$!
   for _ in $(seq 1 100); do
-    addr=$(sed -n 's/^automl: metadata-store listening on //p' "$work/out")
+    addr=$(sed -n "s/^automl: $service listening on //p" "$work/out")
+    s3=$(sed -n 's/^automl: embedded s3 listening on //p' "$work/out")
     [ -n "$addr" ] && return 0
     sleep 0.1
   done
@@ -59,18 +65,29 @@ stop_server() {
   server_pid=
 }
 
-log "metadata-store on SQLite"
-start_server "" "$work/sqlite"
-"$bench_bin" --addr "$addr" --label sqlite --seconds "$seconds"
-stop_server
-
-if [ "$pg_admin" != skip ]; then
-  ensure_postgres
-  db="automl_bench_$$"
-  psql -q "$pg_admin" -c "CREATE DATABASE $db"
-  log "metadata-store on Postgres"
-  start_server "${pg_admin%/*}/$db" "$work/postgres"
-  "$bench_bin" --addr "$addr" --label postgres --seconds "$seconds"
+bench_metadata() {
+  log "metadata-store on SQLite"
+  start_server metadata-store "" "$work/sqlite"
+  "$bench_bin" --addr "$addr" --label sqlite --seconds "$seconds"
   stop_server
-  psql -q "$pg_admin" -c "DROP DATABASE $db WITH (FORCE)"
-fi
+
+  if [ "$pg_admin" != skip ]; then
+    ensure_postgres
+    db="automl_bench_$$"
+    psql -q "$pg_admin" -c "CREATE DATABASE $db"
+    log "metadata-store on Postgres"
+    start_server metadata-store "${pg_admin%/*}/$db" "$work/postgres"
+    "$bench_bin" --addr "$addr" --label postgres --seconds "$seconds"
+    stop_server
+    psql -q "$pg_admin" -c "DROP DATABASE $db WITH (FORCE)"
+  fi
+}
+
+bench_dataset() {
+  log "data-management on SQLite with the embedded S3 endpoint"
+  start_server data-management "" "$work/dataset"
+  "$bench_bin" --addr "$addr" --s3 "http://$s3" --pid "$server_pid" --megabytes 10,100
+  stop_server
+}
+
+"bench_$what"

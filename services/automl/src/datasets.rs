@@ -292,9 +292,17 @@ async fn prepare(
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
             pb::SnapshotState::Ready => {
-                let mut statistics: Vec<_> = snapshot.statistics.iter().collect();
+                let mut statistics: Vec<String> = snapshot
+                    .statistics
+                    .iter()
+                    .map(|(key, value)| format!("{key}={value}"))
+                    .collect();
                 statistics.sort();
-                println!("READY {statistics:?} sha256 {}", snapshot.content_digest);
+                println!(
+                    "READY {} sha256 {}",
+                    statistics.join(" "),
+                    snapshot.content_digest
+                );
                 for part in &snapshot.parts {
                     println!("  {}/{}", part.bucket, part.path);
                 }

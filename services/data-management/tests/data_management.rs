@@ -404,113 +404,115 @@ async fn bad_input_is_rejected_naming_the_line_and_commits_nothing() {
 
 #[tokio::test]
 async fn unknown_things_are_not_found_and_bad_fields_invalid() {
-    let env = env(Backend::Sqlite).await;
-    let mut running = start(&env).await;
-    let client = &mut running.client;
-    assert_code(
-        client
-            .create_dataset(create_request("upload/missing.csv", vec![]))
-            .await,
-        Code::NotFound,
-        "upload/missing.csv",
-    );
-    put(&env, "upload/a.csv", "book a flight,travel\n").await;
-    assert_code(
-        client
-            .update_dataset(commit_request("9", "upload/a.csv", vec![]))
-            .await,
-        Code::NotFound,
-        "dataset 9 not found",
-    );
-    assert_code(
-        client
-            .get_dataset_summary(pb::DatasetPointer {
-                dataset_id: "9".into(),
-            })
-            .await,
-        Code::NotFound,
-        "dataset 9",
-    );
-    // The failed create above used up an id; datasets get the next one.
-    let id = client
-        .create_dataset(create_request("upload/a.csv", vec![]))
-        .await
-        .expect("create")
-        .into_inner()
-        .dataset_id;
-    assert_code(
-        client
-            .prepare_training_dataset(pb::DatasetQuery {
-                dataset_id: id.clone(),
-                commit_id: "7".into(),
-                tags: vec![],
-            })
-            .await,
-        Code::NotFound,
-        "commit 7",
-    );
-    assert_code(
-        client
-            .fetch_training_dataset(pb::VersionQuery {
-                dataset_id: id.clone(),
-                version_hash: "hashQQ==".into(),
-            })
-            .await,
-        Code::NotFound,
-        "hashQQ==",
-    );
-    assert_code(
-        client
-            .list_datasets(pb::ListQueryOptions {
-                limit: -1,
-                index: 0,
-            })
-            .await,
-        Code::InvalidArgument,
-        "limit",
-    );
-    assert_code(
-        client
-            .get_dataset_summary(pb::DatasetPointer {
-                dataset_id: "abc".into(),
-            })
-            .await,
-        Code::InvalidArgument,
-        "dataset_id",
-    );
-    let mut bad_type = create_request("upload/a.csv", vec![]);
-    bad_type.dataset_type = 7;
-    assert_code(
-        client.create_dataset(bad_type).await,
-        Code::InvalidArgument,
-        "dataset_type",
-    );
-    let mut no_name = create_request("upload/a.csv", vec![]);
-    no_name.name.clear();
-    assert_code(
-        client.create_dataset(no_name).await,
-        Code::InvalidArgument,
-        "name",
-    );
-    assert_code(
-        client
-            .create_dataset(create_request("../etc/passwd", vec![]))
-            .await,
-        Code::InvalidArgument,
-        "path",
-    );
-    assert_code(
-        client
-            .prepare_training_dataset(pb::DatasetQuery {
-                dataset_id: id.clone(),
-                commit_id: String::new(),
-                tags: vec![tag("category", "none")],
-            })
-            .await,
-        Code::FailedPrecondition,
-        "no commit",
-    );
-    running.stop().await;
+    for backend in backends() {
+        let env = env(backend).await;
+        let mut running = start(&env).await;
+        let client = &mut running.client;
+        assert_code(
+            client
+                .create_dataset(create_request("upload/missing.csv", vec![]))
+                .await,
+            Code::NotFound,
+            "upload/missing.csv",
+        );
+        put(&env, "upload/a.csv", "book a flight,travel\n").await;
+        assert_code(
+            client
+                .update_dataset(commit_request("9", "upload/a.csv", vec![]))
+                .await,
+            Code::NotFound,
+            "dataset 9 not found",
+        );
+        assert_code(
+            client
+                .get_dataset_summary(pb::DatasetPointer {
+                    dataset_id: "9".into(),
+                })
+                .await,
+            Code::NotFound,
+            "dataset 9",
+        );
+        // The failed create above used up an id; datasets get the next one.
+        let id = client
+            .create_dataset(create_request("upload/a.csv", vec![]))
+            .await
+            .expect("create")
+            .into_inner()
+            .dataset_id;
+        assert_code(
+            client
+                .prepare_training_dataset(pb::DatasetQuery {
+                    dataset_id: id.clone(),
+                    commit_id: "7".into(),
+                    tags: vec![],
+                })
+                .await,
+            Code::NotFound,
+            "commit 7",
+        );
+        assert_code(
+            client
+                .fetch_training_dataset(pb::VersionQuery {
+                    dataset_id: id.clone(),
+                    version_hash: "hashQQ==".into(),
+                })
+                .await,
+            Code::NotFound,
+            "hashQQ==",
+        );
+        assert_code(
+            client
+                .list_datasets(pb::ListQueryOptions {
+                    limit: -1,
+                    index: 0,
+                })
+                .await,
+            Code::InvalidArgument,
+            "limit",
+        );
+        assert_code(
+            client
+                .get_dataset_summary(pb::DatasetPointer {
+                    dataset_id: "abc".into(),
+                })
+                .await,
+            Code::InvalidArgument,
+            "dataset_id",
+        );
+        let mut bad_type = create_request("upload/a.csv", vec![]);
+        bad_type.dataset_type = 7;
+        assert_code(
+            client.create_dataset(bad_type).await,
+            Code::InvalidArgument,
+            "dataset_type",
+        );
+        let mut no_name = create_request("upload/a.csv", vec![]);
+        no_name.name.clear();
+        assert_code(
+            client.create_dataset(no_name).await,
+            Code::InvalidArgument,
+            "name",
+        );
+        assert_code(
+            client
+                .create_dataset(create_request("../etc/passwd", vec![]))
+                .await,
+            Code::InvalidArgument,
+            "path",
+        );
+        assert_code(
+            client
+                .prepare_training_dataset(pb::DatasetQuery {
+                    dataset_id: id.clone(),
+                    commit_id: String::new(),
+                    tags: vec![tag("category", "none")],
+                })
+                .await,
+            Code::FailedPrecondition,
+            "no commit",
+        );
+        running.stop().await;
+    }
 }
 
 #[tokio::test]
@@ -568,79 +570,83 @@ async fn concurrent_updates_all_land_with_their_own_ids() {
 
 #[tokio::test]
 async fn failed_snapshots_say_why_and_can_be_prepared_again() {
-    let env = env(Backend::Sqlite).await;
-    let mut running = start(&env).await;
-    let client = &mut running.client;
-    put(&env, "upload/a.csv", "book a flight,travel\n").await;
-    client
-        .create_dataset(create_request("upload/a.csv", vec![]))
-        .await
-        .expect("create");
-    let examples = read(&env, "dataset/1/commit/1/examples.csv").await;
-    env.objects
-        .delete_prefix(&env.objects.datasets_bucket, "dataset/1/commit/1/examples")
-        .await
-        .expect("delete behind the service's back");
-    let query = pb::DatasetQuery {
-        dataset_id: "1".into(),
-        ..Default::default()
-    };
-    client
-        .prepare_training_dataset(query.clone())
-        .await
-        .expect("prepare");
-    let failed = wait_ready(client, "1", "hashAg==").await;
-    assert_eq!(failed.state(), pb::SnapshotState::Failed);
-    assert!(
-        failed.message.contains("build failed"),
-        "{}",
-        failed.message
-    );
+    for backend in backends() {
+        let env = env(backend).await;
+        let mut running = start(&env).await;
+        let client = &mut running.client;
+        put(&env, "upload/a.csv", "book a flight,travel\n").await;
+        client
+            .create_dataset(create_request("upload/a.csv", vec![]))
+            .await
+            .expect("create");
+        let examples = read(&env, "dataset/1/commit/1/examples.csv").await;
+        env.objects
+            .delete_prefix(&env.objects.datasets_bucket, "dataset/1/commit/1/examples")
+            .await
+            .expect("delete behind the service's back");
+        let query = pb::DatasetQuery {
+            dataset_id: "1".into(),
+            ..Default::default()
+        };
+        client
+            .prepare_training_dataset(query.clone())
+            .await
+            .expect("prepare");
+        let failed = wait_ready(client, "1", "hashAg==").await;
+        assert_eq!(failed.state(), pb::SnapshotState::Failed);
+        assert!(
+            failed.message.contains("build failed"),
+            "{}",
+            failed.message
+        );
 
-    put(&env, "dataset/1/commit/1/examples.csv", examples).await;
-    client
-        .prepare_training_dataset(query)
-        .await
-        .expect("prepare again");
-    let ready = wait_ready(client, "1", "hashAg==").await;
-    assert_eq!(ready.state(), pb::SnapshotState::Ready, "{}", ready.message);
-    assert!(ready.message.is_empty());
-    running.stop().await;
+        put(&env, "dataset/1/commit/1/examples.csv", examples).await;
+        client
+            .prepare_training_dataset(query)
+            .await
+            .expect("prepare again");
+        let ready = wait_ready(client, "1", "hashAg==").await;
+        assert_eq!(ready.state(), pb::SnapshotState::Ready, "{}", ready.message);
+        assert!(ready.message.is_empty());
+        running.stop().await;
+    }
 }
 
 #[tokio::test]
 async fn generic_datasets_copy_folders() {
-    let env = env(Backend::Sqlite).await;
-    let mut running = start(&env).await;
-    let client = &mut running.client;
-    put(&env, "images/cats/1.jpg", vec![1u8; 100]).await;
-    put(&env, "images/cats/2.jpg", vec![2u8; 50]).await;
-    put(&env, "images/dogs/1.jpg", vec![3u8; 10]).await;
-    let mut request = create_request("images", vec![]);
-    request.dataset_type = pb::DatasetType::Generic.into();
-    let created = client
-        .create_dataset(request)
-        .await
-        .expect("create")
-        .into_inner();
-    let commit = &created.commits[0];
-    assert_eq!(commit.statistics["numFiles"], "3");
-    assert_eq!(commit.statistics["numBytes"], "160");
-    assert_eq!(
-        read(&env, "dataset/1/commit/1/cats/2.jpg").await,
-        vec![2u8; 50]
-    );
-    client
-        .prepare_training_dataset(pb::DatasetQuery {
-            dataset_id: "1".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("prepare");
-    let snapshot = wait_ready(client, "1", "hashAg==").await;
-    let names: Vec<_> = snapshot.parts.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, ["1/cats/1.jpg", "1/cats/2.jpg", "1/dogs/1.jpg"]);
-    running.stop().await;
+    for backend in backends() {
+        let env = env(backend).await;
+        let mut running = start(&env).await;
+        let client = &mut running.client;
+        put(&env, "images/cats/1.jpg", vec![1u8; 100]).await;
+        put(&env, "images/cats/2.jpg", vec![2u8; 50]).await;
+        put(&env, "images/dogs/1.jpg", vec![3u8; 10]).await;
+        let mut request = create_request("images", vec![]);
+        request.dataset_type = pb::DatasetType::Generic.into();
+        let created = client
+            .create_dataset(request)
+            .await
+            .expect("create")
+            .into_inner();
+        let commit = &created.commits[0];
+        assert_eq!(commit.statistics["numFiles"], "3");
+        assert_eq!(commit.statistics["numBytes"], "160");
+        assert_eq!(
+            read(&env, "dataset/1/commit/1/cats/2.jpg").await,
+            vec![2u8; 50]
+        );
+        client
+            .prepare_training_dataset(pb::DatasetQuery {
+                dataset_id: "1".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("prepare");
+        let snapshot = wait_ready(client, "1", "hashAg==").await;
+        let names: Vec<_> = snapshot.parts.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["1/cats/1.jpg", "1/cats/2.jpg", "1/dogs/1.jpg"]);
+        running.stop().await;
+    }
 }
 
 #[tokio::test]
@@ -700,27 +706,29 @@ async fn delete_removes_rows_and_objects() {
 
 #[tokio::test]
 async fn list_datasets_pages_in_id_order() {
-    let env = env(Backend::Sqlite).await;
-    let mut running = start(&env).await;
-    let client = &mut running.client;
-    put(&env, "upload/a.csv", "book a flight,travel\n").await;
-    for _ in 0..5 {
-        client
-            .create_dataset(create_request("upload/a.csv", vec![]))
+    for backend in backends() {
+        let env = env(backend).await;
+        let mut running = start(&env).await;
+        let client = &mut running.client;
+        put(&env, "upload/a.csv", "book a flight,travel\n").await;
+        for _ in 0..5 {
+            client
+                .create_dataset(create_request("upload/a.csv", vec![]))
+                .await
+                .expect("create");
+        }
+        let mut page = client
+            .list_datasets(pb::ListQueryOptions { limit: 2, index: 1 })
             .await
-            .expect("create");
+            .expect("list")
+            .into_inner();
+        let mut ids = Vec::new();
+        while let Some(pointer) = page.message().await.expect("stream") {
+            ids.push(pointer.dataset_id);
+        }
+        assert_eq!(ids, ["2", "3"]);
+        running.stop().await;
     }
-    let mut page = client
-        .list_datasets(pb::ListQueryOptions { limit: 2, index: 1 })
-        .await
-        .expect("list")
-        .into_inner();
-    let mut ids = Vec::new();
-    while let Some(pointer) = page.message().await.expect("stream") {
-        ids.push(pointer.dataset_id);
-    }
-    assert_eq!(ids, ["2", "3"]);
-    running.stop().await;
 }
 
 async fn upload(
@@ -735,77 +743,79 @@ async fn upload(
 
 #[tokio::test]
 async fn upload_data_streams_into_the_datasets_bucket() {
-    let env = env(Backend::Sqlite).await;
-    let mut running = start(&env).await;
-    let client = &mut running.client;
-    // 20 MiB in 1 MiB chunks: a multipart upload.
-    let chunk = intent_csv(20_000, 10, 3).into_bytes();
-    let mut body = Vec::new();
-    let mut messages = vec![pb::UploadDataRequest {
-        bucket: String::new(),
-        path: "upload/streamed.csv".into(),
-        chunk: Vec::new(),
-    }];
-    while body.len() < 20 * 1024 * 1024 {
-        body.extend_from_slice(&chunk);
-        messages.push(pb::UploadDataRequest {
-            chunk: chunk.clone(),
-            ..Default::default()
-        });
-    }
-    let file = upload(client, messages).await.expect("upload");
-    assert_eq!(file.path, "upload/streamed.csv");
-    assert_eq!(file.bucket, env.objects.datasets_bucket);
-    assert_eq!(read(&env, "upload/streamed.csv").await, body);
-    let created = client
-        .create_dataset(create_request(&file.path, vec![]))
-        .await
-        .expect("create from upload")
-        .into_inner();
-    let rows = body.iter().filter(|b| **b == b'\n').count();
-    assert_eq!(
-        created.commits[0].statistics["numExamples"],
-        rows.to_string()
-    );
-
-    let generated = upload(
-        client,
-        vec![pb::UploadDataRequest {
-            chunk: b"hi,greeting\n".to_vec(),
-            ..Default::default()
-        }],
-    )
-    .await
-    .expect("upload without a path");
-    assert!(generated.path.starts_with("upload/"), "{}", generated.path);
-
-    for (bucket, path, needle) in [
-        ("", "../outside.csv", "path"),
-        ("", "/absolute.csv", "path"),
-        ("", "dataset/1/commit/1/examples.csv", "path"),
-        ("mini-automl-models", "x.csv", "bucket"),
-    ] {
-        assert_code(
-            upload(
-                client,
-                vec![pb::UploadDataRequest {
-                    bucket: bucket.into(),
-                    path: path.into(),
-                    chunk: b"x".to_vec(),
-                }],
-            )
-            .await,
-            Code::InvalidArgument,
-            needle,
-        );
-    }
-    assert!(
-        env.objects
-            .list(&env.objects.models_bucket, "")
+    for backend in backends() {
+        let env = env(backend).await;
+        let mut running = start(&env).await;
+        let client = &mut running.client;
+        // 20 MiB in 1 MiB chunks: a multipart upload.
+        let chunk = intent_csv(20_000, 10, 3).into_bytes();
+        let mut body = Vec::new();
+        let mut messages = vec![pb::UploadDataRequest {
+            bucket: String::new(),
+            path: "upload/streamed.csv".into(),
+            chunk: Vec::new(),
+        }];
+        while body.len() < 20 * 1024 * 1024 {
+            body.extend_from_slice(&chunk);
+            messages.push(pb::UploadDataRequest {
+                chunk: chunk.clone(),
+                ..Default::default()
+            });
+        }
+        let file = upload(client, messages).await.expect("upload");
+        assert_eq!(file.path, "upload/streamed.csv");
+        assert_eq!(file.bucket, env.objects.datasets_bucket);
+        assert_eq!(read(&env, "upload/streamed.csv").await, body);
+        let created = client
+            .create_dataset(create_request(&file.path, vec![]))
             .await
-            .expect("list")
-            .is_empty()
-    );
-    assert_code(upload(client, vec![]).await, Code::InvalidArgument, "empty");
-    running.stop().await;
+            .expect("create from upload")
+            .into_inner();
+        let rows = body.iter().filter(|b| **b == b'\n').count();
+        assert_eq!(
+            created.commits[0].statistics["numExamples"],
+            rows.to_string()
+        );
+
+        let generated = upload(
+            client,
+            vec![pb::UploadDataRequest {
+                chunk: b"hi,greeting\n".to_vec(),
+                ..Default::default()
+            }],
+        )
+        .await
+        .expect("upload without a path");
+        assert!(generated.path.starts_with("upload/"), "{}", generated.path);
+
+        for (bucket, path, needle) in [
+            ("", "../outside.csv", "path"),
+            ("", "/absolute.csv", "path"),
+            ("", "dataset/1/commit/1/examples.csv", "path"),
+            ("mini-automl-models", "x.csv", "bucket"),
+        ] {
+            assert_code(
+                upload(
+                    client,
+                    vec![pb::UploadDataRequest {
+                        bucket: bucket.into(),
+                        path: path.into(),
+                        chunk: b"x".to_vec(),
+                    }],
+                )
+                .await,
+                Code::InvalidArgument,
+                needle,
+            );
+        }
+        assert!(
+            env.objects
+                .list(&env.objects.models_bucket, "")
+                .await
+                .expect("list")
+                .is_empty()
+        );
+        assert_code(upload(client, vec![]).await, Code::InvalidArgument, "empty");
+        running.stop().await;
+    }
 }

@@ -283,3 +283,96 @@ async fn kill_9_during_ingest_and_snapshot_build_leaves_nothing_half_done() {
         automl.terminate();
     }
 }
+
+fn automl_cli(args: &[&str]) -> (bool, String, String) {
+    let output = tokio::task::block_in_place(|| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_automl"))
+            .args(args)
+            .output()
+    })
+    .expect("automl runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dataset_commands_upload_commit_and_prepare() {
+    let env = TestEnv::new(automl_common::db::Backend::Sqlite)
+        .await
+        .expect("env");
+    let automl = Automl::spawn(env.path(), &process_env(&env, &env.path().join("automl")));
+    let server = automl.addr("data-management");
+    let first = env.path().join("first.csv");
+    let second = env.path().join("second.csv");
+    std::fs::write(&first, "book a flight,travel\n\"hello, you\",greeting\n").expect("write");
+    std::fs::write(&second, "play a song,music\n").expect("write");
+
+    let (ok, stdout, stderr) = automl_cli(&[
+        "dataset",
+        "--server",
+        &server,
+        "create",
+        "--name",
+        "demo",
+        "--type",
+        "TEXT_INTENT",
+        "--file",
+        first.to_str().expect("path"),
+        "--tag",
+        "category=aaa",
+    ]);
+    assert!(ok, "{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(&stdout).expect("json summary");
+    assert_eq!(summary["datasetId"], "1");
+    assert_eq!(summary["commits"][0]["statistics"]["numExamples"], "2");
+    assert!(stderr.contains("uploading"), "progress is shown: {stderr}");
+
+    let (ok, stdout, stderr) = automl_cli(&[
+        "dataset",
+        "--server",
+        &server,
+        "commit",
+        "--dataset",
+        "1",
+        "--file",
+        second.to_str().expect("path"),
+        "--message",
+        "songs",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("\"commitId\": \"2\""), "{stdout}");
+
+    let (ok, stdout, stderr) = automl_cli(&[
+        "dataset",
+        "--server",
+        &server,
+        "prepare",
+        "--dataset",
+        "1",
+        "--wait",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("hashBg=="), "{stdout}");
+    assert!(stdout.contains("READY"), "{stdout}");
+    assert!(stdout.contains("numExamples=3"), "{stdout}");
+
+    let (ok, stdout, _) = automl_cli(&["dataset", "--server", &server, "list"]);
+    assert!(ok);
+    assert!(stdout.contains("demo"), "{stdout}");
+    let (ok, _, stderr) = automl_cli(&[
+        "dataset",
+        "--server",
+        &server,
+        "commit",
+        "--dataset",
+        "7",
+        "--file",
+        second.to_str().expect("path"),
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("dataset 7 not found"), "{stderr}");
+    automl.terminate();
+}
