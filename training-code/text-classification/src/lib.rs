@@ -5,6 +5,7 @@
 //! - [`data`]: the snapshot files (`examples.csv`, `labels.csv`) and the seeded split, read by
 //!   the small quoted-CSV reader in [`csv`].
 //! - [`model`]: mean-pooled embedding bag → Linear → ReLU → Linear → ReLU → Linear, on candle.
+//! - [`backprop`]: the head's gradients, written out (cheaper than a general autograd graph).
 //! - [`optim`]: SGD and AdamW with a row-sparse embedding update; [`params`]: the
 //!   hyperparameters as MiniAutoML passes them (`EPOCHS`, `LR`, …).
 //! - [`train`]: the training loop; [`finetune`]: starting from a trained model.
@@ -16,6 +17,7 @@
 //! - [`demo`]: a small generated dataset for demos and tests.
 
 pub mod artifact;
+pub mod backprop;
 pub mod csv;
 pub mod data;
 pub mod demo;

@@ -4,8 +4,9 @@
 
 use std::time::Instant;
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{Device, Tensor};
 
+use crate::backprop;
 use crate::data::{Dataset, Example, Split};
 use crate::error::{Error, Result};
 use crate::finetune::BaseModel;
@@ -196,48 +197,29 @@ fn train_epoch(
     for batch in order.chunks(params.batch_size) {
         let bags: Vec<&[u32]> = batch.iter().map(|&i| examples[i].ids.as_slice()).collect();
         let targets: Vec<u32> = batch.iter().map(|&i| examples[i].label).collect();
-        let pooled = Var::from_vec(
-            model.embedding.pool(&bags),
-            (bags.len(), params.embed_dim),
-            &model.device,
-        )?;
-        let logits = model.head(pooled.as_tensor())?;
-        let target = Tensor::new(targets.as_slice(), &model.device)?;
-        let loss = candle_nn::loss::cross_entropy(&logits, &target)?;
-        let grads = loss.backward()?;
-        let batch_loss = f64::from(loss.to_scalar::<f32>()?);
-        if !batch_loss.is_finite() {
-            return Err(Error::Diverged(format!("loss is {batch_loss}")));
+        let pooled = model.pool(&bags)?;
+        let activations = model.forward_train(&pooled)?;
+        let (stats, dlogits) = backprop::cross_entropy(&activations.logits, &targets)?;
+        if !stats.loss.is_finite() {
+            return Err(Error::Diverged(format!("loss is {}", stats.loss)));
         }
-        loss_sum += batch_loss * batch.len() as f64;
-        correct += count_correct(&logits, &targets)?;
-        let pooled_grad = gradient(&grads, pooled.as_tensor())?;
-        sparse.accumulate(&bags, &pooled_grad.flatten_all()?.to_vec1::<f32>()?);
-        let dense: Vec<Tensor> = model
-            .dense_vars()
-            .into_iter()
-            .map(|var| gradient(&grads, var.as_tensor()))
-            .collect::<Result<_>>()?;
+        loss_sum += stats.loss * batch.len() as f64;
+        correct += stats.correct;
+        let grads = model.backward(&activations, &dlogits)?;
+        sparse.accumulate(&bags, &grads.pooled.flatten_all()?.to_vec1::<f32>()?);
         let mut norm_sq = sparse.sum_of_squares();
-        for grad in &dense {
+        for grad in &grads.dense {
             norm_sq += f64::from(grad.sqr()?.sum_all()?.to_scalar::<f32>()?);
         }
         let scale = (params.clip_norm / (norm_sq.sqrt() + 1e-6)).min(1.0);
-        optimizer.step(model, &dense, sparse, scale)?;
+        optimizer.step(model, &grads.dense, sparse, scale)?;
     }
     let n = order.len().max(1) as f64;
     Ok((loss_sum / n, correct as f64 / n))
 }
 
-fn gradient(grads: &candle_core::backprop::GradStore, tensor: &Tensor) -> Result<Tensor> {
-    match grads.get(tensor) {
-        Some(grad) => Ok(grad.clone()),
-        None => Ok(tensor.zeros_like()?),
-    }
-}
-
 fn count_correct(logits: &Tensor, targets: &[u32]) -> Result<usize> {
-    let predicted = logits.argmax(1)?.to_vec1::<u32>()?;
+    let predicted = backprop::argmax_rows(logits)?;
     Ok(predicted
         .iter()
         .zip(targets)
