@@ -1,0 +1,264 @@
+//! The model cache: files downloaded once into the cache directory (a temp directory renamed
+//! into place, so a crash never leaves half a model), loaded once (concurrent first requests
+//! share one load), and kept in memory in an LRU bounded by count and bytes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use automl_common::s3::ObjectStore;
+use automl_text_classification::Classifier;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::OnceCell;
+
+use crate::error::PredictError;
+use crate::resolver::ArtifactRef;
+
+/// A model ready to answer.
+#[derive(Debug)]
+pub struct LoadedModel {
+    /// The classifier.
+    pub classifier: Classifier,
+    /// Size of its weights file, what the memory bound counts.
+    pub bytes: u64,
+    /// Artifact version, reported with each prediction.
+    pub version: String,
+}
+
+/// Counters of what the cache did, for tests and operators.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    /// Requests answered by a loaded model.
+    pub hits: AtomicU64,
+    /// Requests that had to wait for a load.
+    pub misses: AtomicU64,
+    /// Artifacts downloaded from the object store.
+    pub downloads: AtomicU64,
+    /// Models loaded into memory.
+    pub loads: AtomicU64,
+    /// Models dropped from memory to respect the bounds.
+    pub evictions: AtomicU64,
+}
+
+struct Slot {
+    model: OnceCell<Arc<LoadedModel>>,
+    last_used: AtomicU64,
+}
+
+/// The cache.
+pub struct ModelCache {
+    objects: ObjectStore,
+    dir: PathBuf,
+    max_models: usize,
+    max_bytes: u64,
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    clock: AtomicU64,
+    /// What it did so far.
+    pub stats: CacheStats,
+}
+
+impl std::fmt::Debug for ModelCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelCache")
+            .field("dir", &self.dir)
+            .finish()
+    }
+}
+
+impl ModelCache {
+    /// A cache downloading into `dir`, keeping at most `max_models` models and `max_bytes`
+    /// of weights in memory.
+    pub fn new(objects: ObjectStore, dir: PathBuf, max_models: usize, max_bytes: u64) -> Self {
+        Self {
+            objects,
+            dir,
+            max_models,
+            max_bytes,
+            slots: Mutex::new(HashMap::new()),
+            clock: AtomicU64::new(0),
+            stats: CacheStats::default(),
+        }
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, Arc<Slot>>>, PredictError> {
+        self.slots
+            .lock()
+            .map_err(|_| PredictError::Internal("model cache lock poisoned".into()))
+    }
+
+    /// The loaded model of `artifact`, downloading and loading it on first use.
+    pub async fn get(&self, artifact: &ArtifactRef) -> Result<Arc<LoadedModel>, PredictError> {
+        let now = self.clock.fetch_add(1, Ordering::Relaxed) + 1;
+        let slot = {
+            let mut slots = self.lock()?;
+            Arc::clone(slots.entry(artifact.run_id.clone()).or_insert_with(|| {
+                Arc::new(Slot {
+                    model: OnceCell::new(),
+                    last_used: AtomicU64::new(now),
+                })
+            }))
+        };
+        slot.last_used.store(now, Ordering::Relaxed);
+        if let Some(model) = slot.model.get() {
+            self.stats.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(Arc::clone(model));
+        }
+        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        let mut loaded_here = false;
+        let model = slot
+            .model
+            .get_or_try_init(|| async {
+                loaded_here = true;
+                self.fetch_and_load(artifact).await.map(Arc::new)
+            })
+            .await?;
+        let model = Arc::clone(model);
+        if loaded_here {
+            self.evict(&artifact.run_id)?;
+        }
+        Ok(model)
+    }
+
+    /// Drops least recently used models until both bounds hold, never `keep`.
+    fn evict(&self, keep: &str) -> Result<(), PredictError> {
+        let mut slots = self.lock()?;
+        loop {
+            let loaded: Vec<(String, u64, u64)> = slots
+                .iter()
+                .filter_map(|(id, slot)| {
+                    slot.model
+                        .get()
+                        .map(|m| (id.clone(), slot.last_used.load(Ordering::Relaxed), m.bytes))
+                })
+                .collect();
+            let bytes: u64 = loaded.iter().map(|(_, _, b)| b).sum();
+            if loaded.len() <= self.max_models && bytes <= self.max_bytes {
+                return Ok(());
+            }
+            let victim = loaded
+                .iter()
+                .filter(|(id, _, _)| id != keep)
+                .min_by_key(|(_, used, _)| *used)
+                .map(|(id, _, _)| id.clone());
+            let Some(victim) = victim else {
+                return Ok(());
+            };
+            slots.remove(&victim);
+            self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(run_id = %victim, "model evicted");
+        }
+    }
+
+    /// Run ids of the models in memory now.
+    pub fn loaded(&self) -> Vec<String> {
+        let Ok(slots) = self.slots.lock() else {
+            return Vec::new();
+        };
+        let mut ids: Vec<String> = slots
+            .iter()
+            .filter(|(_, slot)| slot.model.initialized())
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    async fn fetch_and_load(&self, artifact: &ArtifactRef) -> Result<LoadedModel, PredictError> {
+        let dir = self.dir.join(format!("run_{}", artifact.run_id));
+        if !dir.join("manifest.json").is_file() {
+            self.download(artifact, &dir).await?;
+        }
+        let started = std::time::Instant::now();
+        let load_dir = dir.clone();
+        let classifier = tokio::task::spawn_blocking(move || Classifier::load(&load_dir))
+            .await
+            .map_err(|err| PredictError::Internal(format!("load task: {err}")))?;
+        let classifier = match classifier {
+            Ok(classifier) => classifier,
+            Err(err) => {
+                // Let a later request fetch the files again instead of failing forever.
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+                return Err(PredictError::BadModel {
+                    run_id: artifact.run_id.clone(),
+                    reason: err.to_string(),
+                });
+            }
+        };
+        let bytes = tokio::fs::metadata(dir.join("model.safetensors"))
+            .await
+            .map(|m| m.len())
+            .unwrap_or(0);
+        self.stats.loads.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            run_id = %artifact.run_id,
+            version = %artifact.version,
+            bytes,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "model loaded"
+        );
+        Ok(LoadedModel {
+            classifier,
+            bytes,
+            version: artifact.version.clone(),
+        })
+    }
+
+    /// Downloads every file of the artifact into a temp directory, then renames it to `dir`.
+    async fn download(&self, artifact: &ArtifactRef, dir: &Path) -> Result<(), PredictError> {
+        let entries = self
+            .objects
+            .resolve_location(&artifact.bucket, &artifact.path)
+            .await?;
+        if entries.is_empty() {
+            return Err(PredictError::BadModel {
+                run_id: artifact.run_id.clone(),
+                reason: format!("no files at {}/{}", artifact.bucket, artifact.path),
+            });
+        }
+        tokio::fs::create_dir_all(&self.dir).await?;
+        let temp = self.dir.join(format!(".tmp-{}", uuid::Uuid::new_v4()));
+        tokio::fs::create_dir_all(&temp).await?;
+        let result = self.download_into(artifact, &entries, &temp).await;
+        let result = match result {
+            Ok(()) => match tokio::fs::rename(&temp, dir).await {
+                Ok(()) => Ok(()),
+                // Another process put it there first: theirs is as good as ours.
+                Err(_) if dir.join("manifest.json").is_file() => Ok(()),
+                Err(err) => Err(err.into()),
+            },
+            Err(err) => Err(err),
+        };
+        if temp.exists() {
+            let _ = tokio::fs::remove_dir_all(&temp).await;
+        }
+        result?;
+        self.stats.downloads.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn download_into(
+        &self,
+        artifact: &ArtifactRef,
+        entries: &[automl_common::s3::ObjectEntry],
+        temp: &Path,
+    ) -> Result<(), PredictError> {
+        let folder = format!("{}/", artifact.path.trim_end_matches('/'));
+        for entry in entries {
+            let name = entry
+                .key
+                .strip_prefix(&folder)
+                .unwrap_or_else(|| entry.key.rsplit('/').next().unwrap_or(&entry.key));
+            // Only flat files: never write outside the temp directory.
+            if name.is_empty() || name.contains('/') || name.starts_with('.') {
+                continue;
+            }
+            let mut reader = self.objects.reader(&artifact.bucket, &entry.key).await?;
+            let mut file = tokio::fs::File::create(temp.join(name)).await?;
+            tokio::io::copy_buf(&mut reader, &mut file).await?;
+            file.flush().await?;
+            file.sync_all().await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,535 @@
+//! prediction-service through real gRPC: a model trained here, its files in the embedded S3
+//! endpoint, its artifact in a metadata-store started in-process.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use automl_common::db::{Backend, Database};
+use automl_common::testing::{TestEnv, TestServer};
+use automl_metadata_store::MetadataStoreConfig;
+use automl_prediction_service::PredictionConfig;
+use automl_prediction_service::service::Predictions;
+use automl_proto::data_management::FileInfo;
+use automl_proto::metadata_store as ms;
+use automl_proto::metadata_store::metadata_store_service_client::MetadataStoreServiceClient;
+use automl_proto::prediction as pb;
+use automl_proto::prediction::prediction_service_client::PredictionServiceClient;
+use automl_proto::prediction::predictor_server::{Predictor, PredictorServer};
+use automl_text_classification::Classifier;
+use automl_text_classification::artifact::{self, Lineage, Manifest};
+use automl_text_classification::data::Dataset;
+use automl_text_classification::params::TrainParams;
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use tonic::transport::Channel;
+
+fn shared_data(name: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/data")
+        .join(name);
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|err| panic!("{} is needed: {err}", path.display()))
+}
+
+/// Raw `utterance,label` CSV (quoted only where needed) → (utterances, labels).
+fn parse_raw(raw: &str) -> Vec<(String, String)> {
+    raw.lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            let (utterance, label) = line.rsplit_once(',').expect("two columns");
+            let utterance = utterance
+                .strip_prefix('"')
+                .and_then(|u| u.strip_suffix('"'))
+                .map_or(utterance.to_string(), |u| u.replace("\"\"", "\""));
+            (utterance, label.to_string())
+        })
+        .collect()
+}
+
+fn quote(field: &str) -> String {
+    format!("\"{}\"", field.replace('"', "\"\""))
+}
+
+/// The snapshot files (`examples.csv`, `labels.csv`) of raw rows.
+fn normalize(rows: &[(String, String)]) -> (String, String) {
+    let mut ids: BTreeMap<String, usize> = BTreeMap::new();
+    let mut order = Vec::new();
+    let mut examples = String::new();
+    for (utterance, label) in rows {
+        let next = ids.len() + 1;
+        let id = *ids.entry(label.clone()).or_insert_with(|| {
+            order.push(label.clone());
+            next
+        });
+        examples.push_str(&format!(
+            "{},{}\n",
+            quote(utterance),
+            quote(&id.to_string())
+        ));
+    }
+    let labels: String = order
+        .iter()
+        .enumerate()
+        .map(|(i, l)| format!("{},{}\n", quote(&(i + 1).to_string()), quote(l)))
+        .collect();
+    (examples, labels)
+}
+
+/// A model trained once per test binary on clinc part2, as its three artifact files.
+async fn model_files() -> &'static Vec<(&'static str, Vec<u8>)> {
+    static FILES: OnceCell<Vec<(&'static str, Vec<u8>)>> = OnceCell::const_new();
+    FILES
+        .get_or_init(|| async {
+            tokio::task::spawn_blocking(|| {
+                let (examples, labels) =
+                    normalize(&parse_raw(&shared_data("clinc-intents-part2.csv")));
+                let data = Dataset::parse(&examples, &labels).expect("dataset");
+                let params = TrainParams::from_map(&HashMap::from([
+                    ("EPOCHS".to_string(), "2".to_string()),
+                    ("LR".to_string(), "4".to_string()),
+                ]))
+                .expect("params");
+                let device = candle_core::Device::Cpu;
+                let trained = automl_text_classification::train::train(
+                    &data,
+                    &params,
+                    &device,
+                    None,
+                    &mut |_| Ok(()),
+                )
+                .expect("training");
+                let manifest = Manifest::describe(
+                    &trained,
+                    &params,
+                    "intent-classification",
+                    "test",
+                    Lineage::default(),
+                    "2026-01-01T00:00:00Z",
+                );
+                artifact::encode(&trained.model, &trained.vocab, &manifest)
+                    .expect("encode")
+                    .files
+            })
+            .await
+            .expect("training task")
+        })
+        .await
+}
+
+struct Cluster {
+    env: TestEnv,
+    metadata: TestServer,
+    metadata_db: Database,
+    metadata_client: MetadataStoreServiceClient<Channel>,
+}
+
+impl Cluster {
+    async fn start() -> Self {
+        let env = TestEnv::new(Backend::Sqlite).await.expect("env");
+        let token = CancellationToken::new();
+        let (routes, metadata_db) = automl_metadata_store::start(
+            &env.common,
+            &MetadataStoreConfig::default(),
+            env.objects.clone(),
+            token.clone(),
+        )
+        .await
+        .expect("metadata-store");
+        let metadata = TestServer::start(routes, token).await.expect("server");
+        let metadata_client =
+            MetadataStoreServiceClient::new(metadata.channel().await.expect("channel"));
+        Self {
+            env,
+            metadata,
+            metadata_db,
+            metadata_client,
+        }
+    }
+
+    /// Records run `run_id` with `files` as its artifact, made by `algorithm`.
+    async fn publish(&self, run_id: &str, algorithm: &str, files: &[(&str, Vec<u8>)]) {
+        let mut client = self.metadata_client.clone();
+        client
+            .log_run_start(ms::LogRunStartRequest {
+                run_id: run_id.into(),
+                run_name: "trained".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("start");
+        for (name, bytes) in files {
+            self.env
+                .objects
+                .put_bytes(
+                    &self.env.objects.models_bucket,
+                    &format!("run_{run_id}/{name}"),
+                    bytes.clone(),
+                )
+                .await
+                .expect("upload");
+        }
+        client
+            .create_artifact(ms::CreateArtifactRequest {
+                artifact: Some(FileInfo {
+                    name: "intent".into(),
+                    bucket: String::new(),
+                    path: format!("run_{run_id}"),
+                }),
+                run_id: run_id.into(),
+                algorithm: algorithm.into(),
+            })
+            .await
+            .expect("artifact");
+    }
+
+    fn config(&self) -> PredictionConfig {
+        PredictionConfig {
+            metadata_store: self.metadata.endpoint(),
+            ..PredictionConfig::default()
+        }
+    }
+
+    async fn serve(
+        &self,
+        config: &PredictionConfig,
+    ) -> (
+        TestServer,
+        Arc<Predictions>,
+        PredictionServiceClient<Channel>,
+    ) {
+        let (routes, service) =
+            automl_prediction_service::start(&self.env.common, config, self.env.objects.clone())
+                .expect("prediction-service");
+        let server = TestServer::start(routes, CancellationToken::new())
+            .await
+            .expect("server");
+        let client = PredictionServiceClient::new(server.channel().await.expect("channel"));
+        (server, service, client)
+    }
+
+    async fn stop(self) {
+        self.metadata.stop().await;
+        self.metadata_db.close().await;
+    }
+}
+
+fn request(run_id: &str, document: &str) -> pb::PredictRequest {
+    pb::PredictRequest {
+        run_id: run_id.into(),
+        document: document.into(),
+    }
+}
+
+fn assert_code<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Code, needle: &str) {
+    let status = result.expect_err("call should fail");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(
+        status.message().contains(needle),
+        "`{}` should mention `{needle}`",
+        status.message()
+    );
+}
+
+fn grpcurl() -> PathBuf {
+    if let Ok(path) = std::env::var("GRPCURL") {
+        return PathBuf::from(path);
+    }
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join("grpcurl"))
+                .find(|candidate| candidate.is_file())
+        })
+        .expect("grpcurl is needed: run scripts/test.sh, which installs it, or set GRPCURL")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn predictions_match_the_trainer_and_grpcurl_sees_the_json() {
+    let files = model_files().await;
+    let cluster = Cluster::start().await;
+    cluster.publish("3", "intent-classification", files).await;
+    let (server, service, mut client) = cluster.serve(&cluster.config()).await;
+
+    let output = tokio::task::block_in_place(|| {
+        std::process::Command::new(grpcurl())
+            .args([
+                "-plaintext",
+                "-d",
+                r#"{"runId":"3","document":"how do you say thank you in french"}"#,
+                &server.addr.to_string(),
+                "prediction.PredictionService/Predict",
+            ])
+            .output()
+    })
+    .expect("grpcurl runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    let inner: serde_json::Value =
+        serde_json::from_str(answer["response"].as_str().expect("response")).expect("inner json");
+    assert_eq!(inner["result"], answer["label"]);
+    assert_eq!(answer["modelVersion"], "1");
+
+    // Parity: the service answers exactly what the trained model itself predicts.
+    let dir = tempfile::tempdir().expect("dir");
+    for (name, bytes) in files {
+        std::fs::write(dir.path().join(name), bytes).expect("write");
+    }
+    let local = Classifier::load(dir.path()).expect("local model");
+    let rows = parse_raw(&shared_data("clinc-intents-part1.csv"));
+    let texts: Vec<&str> = rows.iter().take(200).map(|(u, _)| u.as_str()).collect();
+    let expected = local.predict_batch(&texts, 5).expect("local predictions");
+    for (text, want) in texts.iter().zip(&expected) {
+        let got = client
+            .predict(request("3", text))
+            .await
+            .expect("predict")
+            .into_inner();
+        assert_eq!(got.label, want.label, "{text}");
+        assert_eq!(
+            got.response,
+            serde_json::json!({ "result": want.label }).to_string()
+        );
+        assert!((got.score - want.score).abs() < 1e-6);
+        assert_eq!(got.top.len(), 5);
+    }
+    assert_eq!(service.cache.stats.loads.load(Ordering::Relaxed), 1);
+    server.stop().await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_cold_requests_download_and_load_once() {
+    let files = model_files().await;
+    let cluster = Cluster::start().await;
+    cluster.publish("5", "intent-classification", files).await;
+    let (server, service, client) = cluster.serve(&cluster.config()).await;
+    let calls: Vec<_> = (0..100)
+        .map(|i| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .predict(request("5", &format!("book flight {i}")))
+                    .await
+            })
+        })
+        .collect();
+    for call in calls {
+        call.await.expect("task").expect("predict");
+    }
+    assert_eq!(service.cache.stats.downloads.load(Ordering::Relaxed), 1);
+    assert_eq!(service.cache.stats.loads.load(Ordering::Relaxed), 1);
+    server.stop().await;
+
+    // After a restart the model loads again on demand (from the local cache directory).
+    let (server, service, mut client) = cluster.serve(&cluster.config()).await;
+    client
+        .predict(request("5", "play some music"))
+        .await
+        .expect("predict after restart");
+    assert_eq!(service.cache.stats.loads.load(Ordering::Relaxed), 1);
+    server.stop().await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_answers() {
+    let files = model_files().await;
+    let cluster = Cluster::start().await;
+    cluster.publish("1", "intent-classification", files).await;
+    let mut corrupt: Vec<(&str, Vec<u8>)> = files.clone();
+    corrupt[0].1 = b"definitely not safetensors".to_vec();
+    cluster
+        .publish("2", "intent-classification", &corrupt)
+        .await;
+    cluster.publish("4", "unknown-algorithm", files).await;
+    let mut config = cluster.config();
+    config.max_document_bytes = 64 * 1024;
+    let (server, _, mut client) = cluster.serve(&config).await;
+
+    assert_code(
+        client.predict(request("42", "hello")).await,
+        Code::NotFound,
+        "cannot locate model artifact for runId 42",
+    );
+    assert_code(
+        client.predict(request("1", "")).await,
+        Code::InvalidArgument,
+        "document",
+    );
+    assert_code(
+        client.predict(request("", "hello")).await,
+        Code::InvalidArgument,
+        "runId",
+    );
+    assert_code(
+        client.predict(request("../x", "hello")).await,
+        Code::InvalidArgument,
+        "runId",
+    );
+    let huge = "word ".repeat(200_000);
+    assert_code(
+        client.predict(request("1", &huge)).await,
+        Code::InvalidArgument,
+        "longer than",
+    );
+    assert_code(
+        client.predict(request("2", "hello")).await,
+        Code::FailedPrecondition,
+        "run 2",
+    );
+    assert_code(
+        client.predict(request("4", "hello")).await,
+        Code::FailedPrecondition,
+        "unknown-algorithm",
+    );
+    // Still healthy.
+    client
+        .predict(request("1", "hello"))
+        .await
+        .expect("predict");
+    server.stop().await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_least_recently_used_model_is_evicted() {
+    let files = model_files().await;
+    let cluster = Cluster::start().await;
+    for run in ["1", "2", "3"] {
+        cluster.publish(run, "intent-classification", files).await;
+    }
+    let mut config = cluster.config();
+    config.max_loaded_models = 2;
+    let (server, service, mut client) = cluster.serve(&config).await;
+    for run in ["1", "2", "1", "3"] {
+        client
+            .predict(request(run, "hello"))
+            .await
+            .expect("predict");
+    }
+    assert_eq!(service.cache.loaded(), ["1", "3"]);
+    assert_eq!(service.cache.stats.evictions.load(Ordering::Relaxed), 1);
+    client.predict(request("2", "hello")).await.expect("reload");
+    assert_eq!(service.cache.stats.loads.load(Ordering::Relaxed), 4);
+    server.stop().await;
+    cluster.stop().await;
+}
+
+/// A bring-your-own predictor that records what it receives and can be slow.
+#[derive(Clone, Default)]
+struct RecordingPredictor {
+    seen: Arc<Mutex<Vec<(String, String)>>>,
+    delay: Duration,
+}
+
+#[tonic::async_trait]
+impl Predictor for RecordingPredictor {
+    async fn predictor_predict(
+        &self,
+        request: tonic::Request<pb::PredictorPredictRequest>,
+    ) -> Result<tonic::Response<pb::PredictorPredictResponse>, tonic::Status> {
+        let request = request.into_inner();
+        self.seen
+            .lock()
+            .expect("lock")
+            .push((request.run_id.clone(), request.document.clone()));
+        tokio::time::sleep(self.delay).await;
+        Ok(tonic::Response::new(pb::PredictorPredictResponse {
+            response: serde_json::json!({ "result": format!("echo:{}", request.document) })
+                .to_string(),
+        }))
+    }
+}
+
+async fn start_predictor(predictor: RecordingPredictor) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let handle = tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(PredictorServer::new(predictor))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await;
+    });
+    (format!("http://{addr}"), handle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_predictors_receive_forwarded_requests_within_bounds() {
+    let cluster = Cluster::start().await;
+    let fast = RecordingPredictor::default();
+    let slow = RecordingPredictor {
+        delay: Duration::from_millis(1500),
+        ..RecordingPredictor::default()
+    };
+    let (fast_url, fast_task) = start_predictor(fast.clone()).await;
+    let (slow_url, slow_task) = start_predictor(slow.clone()).await;
+    let dummy = [("model.bin", b"external".to_vec())];
+    cluster.publish("7", "byo-fast", &dummy).await;
+    cluster.publish("8", "byo-slow", &dummy).await;
+    let mut config = cluster.config();
+    config.external_predictors = BTreeMap::from([
+        ("byo-fast".to_string(), fast_url),
+        ("byo-slow".to_string(), slow_url),
+    ]);
+    config.max_in_flight = 1;
+    let (server, _, mut client) = cluster.serve(&config).await;
+
+    let answer = client
+        .predict(request("7", "hi there"))
+        .await
+        .expect("forwarded")
+        .into_inner();
+    assert_eq!(answer.label, "echo:hi there");
+    assert_eq!(answer.response, r#"{"result":"echo:hi there"}"#);
+    assert_eq!(
+        fast.seen.lock().expect("lock").as_slice(),
+        [("7".to_string(), "hi there".to_string())]
+    );
+
+    // The client's deadline is honoured.
+    let mut quick = tonic::Request::new(request("8", "slow one"));
+    quick.set_timeout(Duration::from_millis(200));
+    let status = client.predict(quick).await.expect_err("deadline");
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+
+    // With one call in flight, a second is turned away instead of queueing.
+    let mut busy = client.clone();
+    let first = tokio::spawn(async move { busy.predict(request("8", "occupy")).await });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !slow
+        .seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .any(|(_, d)| d == "occupy")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "first call reaches the predictor"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_code(
+        client.predict(request("7", "second")).await,
+        Code::ResourceExhausted,
+        "capacity",
+    );
+    first.await.expect("task").expect("first call completes");
+    server.stop().await;
+    fast_task.abort();
+    slow_task.abort();
+    cluster.stop().await;
+}
