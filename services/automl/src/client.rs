@@ -1,4 +1,4 @@
-//! Client commands: `automl health` and `automl runs list|show|watch`.
+//! Client commands: `automl health`, `automl predict` and `automl runs list|show|watch`.
 
 use std::process::ExitCode;
 
@@ -69,6 +69,43 @@ pub async fn health(addr: &str, service: &str) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `automl predict`: prints the label and scores (or the whole response as JSON).
+pub async fn predict(
+    server: &str,
+    run_id: String,
+    document: String,
+    json: bool,
+) -> anyhow::Result<()> {
+    use automl_proto::prediction::PredictRequest;
+    use automl_proto::prediction::prediction_service_client::PredictionServiceClient;
+    let mut client = PredictionServiceClient::new(connect(server).await?);
+    let answer = client
+        .predict(PredictRequest { run_id, document })
+        .await?
+        .into_inner();
+    if json {
+        let top: Vec<serde_json::Value> = answer
+            .top
+            .iter()
+            .map(|s| serde_json::json!({"label": s.label, "score": s.score}))
+            .collect();
+        let value = serde_json::json!({
+            "response": answer.response,
+            "label": answer.label,
+            "score": answer.score,
+            "top": top,
+            "modelVersion": answer.model_version,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    println!("{} ({:.3})", answer.label, answer.score);
+    for scored in answer.top.iter().skip(1) {
+        println!("  {} ({:.3})", scored.label, scored.score);
+    }
+    Ok(())
 }
 
 /// `automl runs …`

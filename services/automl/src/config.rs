@@ -9,6 +9,7 @@ use automl_common::config::{
 };
 use automl_data_management::DataManagementConfig;
 use automl_metadata_store::MetadataStoreConfig;
+use automl_prediction_service::PredictionConfig;
 use serde::{Deserialize, Serialize};
 
 /// Every key the binary understands; see `automl.example.toml`.
@@ -27,6 +28,8 @@ pub struct AutomlConfig {
     pub data_management: DataManagementConfig,
     /// `[metadata_store]`
     pub metadata_store: MetadataStoreConfig,
+    /// `[prediction_service]`
+    pub prediction_service: PredictionConfig,
 }
 
 impl Default for AutomlConfig {
@@ -39,6 +42,7 @@ impl Default for AutomlConfig {
             telemetry: common.telemetry,
             data_management: DataManagementConfig::default(),
             metadata_store: MetadataStoreConfig::default(),
+            prediction_service: PredictionConfig::default(),
         }
     }
 }
@@ -54,6 +58,7 @@ impl AutomlConfig {
         config.common().validate()?;
         config.data_management.validate()?;
         config.metadata_store.validate()?;
+        config.prediction_service.validate()?;
         Ok(config)
     }
 

@@ -70,6 +70,24 @@ enum Command {
         #[command(subcommand)]
         command: datasets::DatasetCommand,
     },
+    /// Ask prediction-service for the label of a document.
+    Predict {
+        /// `host:port` of prediction-service.
+        #[arg(
+            long,
+            env = "AUTOML_PREDICTION_SERVICE",
+            default_value = "localhost:6001"
+        )]
+        server: String,
+        /// The run whose model answers.
+        #[arg(long)]
+        run: String,
+        /// Print the whole response as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The text to classify.
+        document: String,
+    },
     /// Runs recorded in metadata-store.
     Runs {
         /// `host:port` of metadata-store.
@@ -180,6 +198,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return client::health(&addr, &service).await;
         }
         Command::Dataset { server, command } => datasets::run(&server, command).await?,
+        Command::Predict {
+            server,
+            run,
+            json,
+            document,
+        } => client::predict(&server, run, document, json).await?,
         Command::Runs { server, command } => client::runs(&server, command).await?,
     }
     Ok(ExitCode::SUCCESS)

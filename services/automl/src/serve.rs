@@ -21,6 +21,8 @@ pub enum ServiceArg {
     DataManagement,
     /// Runs, epochs, artifacts (port 6002).
     MetadataStore,
+    /// Serves trained models by run id (port 6001).
+    PredictionService,
     /// Every service in one process, each on its own port.
     All,
 }
@@ -32,6 +34,8 @@ pub enum Service {
     DataManagement,
     /// metadata-store.
     MetadataStore,
+    /// prediction-service.
+    Prediction,
 }
 
 impl ServiceArg {
@@ -40,7 +44,12 @@ impl ServiceArg {
         match self {
             ServiceArg::DataManagement => vec![Service::DataManagement],
             ServiceArg::MetadataStore => vec![Service::MetadataStore],
-            ServiceArg::All => vec![Service::DataManagement, Service::MetadataStore],
+            ServiceArg::PredictionService => vec![Service::Prediction],
+            ServiceArg::All => vec![
+                Service::DataManagement,
+                Service::MetadataStore,
+                Service::Prediction,
+            ],
         }
     }
 }
@@ -51,6 +60,7 @@ impl Service {
         match self {
             Service::DataManagement => "data-management",
             Service::MetadataStore => "metadata-store",
+            Service::Prediction => "prediction-service",
         }
     }
 
@@ -59,53 +69,52 @@ impl Service {
         match self {
             Service::DataManagement => "data_management",
             Service::MetadataStore => "metadata_store",
+            Service::Prediction => "prediction_service",
         }
     }
 }
 
 /// Runs the selected services until a shutdown signal.
-pub async fn run(config: AutomlConfig, service: ServiceArg) -> anyhow::Result<()> {
+pub async fn run(mut config: AutomlConfig, service: ServiceArg) -> anyhow::Result<()> {
     let common = config.common();
     std::fs::create_dir_all(&common.data_dir)
         .with_context(|| format!("creating data directory {}", common.data_dir.display()))?;
     let shutdown = shutdown_on_signals();
     let (objects, _embedded) = connect_object_store(&common).await?;
 
-    let mut servers = Vec::new();
+    // Bind every listener first, so services started together can find each other.
+    let services = service.expand();
+    let mut listeners = Vec::new();
+    for name in &services {
+        let bind = bind_address(&config, *name);
+        let listener = TcpListener::bind(&bind)
+            .await
+            .with_context(|| format!("binding {} to {bind}", name.as_str()))?;
+        if *name == Service::MetadataStore && services.contains(&Service::Prediction) {
+            let port = listener.local_addr()?.port();
+            config.prediction_service.metadata_store = format!("http://127.0.0.1:{port}");
+        }
+        listeners.push((*name, listener));
+    }
+
+    let mut servers = tokio::task::JoinSet::new();
     let mut databases: Vec<Database> = Vec::new();
-    for name in service.expand() {
-        let (bind, routes, db) = match name {
-            Service::DataManagement => {
-                let section = &config.data_management;
-                let (routes, db) = automl_data_management::start(
-                    &common,
-                    section,
-                    objects.clone(),
-                    shutdown.clone(),
-                )
+    for (name, listener) in listeners {
+        let (routes, db) = start_service(&config, &common, name, &objects, &shutdown).await?;
+        databases.extend(db);
+        let addr = listener.local_addr()?;
+        // A line on stdout that scripts and tests can wait for.
+        println!("automl: {} listening on {addr}", name.as_str());
+        let token = shutdown.clone();
+        servers.spawn(async move {
+            serve(listener, routes, token)
                 .await
-                .context("starting data-management")?;
-                (section.server().bind_address(), routes, db)
-            }
-            Service::MetadataStore => {
-                let section = &config.metadata_store;
-                let (routes, db) = automl_metadata_store::start(
-                    &common,
-                    section,
-                    objects.clone(),
-                    shutdown.clone(),
-                )
-                .await
-                .context("starting metadata-store")?;
-                (section.server().bind_address(), routes, db)
-            }
-        };
-        databases.push(db);
-        servers.push(spawn_server(name, &bind, routes, shutdown.clone()).await?);
+                .with_context(|| format!("{} server", name.as_str()))
+        });
     }
     let mut failed = None;
-    for server in servers {
-        match server.await {
+    while let Some(result) = servers.join_next().await {
+        match result {
             Ok(Ok(())) => {}
             Ok(Err(err)) => failed = Some(err),
             Err(join) => failed = Some(anyhow::anyhow!("server task failed: {join}")),
@@ -120,23 +129,55 @@ pub async fn run(config: AutomlConfig, service: ServiceArg) -> anyhow::Result<()
     failed.map_or(Ok(()), Err)
 }
 
-async fn spawn_server(
-    name: Service,
-    bind: &str,
-    routes: ServiceRoutes,
-    shutdown: CancellationToken,
-) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
-    let listener = TcpListener::bind(bind)
-        .await
-        .with_context(|| format!("binding {} to {bind}", name.as_str()))?;
-    let addr = listener.local_addr()?;
-    // A line on stdout that scripts and tests can wait for.
-    println!("automl: {} listening on {addr}", name.as_str());
-    Ok(tokio::spawn(async move {
-        serve(listener, routes, shutdown)
+fn bind_address(config: &AutomlConfig, service: Service) -> String {
+    match service {
+        Service::DataManagement => config.data_management.server().bind_address(),
+        Service::MetadataStore => config.metadata_store.server().bind_address(),
+        Service::Prediction => config.prediction_service.server().bind_address(),
+    }
+}
+
+/// Starts one service; returns its routes and the database to close on the way out.
+async fn start_service(
+    config: &AutomlConfig,
+    common: &CommonConfig,
+    service: Service,
+    objects: &ObjectStore,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(ServiceRoutes, Option<Database>)> {
+    Ok(match service {
+        Service::DataManagement => {
+            let (routes, db) = automl_data_management::start(
+                common,
+                &config.data_management,
+                objects.clone(),
+                shutdown.clone(),
+            )
             .await
-            .with_context(|| format!("{} server", name.as_str()))
-    }))
+            .context("starting data-management")?;
+            (routes, Some(db))
+        }
+        Service::MetadataStore => {
+            let (routes, db) = automl_metadata_store::start(
+                common,
+                &config.metadata_store,
+                objects.clone(),
+                shutdown.clone(),
+            )
+            .await
+            .context("starting metadata-store")?;
+            (routes, Some(db))
+        }
+        Service::Prediction => {
+            let (routes, _) = automl_prediction_service::start(
+                common,
+                &config.prediction_service,
+                objects.clone(),
+            )
+            .context("starting prediction-service")?;
+            (routes, None)
+        }
+    })
 }
 
 /// Connects to the configured endpoint, or starts the embedded one when none is configured,
@@ -203,6 +244,8 @@ pub async fn migrate(config: AutomlConfig, service: ServiceArg) -> anyhow::Resul
                 automl_metadata_store::SERVICE,
                 automl_metadata_store::MIGRATIONS,
             ),
+            // Keeps no database: nothing to migrate.
+            Service::Prediction => continue,
         };
         let db = Database::open(&common.database, &common.data_dir, short, migrations)
             .await

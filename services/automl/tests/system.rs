@@ -5,5 +5,7 @@
 mod datasets;
 #[path = "system/metadata.rs"]
 mod metadata;
+#[path = "system/prediction.rs"]
+mod prediction;
 #[path = "system/support.rs"]
 mod support;
