@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks (not part of the tests). Usage: scripts/bench.sh metadata|dataset|train
+# Benchmarks (not part of the tests). Usage: scripts/bench.sh metadata|dataset|predict|train
 #
 #   metadata   LogEpoch throughput and p50/p99 latency with 1, 16 and 64 concurrent callers on
 #              one channel, plus the wall time of 1,000 sequential LogEpoch calls, against a
@@ -8,6 +8,10 @@
 #              files as a ratio to a plain PUT of the same bytes to the same S3 endpoint, the
 #              server's peak RSS during ingest and snapshot build, PrepareTrainingDataset→READY
 #              time, p50/p99 of GetDatasetSummary and FetchTrainingDataset (SQLite, embedded S3).
+#   predict    prediction-service: a model trained by automl-train on clinc part2 through the
+#              real flow (dataset, snapshot, trainer, artifact), then Predict at 1, 16 and 64
+#              concurrent callers against the warm model and, in the same run, against a
+#              trivial tonic echo RPC (the ceiling); cold-load time; model compute per request.
 #   train      the intent classifier: automl-train (candle, CPU) against a PyTorch reference
 #              of the same model and data split; accuracy, wall time, examples/s
 #              (scripts/bench/train.sh says more).
@@ -20,9 +24,9 @@ source scripts/lib/tools.sh
 
 what=${1:-}
 case "$what" in
-  metadata|dataset) ;;
+  metadata|dataset|predict) ;;
   train) exec scripts/bench/train.sh ;;
-  *) echo "usage: scripts/bench.sh metadata|dataset|train" >&2; exit 2 ;;
+  *) echo "usage: scripts/bench.sh metadata|dataset|predict|train" >&2; exit 2 ;;
 esac
 
 seconds=${BENCH_SECONDS:-5}
@@ -87,6 +91,41 @@ bench_dataset() {
   log "data-management on SQLite with the embedded S3 endpoint"
   start_server data-management "" "$work/dataset"
   "$bench_bin" --addr "$addr" --s3 "http://$s3" --pid "$server_pid" --megabytes 10,100
+  stop_server
+}
+
+bench_predict() {
+  cargo build --release --locked -p automl-text-classification --bin automl-train
+  local dir="$work/predict" data=../shared/data
+  : >"$work/out"
+  AUTOML__DATA_DIR="$dir" AUTOML__S3__EMBEDDED_BIND=127.0.0.1:0 RUST_LOG=warn \
+    AUTOML__DATA_MANAGEMENT__PORT=0 AUTOML__METADATA_STORE__PORT=0 AUTOML__PREDICTION_SERVICE__PORT=0 \
+    target/release/automl serve all >"$work/out" 2>"$work/err" &
+  server_pid=$!
+  local dm= ms= ps=
+  for _ in $(seq 1 100); do
+    dm=$(sed -n 's/^automl: data-management listening on //p' "$work/out")
+    ms=$(sed -n 's/^automl: metadata-store listening on //p' "$work/out")
+    ps=$(sed -n 's/^automl: prediction-service listening on //p' "$work/out")
+    s3=$(sed -n 's/^automl: embedded s3 listening on //p' "$work/out")
+    [ -n "$ps" ] && break
+    sleep 0.1
+  done
+  [ -n "$ps" ] || { cat "$work/err" >&2; return 1; }
+  dm=127.0.0.1:${dm##*:} ms=127.0.0.1:${ms##*:} ps=127.0.0.1:${ps##*:}
+  log "dataset from $data/clinc-intents-part2.csv"
+  target/release/automl dataset --server "$dm" create --name clinc --file "$data/clinc-intents-part2.csv" >/dev/null
+  target/release/automl dataset --server "$dm" prepare --dataset 1 --wait
+  log "training run 1 with automl-train (EPOCHS=${BENCH_EPOCHS:-10})"
+  JOB_ID=1 ALGORITHM_NAME=intent-classification METADATA_STORE_SERVER="$ms" \
+    TRAINING_DATASET_ID=1 TRAINING_DATASET_VERSION_HASH=hashAg== MODEL_BUCKET=mini-automl-models \
+    MODEL_NAME=intent MINIO_SERVER="$s3" MINIO_SERVER_ACCESS_KEY=automl \
+    MINIO_SERVER_SECRET_KEY=automl-secret-key TRAINING_DATA_BUCKET=mini-automl-dm \
+    TRAINING_DATA_PATH=versionedDatasets/1/hashAg== EPOCHS="${BENCH_EPOCHS:-10}" LR=4 BATCH_SIZE=64 \
+    FC_SIZE=128 target/release/automl-train | tail -n 2
+  log "Predict load against $ps"
+  "$bench_bin" --addr "$ps" --run 1 --s3 "http://$s3" --documents "$data/clinc-intents-part1.csv" \
+    --seconds "$seconds"
   stop_server
 }
 
