@@ -253,6 +253,40 @@ pub fn init_tracing() {
         .try_init();
 }
 
+/// The grpcurl binary: `$GRPCURL`, else `grpcurl` on the PATH (scripts/test.sh installs it).
+pub fn grpcurl() -> std::path::PathBuf {
+    if let Ok(path) = std::env::var("GRPCURL") {
+        return std::path::PathBuf::from(path);
+    }
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("grpcurl"))
+            .find(|candidate| candidate.is_file())
+    });
+    match found {
+        Some(path) => path,
+        None => panic!("grpcurl is needed: run scripts/test.sh, which installs it, or set GRPCURL"),
+    }
+}
+
+/// Asserts that `result` failed with `code` and a message mentioning `needle`.
+pub fn assert_status<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    code: tonic::Code,
+    needle: &str,
+) {
+    let status = match result {
+        Ok(value) => panic!("call should fail with {code:?}, got {value:?}"),
+        Err(status) => status,
+    };
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(
+        status.message().contains(needle),
+        "message `{}` should mention `{needle}`",
+        status.message()
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::replace_database;

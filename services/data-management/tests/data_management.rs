@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use automl_common::db::{Backend, Database};
-use automl_common::testing::{TestEnv, TestServer, backends};
+use automl_common::testing::{TestEnv, TestServer, assert_status, backends};
 use automl_data_management::DataManagementConfig;
 use automl_proto::data_management as pb;
 use automl_proto::data_management::data_management_service_client::DataManagementServiceClient;
@@ -126,16 +126,6 @@ async fn read(env: &TestEnv, key: &str) -> Vec<u8> {
         .get_bytes(&env.objects.datasets_bucket, key)
         .await
         .expect("object")
-}
-
-fn assert_code<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Code, needle: &str) {
-    let status = result.expect_err("call should fail");
-    assert_eq!(status.code(), code, "{status:?}");
-    assert!(
-        status.message().contains(needle),
-        "message `{}` should mention `{needle}`",
-        status.message()
-    );
 }
 
 #[tokio::test]
@@ -335,7 +325,7 @@ async fn snapshots_are_deterministic_across_restarts_and_datasets() {
 /// nothing committed.
 async fn expect_rejected(env: &TestEnv, client: &mut Client, body: Vec<u8>, needle: &str) {
     put(env, "upload/bad.csv", body).await;
-    assert_code(
+    assert_status(
         client
             .create_dataset(create_request("upload/bad.csv", vec![]))
             .await,
@@ -408,7 +398,7 @@ async fn unknown_things_are_not_found_and_bad_fields_invalid() {
         let env = env(backend).await;
         let mut running = start(&env).await;
         let client = &mut running.client;
-        assert_code(
+        assert_status(
             client
                 .create_dataset(create_request("upload/missing.csv", vec![]))
                 .await,
@@ -416,14 +406,14 @@ async fn unknown_things_are_not_found_and_bad_fields_invalid() {
             "upload/missing.csv",
         );
         put(&env, "upload/a.csv", "book a flight,travel\n").await;
-        assert_code(
+        assert_status(
             client
                 .update_dataset(commit_request("9", "upload/a.csv", vec![]))
                 .await,
             Code::NotFound,
             "dataset 9 not found",
         );
-        assert_code(
+        assert_status(
             client
                 .get_dataset_summary(pb::DatasetPointer {
                     dataset_id: "9".into(),
@@ -439,7 +429,7 @@ async fn unknown_things_are_not_found_and_bad_fields_invalid() {
             .expect("create")
             .into_inner()
             .dataset_id;
-        assert_code(
+        assert_status(
             client
                 .prepare_training_dataset(pb::DatasetQuery {
                     dataset_id: id.clone(),
@@ -450,7 +440,7 @@ async fn unknown_things_are_not_found_and_bad_fields_invalid() {
             Code::NotFound,
             "commit 7",
         );
-        assert_code(
+        assert_status(
             client
                 .fetch_training_dataset(pb::VersionQuery {
                     dataset_id: id.clone(),
@@ -460,7 +450,7 @@ async fn unknown_things_are_not_found_and_bad_fields_invalid() {
             Code::NotFound,
             "hashQQ==",
         );
-        assert_code(
+        assert_status(
             client
                 .list_datasets(pb::ListQueryOptions {
                     limit: -1,
@@ -470,7 +460,7 @@ async fn unknown_things_are_not_found_and_bad_fields_invalid() {
             Code::InvalidArgument,
             "limit",
         );
-        assert_code(
+        assert_status(
             client
                 .get_dataset_summary(pb::DatasetPointer {
                     dataset_id: "abc".into(),
@@ -481,26 +471,26 @@ async fn unknown_things_are_not_found_and_bad_fields_invalid() {
         );
         let mut bad_type = create_request("upload/a.csv", vec![]);
         bad_type.dataset_type = 7;
-        assert_code(
+        assert_status(
             client.create_dataset(bad_type).await,
             Code::InvalidArgument,
             "dataset_type",
         );
         let mut no_name = create_request("upload/a.csv", vec![]);
         no_name.name.clear();
-        assert_code(
+        assert_status(
             client.create_dataset(no_name).await,
             Code::InvalidArgument,
             "name",
         );
-        assert_code(
+        assert_status(
             client
                 .create_dataset(create_request("../etc/passwd", vec![]))
                 .await,
             Code::InvalidArgument,
             "path",
         );
-        assert_code(
+        assert_status(
             client
                 .prepare_training_dataset(pb::DatasetQuery {
                     dataset_id: id.clone(),
@@ -674,7 +664,7 @@ async fn delete_removes_rows_and_objects() {
             })
             .await
             .expect("delete");
-        assert_code(
+        assert_status(
             client
                 .get_dataset_summary(pb::DatasetPointer {
                     dataset_id: "1".into(),
@@ -691,7 +681,7 @@ async fn delete_removes_rows_and_objects() {
                 .expect("list");
             assert!(left.is_empty(), "{prefix}: {left:?}");
         }
-        assert_code(
+        assert_status(
             client
                 .delete_dataset(pb::DatasetPointer {
                     dataset_id: "1".into(),
@@ -794,7 +784,7 @@ async fn upload_data_streams_into_the_datasets_bucket() {
             ("", "dataset/1/commit/1/examples.csv", "path"),
             ("mini-automl-models", "x.csv", "bucket"),
         ] {
-            assert_code(
+            assert_status(
                 upload(
                     client,
                     vec![pb::UploadDataRequest {
@@ -815,7 +805,7 @@ async fn upload_data_streams_into_the_datasets_bucket() {
                 .expect("list")
                 .is_empty()
         );
-        assert_code(upload(client, vec![]).await, Code::InvalidArgument, "empty");
+        assert_status(upload(client, vec![]).await, Code::InvalidArgument, "empty");
         running.stop().await;
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use automl_common::db::{Backend, Database};
-use automl_common::testing::{TestEnv, TestServer, backends};
+use automl_common::testing::{TestEnv, TestServer, assert_status, backends};
 use automl_metadata_store::MetadataStoreConfig;
 use automl_proto::data_management::FileInfo;
 use automl_proto::metadata_store as pb;
@@ -93,16 +93,6 @@ async fn status(client: &mut Client, run_id: &str) -> Result<pb::RunInfo, tonic:
         .expect("run_info"))
 }
 
-fn assert_code<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Code, needle: &str) {
-    let status = result.expect_err("call should fail");
-    assert_eq!(status.code(), code, "{status:?}");
-    assert!(
-        status.message().contains(needle),
-        "message `{}` should mention `{needle}`",
-        status.message()
-    );
-}
-
 async fn put_model_files(env: &TestEnv, run_id: &str) {
     for file in ["model.safetensors", "vocab.json", "manifest.json"] {
         env.objects
@@ -176,12 +166,12 @@ async fn duplicates_are_already_exists_and_change_nothing() {
             .await
             .expect("epoch");
 
-        assert_code(
+        assert_status(
             client.log_run_start(start_request("7", "second")).await,
             Code::AlreadyExists,
             "run 7",
         );
-        assert_code(
+        assert_status(
             client.log_epoch(epoch_request("7", "1", "0.9")).await,
             Code::AlreadyExists,
             "epoch 1",
@@ -200,18 +190,18 @@ async fn unknown_runs_are_not_found() {
         let env = env(backend).await;
         let mut running = start(&env).await;
         let client = &mut running.client;
-        assert_code(status(client, "404").await, Code::NotFound, "run 404");
-        assert_code(
+        assert_status(status(client, "404").await, Code::NotFound, "run 404");
+        assert_status(
             client.log_epoch(epoch_request("404", "1", "0.1")).await,
             Code::NotFound,
             "run 404",
         );
-        assert_code(
+        assert_status(
             client.log_run_end(end_request("404", true, "x")).await,
             Code::NotFound,
             "run 404",
         );
-        assert_code(
+        assert_status(
             client
                 .get_artifact(pb::GetArtifactRequest {
                     run_id: "404".into(),
@@ -220,7 +210,7 @@ async fn unknown_runs_are_not_found() {
             Code::NotFound,
             "404",
         );
-        assert_code(
+        assert_status(
             client
                 .watch_run(pb::GetRunStatusRequest {
                     run_id: "404".into(),
@@ -230,7 +220,7 @@ async fn unknown_runs_are_not_found() {
             "run 404",
         );
         put_model_files(&env, "404").await;
-        assert_code(
+        assert_status(
             client
                 .create_artifact(artifact_request("404", "intent", "run_404"))
                 .await,
@@ -246,17 +236,17 @@ async fn missing_and_malformed_fields_are_invalid_argument() {
     let env = env(Backend::Sqlite).await;
     let mut running = start(&env).await;
     let client = &mut running.client;
-    assert_code(
+    assert_status(
         client.log_run_start(start_request("", "x")).await,
         Code::InvalidArgument,
         "run_id",
     );
-    assert_code(
+    assert_status(
         client.log_run_start(start_request("../../etc", "x")).await,
         Code::InvalidArgument,
         "run_id",
     );
-    assert_code(
+    assert_status(
         client
             .log_run_start(start_request(&"1".repeat(10_000), "x"))
             .await,
@@ -265,12 +255,12 @@ async fn missing_and_malformed_fields_are_invalid_argument() {
     );
     let mut long_name = start_request("9", "x");
     long_name.run_name = "n".repeat(100_000);
-    assert_code(
+    assert_status(
         client.log_run_start(long_name).await,
         Code::InvalidArgument,
         "run_name",
     );
-    assert_code(
+    assert_status(
         client
             .log_epoch(pb::LogEpochRequest { epoch_info: None })
             .await,
@@ -281,22 +271,22 @@ async fn missing_and_malformed_fields_are_invalid_argument() {
         .log_run_start(start_request("1", "x"))
         .await
         .expect("start");
-    assert_code(
+    assert_status(
         client.log_epoch(epoch_request("1", "", "0.1")).await,
         Code::InvalidArgument,
         "epoch_info.epoch_id",
     );
-    assert_code(
+    assert_status(
         client.log_epoch(epoch_request("", "1", "0.1")).await,
         Code::InvalidArgument,
         "epoch_info.run_id",
     );
-    assert_code(
+    assert_status(
         client.log_run_end(end_request("", true, "x")).await,
         Code::InvalidArgument,
         "run_id",
     );
-    assert_code(
+    assert_status(
         client
             .get_run_status(pb::GetRunStatusRequest {
                 run_id: String::new(),
@@ -305,7 +295,7 @@ async fn missing_and_malformed_fields_are_invalid_argument() {
         Code::InvalidArgument,
         "run_id",
     );
-    assert_code(
+    assert_status(
         client
             .get_artifact(pb::GetArtifactRequest {
                 run_id: String::new(),
@@ -314,7 +304,7 @@ async fn missing_and_malformed_fields_are_invalid_argument() {
         Code::InvalidArgument,
         "run_id",
     );
-    assert_code(
+    assert_status(
         client
             .create_artifact(pb::CreateArtifactRequest {
                 artifact: None,
@@ -325,7 +315,7 @@ async fn missing_and_malformed_fields_are_invalid_argument() {
         Code::InvalidArgument,
         "artifact",
     );
-    assert_code(
+    assert_status(
         client
             .list_runs(pb::ListRunsRequest {
                 limit: -1,
@@ -364,7 +354,7 @@ async fn artifacts_are_versioned_per_name_and_checked_against_the_bucket() {
                 .await
                 .expect("start");
         }
-        assert_code(
+        assert_status(
             client
                 .create_artifact(artifact_request("1", "intent", "run_1"))
                 .await,
@@ -411,14 +401,14 @@ async fn artifacts_are_versioned_per_name_and_checked_against_the_bucket() {
         assert_eq!(other_name.version, "1");
 
         // Another run's location, another bucket, a different artifact for the same run.
-        assert_code(
+        assert_status(
             client
                 .create_artifact(artifact_request("1", "intent", "run_2"))
                 .await,
             Code::InvalidArgument,
             "run_1",
         );
-        assert_code(
+        assert_status(
             client
                 .create_artifact(artifact_request("1", "intent", "run_1/../run_2"))
                 .await,
@@ -427,12 +417,12 @@ async fn artifacts_are_versioned_per_name_and_checked_against_the_bucket() {
         );
         let mut other_bucket = artifact_request("1", "intent", "run_1");
         other_bucket.artifact.as_mut().expect("file").bucket = env.objects.datasets_bucket.clone();
-        assert_code(
+        assert_status(
             client.create_artifact(other_bucket).await,
             Code::InvalidArgument,
             "artifact.bucket",
         );
-        assert_code(
+        assert_status(
             client
                 .create_artifact(artifact_request("1", "other", "run_1"))
                 .await,
@@ -524,12 +514,12 @@ async fn ended_runs_take_no_more_epochs() {
         .log_run_end(end_request("1", false, "boom"))
         .await
         .expect("end");
-    assert_code(
+    assert_status(
         client.log_epoch(epoch_request("1", "1", "0.1")).await,
         Code::FailedPrecondition,
         "ended",
     );
-    assert_code(
+    assert_status(
         client.log_run_end(end_request("1", true, "again")).await,
         Code::FailedPrecondition,
         "ended",

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use automl_common::db::{Backend, Database};
-use automl_common::testing::{TestEnv, TestServer};
+use automl_common::testing::{TestEnv, TestServer, assert_status, grpcurl};
 use automl_metadata_store::MetadataStoreConfig;
 use automl_prediction_service::PredictionConfig;
 use automl_prediction_service::service::Predictions;
@@ -224,29 +224,6 @@ fn request(run_id: &str, document: &str) -> pb::PredictRequest {
     }
 }
 
-fn assert_code<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Code, needle: &str) {
-    let status = result.expect_err("call should fail");
-    assert_eq!(status.code(), code, "{status:?}");
-    assert!(
-        status.message().contains(needle),
-        "`{}` should mention `{needle}`",
-        status.message()
-    );
-}
-
-fn grpcurl() -> PathBuf {
-    if let Ok(path) = std::env::var("GRPCURL") {
-        return PathBuf::from(path);
-    }
-    std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join("grpcurl"))
-                .find(|candidate| candidate.is_file())
-        })
-        .expect("grpcurl is needed: run scripts/test.sh, which installs it, or set GRPCURL")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn predictions_match_the_trainer_and_grpcurl_sees_the_json() {
     let files = model_files().await;
@@ -354,38 +331,38 @@ async fn bad_requests_get_clear_answers() {
     config.max_document_bytes = 64 * 1024;
     let (server, _, mut client) = cluster.serve(&config).await;
 
-    assert_code(
+    assert_status(
         client.predict(request("42", "hello")).await,
         Code::NotFound,
         "cannot locate model artifact for runId 42",
     );
-    assert_code(
+    assert_status(
         client.predict(request("1", "")).await,
         Code::InvalidArgument,
         "document",
     );
-    assert_code(
+    assert_status(
         client.predict(request("", "hello")).await,
         Code::InvalidArgument,
         "runId",
     );
-    assert_code(
+    assert_status(
         client.predict(request("../x", "hello")).await,
         Code::InvalidArgument,
         "runId",
     );
     let huge = "word ".repeat(200_000);
-    assert_code(
+    assert_status(
         client.predict(request("1", &huge)).await,
         Code::InvalidArgument,
         "longer than",
     );
-    assert_code(
+    assert_status(
         client.predict(request("2", "hello")).await,
         Code::FailedPrecondition,
         "run 2",
     );
-    assert_code(
+    assert_status(
         client.predict(request("4", "hello")).await,
         Code::FailedPrecondition,
         "unknown-algorithm",
@@ -522,7 +499,7 @@ async fn external_predictors_receive_forwarded_requests_within_bounds() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_code(
+    assert_status(
         client.predict(request("7", "second")).await,
         Code::ResourceExhausted,
         "capacity",

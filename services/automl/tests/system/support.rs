@@ -2,11 +2,11 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use automl_common::testing::TestEnv;
+use automl_common::testing::{TestEnv, grpcurl};
 use automl_proto::data_management::data_management_service_client::DataManagementServiceClient;
 use automl_proto::metadata_store::metadata_store_service_client::MetadataStoreServiceClient;
 use tonic::transport::Channel;
@@ -124,19 +124,6 @@ impl Drop for Automl {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The grpcurl binary: `$GRPCURL`, else `grpcurl` on the PATH (scripts/test.sh installs it).
-pub fn grpcurl() -> PathBuf {
-    if let Ok(path) = std::env::var("GRPCURL") {
-        return PathBuf::from(path);
-    }
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("grpcurl"))
-            .find(|candidate| candidate.is_file())
-    });
-    found.expect("grpcurl is needed: run scripts/test.sh, which installs it, or set GRPCURL")
 }
 
 /// Runs grpcurl and returns (success, stdout, stderr).
