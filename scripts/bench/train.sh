@@ -8,7 +8,9 @@
 # (without `oos`), wall time, training examples per second, and the candle/PyTorch ratio.
 #
 # Environment: EPOCHS LR BATCH_SIZE FC_SIZE EMBED_DIM SEED (defaults 15 4 64 128 64 42: the
-# MiniAutoML values), AUTOML_BENCH_DATA (default ../shared/data).
+# MiniAutoML values), AUTOML_BENCH_DATA (default ../shared/data), BENCH_THREADS (compute threads
+# of both sides: RAYON_NUM_THREADS for candle, OMP_NUM_THREADS for PyTorch; default: each
+# library's own default, one per core).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/lib/tools.sh
@@ -17,6 +19,9 @@ data=${AUTOML_BENCH_DATA:-../shared/data}
 venv=.venv/bench
 export EPOCHS=${EPOCHS:-15} LR=${LR:-4} BATCH_SIZE=${BATCH_SIZE:-64} FC_SIZE=${FC_SIZE:-128}
 export EMBED_DIM=${EMBED_DIM:-64} SEED=${SEED:-42} DEVICE=cpu EXCLUDE_LABEL=oos
+if [ -n "${BENCH_THREADS:-}" ]; then
+  export RAYON_NUM_THREADS=$BENCH_THREADS OMP_NUM_THREADS=$BENCH_THREADS
+fi
 
 for part in 1 2; do
   [ -f "$data/clinc-intents-part$part.csv" ] || { log "missing $data/clinc-intents-part$part.csv"; exit 1; }
@@ -38,6 +43,8 @@ python3 scripts/bench/normalize.py "$data/clinc-intents-part2.csv" "$work/train"
 python3 scripts/bench/normalize.py "$data/clinc-intents-part1.csv" "$work/eval"
 
 now() { date +%s.%N; }
+# Other work on the machine skews both sides (PyTorch's threads more): say how busy it was.
+log "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 log "candle: automl-train --examples … --out …, then evaluate"
 start=$(now)
@@ -55,6 +62,7 @@ start=$(now)
 end=$(now)
 echo "{\"start\": $start, \"end\": $end}" >"$work/torch-wall.json"
 
+log "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 python3 - "$work" <<'PY'
 import json, os, sys
 work = sys.argv[1]
@@ -74,6 +82,7 @@ rows = [
     ("accuracy part1, all rows", candle_eval["accuracy"], torch["eval_accuracy"], ".4f"),
     ("accuracy part1, in scope", candle_eval["in_scope_accuracy"], torch["eval_in_scope_accuracy"], ".4f"),
     ("training seconds", candle["train_seconds"], torch["train_seconds"], ".2f"),
+    ("seconds to load, train, test", candle["wall_seconds"], torch["wall_seconds"], ".2f"),
     ("wall seconds (processes)", candle_wall["end"] - candle_wall["start"],
      torch_wall["end"] - torch_wall["start"], ".2f"),
     ("training examples/s", candle["examples_per_sec"], torch["examples_per_sec"], ".0f"),

@@ -176,6 +176,16 @@ async fn trains_records_the_run_and_publishes_a_loadable_model() -> anyhow::Resu
     assert_eq!(prediction.top.len(), 3);
     assert!(prediction.top.windows(2).all(|w| w[0].score >= w[1].score));
 
+    // Fine-tuning: run 4 starts from run 1's model.
+    let mut vars = trainer_env(&cluster, "4", SNAPSHOT);
+    vars.insert("BASE_RUN_ID".into(), "1".into());
+    let (ok, stdout) = run_trainer(vars).await?;
+    assert!(ok, "fine-tuning failed");
+    assert!(stdout.contains("fine-tuning from run 1"), "{stdout}");
+    let run = run_info(&mut cluster, "4").await?;
+    assert!(run.success, "{run:?}");
+    assert_eq!(run.tracing.context("tracing")?.base_run_id, "1");
+
     cluster.server.stop().await;
     cluster.db.close().await;
     Ok(())

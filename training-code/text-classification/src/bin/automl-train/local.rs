@@ -54,6 +54,7 @@ pub fn train(
         "classes": trained.classes.len(),
         "test_accuracy": trained.test_accuracy,
         "train_seconds": train_seconds,
+        "wall_seconds": started.elapsed().as_secs_f64(),
         "examples_per_sec": (trained.split_sizes[0] * trained.epochs.len()) as f64 / train_seconds.max(1e-9),
     });
     println!("summary {summary}");
