@@ -114,7 +114,7 @@ mod tests {
             ("MODEL_NAME", "intent"),
             ("MINIO_SERVER", "127.0.0.1:9000"),
             ("MINIO_SERVER_ACCESS_KEY", "key"),
-            ("MINIO_SERVER_SECRET_KEY", "secret"),
+            ("MINIO_SERVER_SECRET_KEY", "s3cr3t-value"),
             ("TRAINING_DATA_BUCKET", "mini-automl-dm"),
             ("TRAINING_DATA_PATH", "versionedDatasets/1/hashAg=="),
             ("EPOCHS", "15"),
@@ -130,7 +130,7 @@ mod tests {
         assert_eq!(env.job_id, "12");
         assert_eq!(env.data_path, "versionedDatasets/1/hashAg==");
         assert_eq!(env.base_run_id, None);
-        assert!(!format!("{env:?}").contains("secret\""));
+        assert!(!format!("{env:?}").contains("s3cr3t-value"));
         assert_eq!(url(&env.metadata_store), "http://127.0.0.1:6002");
         assert_eq!(url("https://s3.example.com/"), "https://s3.example.com");
     }
