@@ -5,7 +5,7 @@
 //! (row-sparse), never the whole table. The dense layers are candle tensors on the model's
 //! device. Training and serving run this same code, so they cannot drift apart.
 
-use candle_core::{DType, Device, Module, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 
 use crate::error::{Error, Result};
 use crate::rng::{SplitMix64, Stream};
@@ -103,14 +103,6 @@ impl Dense {
             bias: Var::from_vec(bias, outputs, device)?,
         })
     }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let linear = candle_nn::Linear::new(
-            self.weight.as_tensor().clone(),
-            Some(self.bias.as_tensor().clone()),
-        );
-        Ok(linear.forward(x)?)
-    }
 }
 
 /// A weight as saved: `(name, shape, row-major values)`.
@@ -162,12 +154,10 @@ impl Model {
         )?)
     }
 
-    /// Logits (`batch × num_classes`) from pooled embeddings.
+    /// Logits (`batch × num_classes`) from pooled embeddings: the same forward pass training
+    /// runs ([`Model::forward_train`]).
     pub fn head(&self, pooled: &Tensor) -> Result<Tensor> {
-        let [fc1, fc2, fc3] = &self.layers;
-        let hidden = fc1.forward(pooled)?.relu()?;
-        let hidden = fc2.forward(&hidden)?.relu()?;
-        fc3.forward(&hidden)
+        Ok(self.forward_train(pooled)?.logits)
     }
 
     /// Logits of token-id bags.
