@@ -1,0 +1,62 @@
+//! training-service: a durable queue of training jobs, launched as local processes.
+//!
+//! - [`config`]: the service's configuration section and the algorithm registry.
+//! - [`model`]: job states and specs, and the submission checks.
+//! - [`store`]: SQL persistence; claims are one transaction under the concurrency limit.
+//! - [`local`]: the local backend (child processes, per-job logs, cancel by kill).
+//! - [`service`]: scheduler, launch, exit handling, restart reconciliation, watch and logs.
+//! - [`grpc`]: the tonic layer.
+//! - [`error`]: the service's error enum and its gRPC codes.
+
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod local;
+pub mod model;
+pub mod service;
+pub mod store;
+
+use std::sync::Arc;
+
+use automl_common::config::CommonConfig;
+use automl_common::db::{Database, MigrationSource};
+use automl_common::server::ServiceRoutes;
+use tokio_util::sync::CancellationToken;
+
+pub use config::TrainingConfig;
+
+use crate::error::TrainingError;
+
+/// Short name: database file, migrations table, logs.
+pub const SERVICE: &str = "training_service";
+
+/// The service's migrations, per backend.
+pub const MIGRATIONS: &[MigrationSource] = &[MigrationSource {
+    version: 1,
+    description: "jobs",
+    sqlite: include_str!("../migrations/sqlite/0001_init.sql"),
+    postgres: include_str!("../migrations/postgres/0001_init.sql"),
+}];
+
+/// Opens the database, reconciles jobs left running by a previous process, starts the
+/// scheduler, and returns the routes, the service handle and the database to close.
+pub async fn start(
+    common: &CommonConfig,
+    config: &TrainingConfig,
+    s3_endpoint: &str,
+    shutdown: CancellationToken,
+) -> Result<(ServiceRoutes, Arc<service::Training>, Database), TrainingError> {
+    let db = Database::open(&common.database, &common.data_dir, SERVICE, MIGRATIONS)
+        .await
+        .map_err(|err| TrainingError::Corrupt(format!("database: {err}")))?;
+    let service = service::Training::start(
+        store::JobStore::new(db.clone()),
+        config.clone(),
+        common.s3.clone(),
+        s3_endpoint,
+        common.data_dir.join("training-logs"),
+        shutdown,
+    )
+    .await?;
+    Ok((grpc::routes(Arc::clone(&service)), service, db))
+}

@@ -1,0 +1,204 @@
+//! Domain types of training-service: job states and what a job asks for.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::TrainingError;
+
+/// The tenant of every job until authentication assigns others.
+pub const DEFAULT_TENANT: &str = "default";
+/// Most parameters one job may carry.
+pub const MAX_PARAMETERS: usize = 64;
+/// Longest field value accepted.
+pub const MAX_TEXT: usize = 4096;
+
+/// The state of a job, numbered as the contract's `TrainingStatus`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobStatus {
+    /// Waiting in the queue.
+    Queuing,
+    /// Claimed; the trainer is being started.
+    Launch,
+    /// The trainer runs.
+    Running,
+    /// The trainer finished successfully.
+    Succeed,
+    /// The job failed; the message says why.
+    Failure,
+    /// Canceled by a client.
+    Canceled,
+}
+
+impl JobStatus {
+    /// The contract's enum number, also stored in SQL.
+    pub fn number(self) -> i64 {
+        match self {
+            JobStatus::Queuing => 0,
+            JobStatus::Launch => 1,
+            JobStatus::Running => 2,
+            JobStatus::Succeed => 3,
+            JobStatus::Failure => 4,
+            JobStatus::Canceled => 5,
+        }
+    }
+
+    /// From the stored number.
+    pub fn from_number(number: i64) -> Result<Self, TrainingError> {
+        Ok(match number {
+            0 => JobStatus::Queuing,
+            1 => JobStatus::Launch,
+            2 => JobStatus::Running,
+            3 => JobStatus::Succeed,
+            4 => JobStatus::Failure,
+            5 => JobStatus::Canceled,
+            other => return Err(TrainingError::Corrupt(format!("job status {other}"))),
+        })
+    }
+
+    /// Whether nothing follows this state.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Succeed | JobStatus::Failure | JobStatus::Canceled
+        )
+    }
+}
+
+/// What the trainer needs (Kubernetes requests and limits).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    /// CPU quantity, e.g. "2".
+    pub cpu: String,
+    /// Memory quantity, e.g. "4Gi".
+    pub memory: String,
+    /// GPUs.
+    pub gpus: i32,
+}
+
+/// What a job trains, as the client sent it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// Algorithm name (a key of the algorithm registry).
+    pub algorithm: String,
+    /// Dataset id.
+    pub dataset_id: String,
+    /// Job name.
+    pub name: String,
+    /// Snapshot to train on.
+    pub train_data_version_hash: String,
+    /// Trainer parameters, passed to the trainer verbatim as environment variables.
+    pub parameters: BTreeMap<String, String>,
+    /// Model name of the artifact.
+    pub output_model_name: String,
+    /// Resources of the trainer.
+    pub resources: Resources,
+    /// Run to fine-tune from, empty for none.
+    pub base_run_id: String,
+}
+
+/// A stored job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    /// The job id, also the run id.
+    pub job_id: i64,
+    /// Its state.
+    pub status: JobStatus,
+    /// Why it is in that state.
+    pub message: String,
+    /// What it trains.
+    pub spec: JobSpec,
+    /// The backend that runs it (`local`).
+    pub backend: String,
+    /// The backend's handle (process id).
+    pub backend_ref: String,
+}
+
+/// Checks a submission: required fields named as the contract names them, bounded sizes.
+pub fn check_spec(spec: &JobSpec) -> Result<(), TrainingError> {
+    for (field, value) in [
+        ("metadata.output_model_name", &spec.output_model_name),
+        ("metadata.dataset_id", &spec.dataset_id),
+        (
+            "metadata.train_data_version_hash",
+            &spec.train_data_version_hash,
+        ),
+        ("metadata.algorithm", &spec.algorithm),
+    ] {
+        if value.is_empty() {
+            return Err(TrainingError::InvalidArgument(format!(
+                "{field} is required"
+            )));
+        }
+        if value.len() > MAX_TEXT {
+            return Err(TrainingError::InvalidArgument(format!(
+                "{field} is too long"
+            )));
+        }
+    }
+    if spec.parameters.len() > MAX_PARAMETERS {
+        return Err(TrainingError::InvalidArgument(format!(
+            "metadata.parameters has more than {MAX_PARAMETERS} entries"
+        )));
+    }
+    for (key, value) in &spec.parameters {
+        let valid_key = !key.is_empty()
+            && key.len() <= 128
+            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && !key.as_bytes()[0].is_ascii_digit();
+        if !valid_key {
+            return Err(TrainingError::InvalidArgument(format!(
+                "metadata.parameters key `{key}` must be an environment variable name"
+            )));
+        }
+        if value.len() > MAX_TEXT || value.contains('\0') {
+            return Err(TrainingError::InvalidArgument(format!(
+                "metadata.parameters[{key}] is too long or contains NUL"
+            )));
+        }
+    }
+    if spec.resources.gpus < 0 {
+        return Err(TrainingError::InvalidArgument(
+            "metadata.resources.gpus must not be negative".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> JobSpec {
+        JobSpec {
+            algorithm: "intent-classification".into(),
+            dataset_id: "1".into(),
+            train_data_version_hash: "hashAg==".into(),
+            output_model_name: "intent".into(),
+            ..JobSpec::default()
+        }
+    }
+
+    #[test]
+    fn required_fields_are_named() {
+        assert!(check_spec(&spec()).is_ok());
+        let mut missing = spec();
+        missing.output_model_name.clear();
+        let err = check_spec(&missing).expect_err("missing");
+        assert!(err.to_string().contains("metadata.output_model_name"));
+        let mut bad = spec();
+        bad.parameters.insert("LR; rm".into(), "4".into());
+        assert!(check_spec(&bad).is_err());
+    }
+
+    #[test]
+    fn statuses_round_trip() {
+        for number in 0..=5 {
+            let status = JobStatus::from_number(number).expect("known");
+            assert_eq!(status.number(), number);
+        }
+        assert!(JobStatus::from_number(9).is_err());
+        assert!(JobStatus::Canceled.is_final());
+        assert!(!JobStatus::Running.is_final());
+    }
+}

@@ -1,0 +1,596 @@
+//! training-service with the local backend, through real gRPC, against data-management and
+//! metadata-store started in-process, with a trainer script that speaks the trainer contract
+//! through grpcurl. Storage runs on SQLite and (with AUTOML_TEST_POSTGRES_URL) Postgres.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use automl_common::db::{Backend, Database};
+use automl_common::testing::{TestEnv, TestServer, assert_status, backends, grpcurl};
+use automl_proto::data_management as dm;
+use automl_proto::data_management::data_management_service_client::DataManagementServiceClient;
+use automl_proto::metadata_store as ms;
+use automl_proto::metadata_store::metadata_store_service_client::MetadataStoreServiceClient;
+use automl_proto::training as pb;
+use automl_proto::training::training_service_client::TrainingServiceClient;
+use automl_training_service::TrainingConfig;
+use automl_training_service::config::AlgorithmConfig;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use tonic::transport::Channel;
+
+/// A trainer that follows the contract: LogRunStart, prints its environment, sleeps `SLEEP`,
+/// LogRunEnd, exits `EXIT_CODE`. Each start and end is appended to `$TRACE`.
+fn trainer_script(dir: &Path) -> PathBuf {
+    let path = dir.join("fake-trainer.sh");
+    let grpcurl = grpcurl();
+    let script = format!(
+        r#"#!/bin/sh
+echo "start $JOB_ID $(date +%s%N)" >> "$TRACE"
+{grpcurl} -plaintext -d "{{\"run_id\":\"$JOB_ID\",\"run_name\":\"$MODEL_NAME\"}}" "$METADATA_STORE_SERVER" metadata_store.MetadataStoreService/LogRunStart >/dev/null
+echo "JOB_ID=$JOB_ID"
+echo "ALGORITHM_NAME=$ALGORITHM_NAME"
+echo "TRAINING_DATA_BUCKET=$TRAINING_DATA_BUCKET"
+echo "TRAINING_DATA_PATH=$TRAINING_DATA_PATH"
+echo "TRAINING_DATASET_VERSION_HASH=$TRAINING_DATASET_VERSION_HASH"
+echo "MINIO_SERVER=$MINIO_SERVER"
+echo "MODEL_BUCKET=$MODEL_BUCKET"
+echo "EPOCHS=$EPOCHS LR=$LR"
+sleep "${{SLEEP:-0.1}}"
+code="${{EXIT_CODE:-0}}"
+if [ "$code" = 0 ]; then
+  {grpcurl} -plaintext -d "{{\"run_id\":\"$JOB_ID\",\"success\":true,\"message\":\"test accuracy 0.900\"}}" "$METADATA_STORE_SERVER" metadata_store.MetadataStoreService/LogRunEnd >/dev/null
+fi
+echo "end $JOB_ID $(date +%s%N)" >> "$TRACE"
+exit "$code"
+"#,
+        grpcurl = grpcurl.display()
+    );
+    std::fs::write(&path, script).expect("script");
+    let status = std::process::Command::new("chmod")
+        .args(["+x", path.to_str().expect("path")])
+        .status()
+        .expect("chmod");
+    assert!(status.success());
+    path
+}
+
+struct Cluster {
+    env: TestEnv,
+    servers: Vec<TestServer>,
+    databases: Vec<Database>,
+    data: DataManagementServiceClient<Channel>,
+    metadata: MetadataStoreServiceClient<Channel>,
+    client: TrainingServiceClient<Channel>,
+    trace: PathBuf,
+}
+
+impl Cluster {
+    async fn start(backend: Backend, max_concurrent_jobs: i64) -> Self {
+        let env = TestEnv::new(backend).await.expect("env");
+        let token = CancellationToken::new();
+        let (dm_routes, dm_db) = automl_data_management::start(
+            &env.common,
+            &Default::default(),
+            env.objects.clone(),
+            token.clone(),
+        )
+        .await
+        .expect("data-management");
+        let dm_server = TestServer::start(dm_routes, token.clone())
+            .await
+            .expect("server");
+        let (ms_routes, ms_db) = automl_metadata_store::start(
+            &env.common,
+            &Default::default(),
+            env.objects.clone(),
+            token.clone(),
+        )
+        .await
+        .expect("metadata-store");
+        let ms_server = TestServer::start(ms_routes, token.clone())
+            .await
+            .expect("server");
+        let script = trainer_script(env.path());
+        let config = TrainingConfig {
+            data_management: dm_server.endpoint(),
+            metadata_store: ms_server.endpoint(),
+            max_concurrent_jobs,
+            poll_interval_ms: 200,
+            algorithms: BTreeMap::from([(
+                "intent-classification".to_string(),
+                AlgorithmConfig {
+                    command: script.display().to_string(),
+                    ..AlgorithmConfig::default()
+                },
+            )]),
+            ..TrainingConfig::default()
+        };
+        let (routes, _, db) = automl_training_service::start(
+            &env.common,
+            &config,
+            &env.objects.endpoint,
+            token.clone(),
+        )
+        .await
+        .expect("training-service");
+        let server = TestServer::start(routes, token).await.expect("server");
+        let data = DataManagementServiceClient::new(dm_server.channel().await.expect("channel"));
+        let metadata = MetadataStoreServiceClient::new(ms_server.channel().await.expect("channel"));
+        let client = TrainingServiceClient::new(server.channel().await.expect("channel"));
+        let trace = env.path().join("trace.txt");
+        let mut cluster = Self {
+            env,
+            servers: vec![server, ms_server, dm_server],
+            databases: vec![db, ms_db, dm_db],
+            data,
+            metadata,
+            client,
+            trace,
+        };
+        cluster.dataset().await;
+        cluster
+    }
+
+    /// Dataset 1 with a READY snapshot hashAg==.
+    async fn dataset(&mut self) {
+        self.env
+            .objects
+            .put_bytes(
+                &self.env.objects.datasets_bucket,
+                "upload/a.csv",
+                b"book a flight,travel\n".to_vec(),
+            )
+            .await
+            .expect("upload");
+        self.data
+            .create_dataset(dm::CreateDatasetRequest {
+                name: "d".into(),
+                dataset_type: dm::DatasetType::TextIntent.into(),
+                path: "upload/a.csv".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("create");
+        self.data
+            .prepare_training_dataset(dm::DatasetQuery {
+                dataset_id: "1".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("prepare");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let snapshot = self
+                .data
+                .fetch_training_dataset(dm::VersionQuery {
+                    dataset_id: "1".into(),
+                    version_hash: "hashAg==".into(),
+                })
+                .await
+                .expect("fetch")
+                .into_inner();
+            if snapshot.state() == dm::SnapshotState::Ready {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn job(&self, parameters: &[(&str, &str)]) -> pb::TrainRequest {
+        let mut params: HashMap<String, String> = HashMap::from([
+            ("LR".to_string(), "4".to_string()),
+            ("EPOCHS".to_string(), "15".to_string()),
+            ("BATCH_SIZE".to_string(), "64".to_string()),
+            ("FC_SIZE".to_string(), "128".to_string()),
+            ("TRACE".to_string(), self.trace.display().to_string()),
+        ]);
+        for (key, value) in parameters {
+            params.insert(key.to_string(), value.to_string());
+        }
+        pb::TrainRequest {
+            metadata: Some(pb::TrainingJobMetadata {
+                algorithm: "intent-classification".into(),
+                dataset_id: "1".into(),
+                name: "test".into(),
+                train_data_version_hash: "hashAg==".into(),
+                parameters: params,
+                output_model_name: "intent".into(),
+                ..Default::default()
+            }),
+        }
+    }
+
+    async fn train(&mut self, parameters: &[(&str, &str)]) -> i32 {
+        let request = self.job(parameters);
+        self.client
+            .train(request)
+            .await
+            .expect("train")
+            .into_inner()
+            .job_id
+    }
+
+    async fn status(&mut self, job_id: i32) -> pb::GetTrainingStatusResponse {
+        self.client
+            .get_training_status(pb::GetTrainingStatusRequest { job_id })
+            .await
+            .expect("status")
+            .into_inner()
+    }
+
+    async fn wait_final(&mut self, job_id: i32) -> pb::GetTrainingStatusResponse {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let status = self.status(job_id).await;
+            if matches!(
+                status.status(),
+                pb::TrainingStatus::Succeed
+                    | pb::TrainingStatus::Failure
+                    | pb::TrainingStatus::Canceled
+            ) {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job {job_id} never ends"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// (job id, start ns, end ns) per job from the trace file.
+    fn trace(&self) -> Vec<(i32, u128, u128)> {
+        let text = std::fs::read_to_string(&self.trace).unwrap_or_default();
+        let mut starts = BTreeMap::new();
+        let mut spans = Vec::new();
+        for line in text.lines() {
+            let parts: Vec<&str> = line.split(' ').collect();
+            let (kind, id, at) = (
+                parts[0],
+                parts[1].parse::<i32>().expect("id"),
+                parts[2].parse::<u128>().expect("ns"),
+            );
+            if kind == "start" {
+                starts.insert(id, at);
+            } else if let Some(start) = starts.get(&id) {
+                spans.push((id, *start, at));
+            }
+        }
+        spans.sort_by_key(|(_, start, _)| *start);
+        spans
+    }
+
+    async fn stop(self) {
+        for server in self.servers {
+            server.stop().await;
+        }
+        for db in self.databases {
+            db.close().await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_runs_with_the_trainer_environment_and_succeeds() {
+    for backend in backends() {
+        let mut cluster = Cluster::start(backend, 1).await;
+        let job_id = cluster.train(&[]).await;
+        let watcher = cluster.client.clone();
+        let mut stream = watcher
+            .clone()
+            .watch_training_status(pb::GetTrainingStatusRequest { job_id })
+            .await
+            .expect("watch")
+            .into_inner();
+        let mut seen = Vec::new();
+        while let Some(update) = stream.message().await.expect("stream") {
+            seen.push(update.status());
+        }
+        assert_eq!(seen.last(), Some(&pb::TrainingStatus::Succeed), "{seen:?}");
+        assert!(seen.contains(&pb::TrainingStatus::Running), "{seen:?}");
+        let done = cluster.status(job_id).await;
+        assert_eq!(done.message, "test accuracy 0.900");
+
+        let mut logs = cluster
+            .client
+            .get_training_logs(pb::GetTrainingLogsRequest {
+                job_id,
+                from_line: 0,
+            })
+            .await
+            .expect("logs")
+            .into_inner();
+        let mut lines = Vec::new();
+        while let Some(line) = logs.message().await.expect("log") {
+            lines.push(line.text);
+        }
+        let text = lines.join("\n");
+        for expected in [
+            format!("JOB_ID={job_id}"),
+            "ALGORITHM_NAME=intent-classification".to_string(),
+            "TRAINING_DATA_PATH=versionedDatasets/1/hashAg==".to_string(),
+            format!(
+                "TRAINING_DATA_BUCKET={}",
+                cluster.env.objects.datasets_bucket
+            ),
+            format!("MODEL_BUCKET={}", cluster.env.objects.models_bucket),
+            "EPOCHS=15 LR=4".to_string(),
+        ] {
+            assert!(text.contains(&expected), "{expected} in {text}");
+        }
+        let run = cluster
+            .metadata
+            .get_run_status(ms::GetRunStatusRequest {
+                run_id: job_id.to_string(),
+            })
+            .await
+            .expect("run")
+            .into_inner()
+            .run_info
+            .expect("run_info");
+        assert!(run.success);
+        cluster.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_run_in_order_within_the_concurrency_limit() {
+    for limit in [1, 2] {
+        let mut cluster = Cluster::start(Backend::Sqlite, limit).await;
+        let mut jobs = Vec::new();
+        for _ in 0..5 {
+            jobs.push(cluster.train(&[("SLEEP", "0.6")]).await);
+        }
+        if limit == 1 {
+            // While the first runs, the other four wait in order.
+            let mut positions = Vec::new();
+            for job in &jobs[1..] {
+                let status = cluster.status(*job).await;
+                if status.status() == pb::TrainingStatus::Queuing {
+                    positions.push(status.position_in_queue);
+                    assert_eq!(
+                        status.message,
+                        format!(
+                            "Queueing, there are {} training jobs waiting before this.",
+                            status.position_in_queue
+                        )
+                    );
+                }
+            }
+            assert_eq!(positions, [0, 1, 2, 3]);
+        }
+        for job in &jobs {
+            assert_eq!(
+                cluster.wait_final(*job).await.status(),
+                pb::TrainingStatus::Succeed
+            );
+        }
+        let spans = cluster.trace();
+        let order: Vec<i32> = spans.iter().map(|(id, _, _)| *id).collect();
+        assert_eq!(order, jobs);
+        let most_at_once = spans
+            .iter()
+            .map(|(_, start, _)| {
+                spans
+                    .iter()
+                    .filter(|(_, s, e)| s <= start && start < e)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0);
+        assert_eq!(most_at_once as i64, limit, "{spans:?}");
+        cluster.stop().await;
+    }
+}
+
+fn pid_alive(pid: &str) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_and_running_jobs_can_be_canceled() {
+    let mut cluster = Cluster::start(Backend::Sqlite, 1).await;
+    let running = cluster.train(&[("SLEEP", "30")]).await;
+    let queued = cluster.train(&[]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while cluster.status(running).await.status() != pb::TrainingStatus::Running {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let canceled = cluster
+        .client
+        .cancel_training_job(pb::GetTrainingStatusRequest { job_id: queued })
+        .await
+        .expect("cancel queued")
+        .into_inner();
+    assert_eq!(canceled.status(), pb::TrainingStatus::Canceled);
+    let ps = std::process::Command::new("pgrep")
+        .args(["-f", "fake-trainer.sh"])
+        .output()
+        .expect("pgrep");
+    let pids: Vec<String> = String::from_utf8_lossy(&ps.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert!(!pids.is_empty(), "the trainer runs");
+    let canceled = cluster
+        .client
+        .cancel_training_job(pb::GetTrainingStatusRequest { job_id: running })
+        .await
+        .expect("cancel running")
+        .into_inner();
+    assert_eq!(canceled.status(), pb::TrainingStatus::Canceled);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while pids.iter().any(|pid| pid_alive(pid)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the trainer process is gone"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        cluster.status(running).await.status(),
+        pb::TrainingStatus::Canceled
+    );
+    assert_status(
+        cluster
+            .client
+            .cancel_training_job(pb::GetTrainingStatusRequest { job_id: running })
+            .await,
+        Code::FailedPrecondition,
+        "already ended",
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_say_why() {
+    for backend in backends() {
+        let mut cluster = Cluster::start(backend, 1).await;
+        let failing = cluster.train(&[("EXIT_CODE", "1")]).await;
+        let status = cluster.wait_final(failing).await;
+        assert_eq!(status.status(), pb::TrainingStatus::Failure);
+        assert_eq!(status.message, "exit code 1");
+        let run = cluster
+            .metadata
+            .get_run_status(ms::GetRunStatusRequest {
+                run_id: failing.to_string(),
+            })
+            .await
+            .expect("run")
+            .into_inner()
+            .run_info
+            .expect("run_info");
+        assert!(!run.success);
+        assert!(!run.end_time.is_empty(), "the run was ended");
+
+        let mut unknown = cluster.job(&[]);
+        unknown.metadata.as_mut().expect("metadata").algorithm = "nope".into();
+        assert_status(
+            cluster.client.train(unknown).await,
+            Code::InvalidArgument,
+            "nope",
+        );
+        let mut missing = cluster.job(&[]);
+        missing
+            .metadata
+            .as_mut()
+            .expect("metadata")
+            .output_model_name
+            .clear();
+        assert_status(
+            cluster.client.train(missing).await,
+            Code::InvalidArgument,
+            "output_model_name",
+        );
+        let mut no_version = cluster.job(&[]);
+        no_version
+            .metadata
+            .as_mut()
+            .expect("metadata")
+            .train_data_version_hash = "hashQQ==".into();
+        assert_status(
+            cluster.client.train(no_version).await,
+            Code::NotFound,
+            "hashQQ==",
+        );
+        assert_status(
+            cluster
+                .client
+                .get_training_status(pb::GetTrainingStatusRequest { job_id: 999 })
+                .await,
+            Code::NotFound,
+            "job 999",
+        );
+
+        // A snapshot whose build failed fails the job with that reason.
+        cluster
+            .env
+            .objects
+            .delete_prefix(
+                &cluster.env.objects.datasets_bucket,
+                "dataset/1/commit/1/examples",
+            )
+            .await
+            .expect("break the commit");
+        cluster
+            .env
+            .objects
+            .put_bytes(
+                &cluster.env.objects.datasets_bucket,
+                "upload/b.csv",
+                b"play music,music\n".to_vec(),
+            )
+            .await
+            .expect("upload");
+        cluster
+            .data
+            .update_dataset(dm::CreateCommitRequest {
+                dataset_id: "1".into(),
+                path: "upload/b.csv".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("commit 2");
+        cluster
+            .data
+            .prepare_training_dataset(dm::DatasetQuery {
+                dataset_id: "1".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("prepare");
+        let mut broken = cluster.job(&[]);
+        broken
+            .metadata
+            .as_mut()
+            .expect("metadata")
+            .train_data_version_hash = "hashBg==".into();
+        let job = cluster
+            .client
+            .train(broken)
+            .await
+            .expect("train")
+            .into_inner()
+            .job_id;
+        let status = cluster.wait_final(job).await;
+        assert_eq!(status.status(), pb::TrainingStatus::Failure);
+        assert!(
+            status.message.starts_with("snapshot FAILED"),
+            "{}",
+            status.message
+        );
+        cluster.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_jobs_filters_by_status() {
+    let mut cluster = Cluster::start(Backend::Sqlite, 1).await;
+    let first = cluster.train(&[]).await;
+    cluster.wait_final(first).await;
+    let second = cluster.train(&[("EXIT_CODE", "3")]).await;
+    cluster.wait_final(second).await;
+    let all = cluster
+        .client
+        .list_training_jobs(pb::ListTrainingJobsRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(all.total, 2);
+    let failed = cluster
+        .client
+        .list_training_jobs(pb::ListTrainingJobsRequest {
+            statuses: vec![pb::TrainingStatus::Failure.into()],
+            ..Default::default()
+        })
+        .await
+        .expect("list failed")
+        .into_inner();
+    assert_eq!(failed.jobs.len(), 1);
+    assert_eq!(failed.jobs[0].job_id, second);
+    cluster.stop().await;
+}
