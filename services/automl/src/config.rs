@@ -10,6 +10,7 @@ use automl_common::config::{
 use automl_data_management::DataManagementConfig;
 use automl_metadata_store::MetadataStoreConfig;
 use automl_prediction_service::PredictionConfig;
+use automl_training_service::TrainingConfig;
 use serde::{Deserialize, Serialize};
 
 /// Every key the binary understands; see `automl.example.toml`.
@@ -30,6 +31,8 @@ pub struct AutomlConfig {
     pub metadata_store: MetadataStoreConfig,
     /// `[prediction_service]`
     pub prediction_service: PredictionConfig,
+    /// `[training_service]`
+    pub training_service: TrainingConfig,
 }
 
 impl Default for AutomlConfig {
@@ -43,6 +46,7 @@ impl Default for AutomlConfig {
             data_management: DataManagementConfig::default(),
             metadata_store: MetadataStoreConfig::default(),
             prediction_service: PredictionConfig::default(),
+            training_service: TrainingConfig::default(),
         }
     }
 }
@@ -59,6 +63,7 @@ impl AutomlConfig {
         config.data_management.validate()?;
         config.metadata_store.validate()?;
         config.prediction_service.validate()?;
+        config.training_service.validate()?;
         Ok(config)
     }
 

@@ -23,6 +23,8 @@ pub enum ServiceArg {
     MetadataStore,
     /// Serves trained models by run id (port 6001).
     PredictionService,
+    /// The training job queue (port 6003).
+    TrainingService,
     /// Every service in one process, each on its own port.
     All,
 }
@@ -36,6 +38,8 @@ pub enum Service {
     MetadataStore,
     /// prediction-service.
     Prediction,
+    /// training-service.
+    Training,
 }
 
 impl ServiceArg {
@@ -45,10 +49,12 @@ impl ServiceArg {
             ServiceArg::DataManagement => vec![Service::DataManagement],
             ServiceArg::MetadataStore => vec![Service::MetadataStore],
             ServiceArg::PredictionService => vec![Service::Prediction],
+            ServiceArg::TrainingService => vec![Service::Training],
             ServiceArg::All => vec![
                 Service::DataManagement,
                 Service::MetadataStore,
                 Service::Prediction,
+                Service::Training,
             ],
         }
     }
@@ -61,6 +67,7 @@ impl Service {
             Service::DataManagement => "data-management",
             Service::MetadataStore => "metadata-store",
             Service::Prediction => "prediction-service",
+            Service::Training => "training-service",
         }
     }
 
@@ -70,6 +77,7 @@ impl Service {
             Service::DataManagement => "data_management",
             Service::MetadataStore => "metadata_store",
             Service::Prediction => "prediction_service",
+            Service::Training => "training_service",
         }
     }
 }
@@ -90,9 +98,14 @@ pub async fn run(mut config: AutomlConfig, service: ServiceArg) -> anyhow::Resul
         let listener = TcpListener::bind(&bind)
             .await
             .with_context(|| format!("binding {} to {bind}", name.as_str()))?;
-        if *name == Service::MetadataStore && services.contains(&Service::Prediction) {
-            let port = listener.local_addr()?.port();
-            config.prediction_service.metadata_store = format!("http://127.0.0.1:{port}");
+        let local = format!("http://127.0.0.1:{}", listener.local_addr()?.port());
+        match name {
+            Service::MetadataStore => {
+                config.prediction_service.metadata_store = local.clone();
+                config.training_service.metadata_store = local;
+            }
+            Service::DataManagement => config.training_service.data_management = local,
+            Service::Prediction | Service::Training => {}
         }
         listeners.push((*name, listener));
     }
@@ -134,6 +147,7 @@ fn bind_address(config: &AutomlConfig, service: Service) -> String {
         Service::DataManagement => config.data_management.server().bind_address(),
         Service::MetadataStore => config.metadata_store.server().bind_address(),
         Service::Prediction => config.prediction_service.server().bind_address(),
+        Service::Training => config.training_service.server().bind_address(),
     }
 }
 
@@ -176,6 +190,17 @@ async fn start_service(
             )
             .context("starting prediction-service")?;
             (routes, None)
+        }
+        Service::Training => {
+            let (routes, _, db) = automl_training_service::start(
+                common,
+                &config.training_service,
+                &objects.endpoint,
+                shutdown.clone(),
+            )
+            .await
+            .context("starting training-service")?;
+            (routes, Some(db))
         }
     })
 }
@@ -243,6 +268,10 @@ pub async fn migrate(config: AutomlConfig, service: ServiceArg) -> anyhow::Resul
             Service::MetadataStore => (
                 automl_metadata_store::SERVICE,
                 automl_metadata_store::MIGRATIONS,
+            ),
+            Service::Training => (
+                automl_training_service::SERVICE,
+                automl_training_service::MIGRATIONS,
             ),
             // Keeps no database: nothing to migrate.
             Service::Prediction => continue,

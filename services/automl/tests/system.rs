@@ -9,3 +9,5 @@ mod metadata;
 mod prediction;
 #[path = "system/support.rs"]
 mod support;
+#[path = "system/training.rs"]
+mod training;

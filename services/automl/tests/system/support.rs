@@ -12,7 +12,12 @@ use automl_proto::metadata_store::metadata_store_service_client::MetadataStoreSe
 use tonic::transport::Channel;
 
 /// What `automl serve all` starts, as it announces them.
-pub const SERVICES: [&str; 3] = ["data-management", "metadata-store", "prediction-service"];
+pub const SERVICES: [&str; 4] = [
+    "data-management",
+    "metadata-store",
+    "prediction-service",
+    "training-service",
+];
 
 /// A running `automl serve` process; killed when dropped.
 pub struct Automl {
@@ -31,6 +36,8 @@ impl Automl {
             .current_dir(cwd)
             .env("AUTOML__DATA_MANAGEMENT__HOST", "127.0.0.1")
             .env("AUTOML__DATA_MANAGEMENT__PORT", "0")
+            .env("AUTOML__TRAINING_SERVICE__HOST", "127.0.0.1")
+            .env("AUTOML__TRAINING_SERVICE__PORT", "0")
             .env("AUTOML__PREDICTION_SERVICE__HOST", "127.0.0.1")
             .env("AUTOML__PREDICTION_SERVICE__PORT", "0")
             .env("AUTOML__METADATA_STORE__HOST", "127.0.0.1")

@@ -1,0 +1,124 @@
+//! The whole flow through `automl serve all` with the real grpcurl and the real automl-train:
+//! dataset, snapshot, Train with MiniAutoML's JSON, status until succeed, the run's epochs,
+//! the model files, and a prediction from the new model.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use automl_common::testing::TestEnv;
+
+use crate::support::{Automl, grpcurl_json, process_env};
+
+fn shared(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/data")
+        .join(name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn train_with_miniautoml_json_then_predict() {
+    let trainer = PathBuf::from(env!("CARGO_BIN_EXE_automl")).with_file_name("automl-train");
+    assert!(
+        trainer.is_file(),
+        "{} is needed beside automl: cargo test --workspace builds it",
+        trainer.display()
+    );
+    let env = TestEnv::new(automl_common::db::Backend::Sqlite)
+        .await
+        .expect("env");
+    let data = std::fs::read(shared("clinc-intents-part2.csv")).expect("shared data");
+    env.objects
+        .put_bytes(&env.objects.datasets_bucket, "upload/part2.csv", data)
+        .await
+        .expect("upload");
+    let automl = Automl::spawn(env.path(), &process_env(&env, &env.path().join("automl")));
+    let dm = automl.addr("data-management");
+    let training = automl.addr("training-service");
+    let metadata = automl.addr("metadata-store");
+    let prediction = automl.addr("prediction-service");
+
+    grpcurl_json(
+        &dm,
+        "data_management.DataManagementService/CreateDataset",
+        r#"{"name":"clinc","dataset_type":"TEXT_INTENT","bucket":"mini-automl-dm","path":"upload/part2.csv"}"#,
+    );
+    let version = grpcurl_json(
+        &dm,
+        "data_management.DataManagementService/PrepareTrainingDataset",
+        r#"{"dataset_id":"1"}"#,
+    );
+    assert_eq!(version["versionHash"], "hashAg==");
+
+    let submitted = grpcurl_json(
+        &training,
+        "training.TrainingService/Train",
+        r#"{"metadata":{"algorithm":"intent-classification","dataset_id":"1","name":"test1","train_data_version_hash":"hashAg==","output_model_name":"intent","parameters":{"LR":"4","EPOCHS":"15","BATCH_SIZE":"64","FC_SIZE":"128"}}}"#,
+    );
+    let job_id = submitted["jobId"].as_i64().expect("job id");
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    let last = loop {
+        let status = grpcurl_json(
+            &training,
+            "training.TrainingService/GetTrainingStatus",
+            &format!(r#"{{"job_id":{job_id}}}"#),
+        );
+        // grpcurl omits the default enum value, `queuing`.
+        let state = status["status"].as_str().unwrap_or("queuing").to_string();
+        if seen.last() != Some(&state) {
+            seen.push(state.clone());
+        }
+        if matches!(state.as_str(), "succeed" | "failure" | "canceled") {
+            break status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "training never ends: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(last["status"], "succeed", "{last}");
+    assert!(seen.contains(&"running".to_string()), "{seen:?}");
+    assert!(
+        last["message"]
+            .as_str()
+            .expect("message")
+            .starts_with("test accuracy 0.")
+    );
+
+    let run = grpcurl_json(
+        &metadata,
+        "metadata_store.MetadataStoreService/GetRunStatus",
+        &format!(r#"{{"run_id":"{job_id}"}}"#),
+    );
+    let epochs = run["runInfo"]["epochs"].as_object().expect("epochs");
+    assert_eq!(epochs.len(), 15);
+    for epoch in epochs.values() {
+        for metric in ["loss", "accuracy", "val_accuracy", "examples_per_sec"] {
+            assert!(
+                epoch["metrics"].get(metric).is_some(),
+                "{metric} in {epoch}"
+            );
+        }
+    }
+    for file in ["model.safetensors", "vocab.json", "manifest.json"] {
+        assert!(
+            env.objects
+                .object_exists(&env.objects.models_bucket, &format!("run_{job_id}/{file}"))
+                .await
+                .expect("head"),
+            "{file}"
+        );
+    }
+    let answer = grpcurl_json(
+        &prediction,
+        "prediction.PredictionService/Predict",
+        &format!(
+            r#"{{"runId":"{job_id}","document":"please transfer 100 dollars to my savings account"}}"#
+        ),
+    );
+    let response: serde_json::Value =
+        serde_json::from_str(answer["response"].as_str().expect("response")).expect("json");
+    assert!(response["result"].is_string());
+    automl.terminate();
+}
