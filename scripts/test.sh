@@ -14,4 +14,4 @@ cargo fmt --all -- --check
 log "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo test (storage tests on SQLite and $AUTOML_TEST_POSTGRES_URL)"
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast

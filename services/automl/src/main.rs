@@ -12,6 +12,7 @@ mod client;
 mod config;
 mod datasets;
 mod serve;
+mod training;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -87,6 +88,30 @@ enum Command {
         json: bool,
         /// The text to classify.
         document: String,
+    },
+    /// Submit a training job; with --watch, follow it to the end.
+    Train {
+        /// `host:port` of training-service.
+        #[arg(
+            long,
+            env = "AUTOML_TRAINING_SERVICE",
+            default_value = "localhost:6003"
+        )]
+        server: String,
+        #[command(flatten)]
+        args: training::TrainArgs,
+    },
+    /// Training jobs in training-service.
+    Jobs {
+        /// `host:port` of training-service.
+        #[arg(
+            long,
+            env = "AUTOML_TRAINING_SERVICE",
+            default_value = "localhost:6003"
+        )]
+        server: String,
+        #[command(subcommand)]
+        command: training::JobsCommand,
     },
     /// Runs recorded in metadata-store.
     Runs {
@@ -204,6 +229,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             document,
         } => client::predict(&server, run, document, json).await?,
+        Command::Train { server, args } => training::train(&server, args).await?,
+        Command::Jobs { server, command } => training::jobs(&server, command).await?,
         Command::Runs { server, command } => client::runs(&server, command).await?,
     }
     Ok(ExitCode::SUCCESS)

@@ -482,6 +482,13 @@ async fn external_predictors_receive_forwarded_requests_within_bounds() {
         "{status:?}"
     );
 
+    // The timed-out call's slot frees once the server side of its deadline passes too: wait
+    // until a call gets through.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while client.predict(request("7", "probe")).await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "the slot frees");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // With one call in flight, a second is turned away instead of queueing.
     let mut busy = client.clone();
     let first = tokio::spawn(async move { busy.predict(request("8", "occupy")).await });

@@ -120,5 +120,36 @@ async fn train_with_miniautoml_json_then_predict() {
     let response: serde_json::Value =
         serde_json::from_str(answer["response"].as_str().expect("response")).expect("json");
     assert!(response["result"].is_string());
+
+    // The CLI: queue position, a progress line per epoch, the result.
+    let output = tokio::task::block_in_place(|| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_automl"))
+            .args([
+                "train",
+                "--server",
+                &training,
+                "--metadata-server",
+                &metadata,
+                "--dataset",
+                "1",
+                "--version",
+                "hashAg==",
+                "--param",
+                "EPOCHS=3",
+                "--param",
+                "LR=4",
+                "--watch",
+            ])
+            .output()
+    })
+    .expect("automl train");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("epoch   3/3 ["), "{stdout}");
+    assert!(stdout.contains("succeed: test accuracy"), "{stdout}");
     automl.terminate();
 }
