@@ -58,6 +58,7 @@ exit "$code"
 
 struct Cluster {
     env: TestEnv,
+    config: TrainingConfig,
     servers: Vec<TestServer>,
     databases: Vec<Database>,
     data: DataManagementServiceClient<Channel>,
@@ -122,6 +123,7 @@ impl Cluster {
         let trace = env.path().join("trace.txt");
         let mut cluster = Self {
             env,
+            config,
             servers: vec![server, ms_server, dm_server],
             databases: vec![db, ms_db, dm_db],
             data,
@@ -131,6 +133,24 @@ impl Cluster {
         };
         cluster.dataset().await;
         cluster
+    }
+
+    /// Another training-service on the same database (a second replica); its own data dir.
+    async fn replica(&mut self) {
+        let mut common = self.env.common.clone();
+        common.data_dir = self.env.path().join("replica");
+        let token = CancellationToken::new();
+        let (routes, _, db) = automl_training_service::start(
+            &common,
+            &self.config,
+            &self.env.objects.endpoint,
+            token.clone(),
+        )
+        .await
+        .expect("replica");
+        self.servers
+            .push(TestServer::start(routes, token).await.expect("server"));
+        self.databases.push(db);
     }
 
     /// Dataset 1 with a READY snapshot hashAg==.
@@ -593,4 +613,35 @@ async fn list_jobs_filters_by_status() {
     assert_eq!(failed.jobs.len(), 1);
     assert_eq!(failed.jobs[0].job_id, second);
     cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_one_database_run_every_job_exactly_once() {
+    for backend in backends() {
+        if backend != Backend::Postgres {
+            // Replicas share a database server; a SQLite file is one process's.
+            continue;
+        }
+        let mut cluster = Cluster::start(backend, 3).await;
+        cluster.replica().await;
+        let mut jobs = Vec::new();
+        for _ in 0..20 {
+            jobs.push(cluster.train(&[("SLEEP", "0.05")]).await);
+        }
+        for job in &jobs {
+            assert_eq!(
+                cluster.wait_final(*job).await.status(),
+                pb::TrainingStatus::Succeed
+            );
+        }
+        let text = std::fs::read_to_string(&cluster.trace).expect("trace");
+        let mut started: Vec<i32> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("start "))
+            .map(|rest| rest.split(' ').next().expect("id").parse().expect("number"))
+            .collect();
+        started.sort_unstable();
+        assert_eq!(started, jobs, "every job started exactly once");
+        cluster.stop().await;
+    }
 }

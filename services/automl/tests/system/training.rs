@@ -153,3 +153,81 @@ async fn train_with_miniautoml_json_then_predict() {
     assert!(stdout.contains("succeed: test accuracy"), "{stdout}");
     automl.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_a_job_runs_then_restart_reconciles_and_runs_the_queue() {
+    let env = TestEnv::new(automl_common::db::Backend::Sqlite)
+        .await
+        .expect("env");
+    let data = std::fs::read(shared("clinc-intents-part1.csv")).expect("shared data");
+    env.objects
+        .put_bytes(&env.objects.datasets_bucket, "upload/part1.csv", data)
+        .await
+        .expect("upload");
+    let data_dir = env.path().join("automl");
+    let automl = Automl::spawn(env.path(), &process_env(&env, &data_dir));
+    let dm = automl.addr("data-management");
+    grpcurl_json(
+        &dm,
+        "data_management.DataManagementService/CreateDataset",
+        r#"{"name":"clinc","dataset_type":"TEXT_INTENT","path":"upload/part1.csv"}"#,
+    );
+    grpcurl_json(
+        &dm,
+        "data_management.DataManagementService/PrepareTrainingDataset",
+        r#"{"dataset_id":"1"}"#,
+    );
+    let train = |epochs: u32| {
+        format!(
+            r#"{{"metadata":{{"algorithm":"intent-classification","dataset_id":"1","train_data_version_hash":"hashAg==","output_model_name":"intent","parameters":{{"EPOCHS":"{epochs}"}}}}}}"#
+        )
+    };
+    let training = automl.addr("training-service");
+    let long = grpcurl_json(&training, "training.TrainingService/Train", &train(500))["jobId"]
+        .as_i64()
+        .expect("job");
+    let queued = grpcurl_json(&training, "training.TrainingService/Train", &train(2))["jobId"]
+        .as_i64()
+        .expect("job");
+    let status = |addr: &str, job: i64| {
+        grpcurl_json(
+            addr,
+            "training.TrainingService/GetTrainingStatus",
+            &format!(r#"{{"job_id":{job}}}"#),
+        )
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while status(&training, long)["status"] != "running" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the long job starts"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    automl.kill9();
+
+    let automl = Automl::spawn(env.path(), &process_env(&env, &data_dir));
+    let training = automl.addr("training-service");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let first = status(&training, long);
+        let second = status(&training, queued);
+        let settled =
+            |s: &serde_json::Value| matches!(s["status"].as_str(), Some("succeed" | "failure"));
+        if settled(&first) && settled(&second) {
+            assert_eq!(first["status"], "failure", "{first}");
+            assert!(
+                !first["message"].as_str().unwrap_or_default().is_empty(),
+                "{first}"
+            );
+            assert_eq!(second["status"], "succeed", "{second}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "jobs settle: {first} {second}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    automl.terminate();
+}
