@@ -349,47 +349,59 @@ async fn expect_rejected(env: &TestEnv, client: &mut Client, body: Vec<u8>, need
     assert!(leftovers.is_empty(), "no objects left: {leftovers:?}");
 }
 
-#[tokio::test]
-async fn bad_input_is_rejected_naming_the_line_and_commits_nothing() {
+/// Each bad file on every backend: INVALID_ARGUMENT naming the line, nothing committed.
+async fn rejected_everywhere(body: Vec<u8>, needle: &str) {
     for backend in backends() {
         let env = env(backend).await;
         let mut running = start(&env).await;
-        let client = &mut running.client;
-        expect_rejected(&env, client, Vec::new(), "is empty").await;
-        expect_rejected(
-            &env,
-            client,
-            b"utterance\nhello,greeting\n".to_vec(),
-            "line 1",
-        )
-        .await;
-        expect_rejected(
-            &env,
-            client,
-            b"hi,greeting\nno label here\n".to_vec(),
-            "line 2",
-        )
-        .await;
-        expect_rejected(
-            &env,
-            client,
-            b"hi,greeting\nbye,\n".to_vec(),
-            "line 2: empty label",
-        )
-        .await;
-        expect_rejected(
-            &env,
-            client,
-            b"hi,greeting\n\xff\xfe,x\n".to_vec(),
-            "line 2: invalid UTF-8",
-        )
-        .await;
-        let mut huge = b"hi,greeting\n".to_vec();
-        huge.extend(std::iter::repeat_n(b'a', 10 * 1024 * 1024));
-        huge.extend_from_slice(b",label\nok,fine\n");
-        expect_rejected(&env, client, huge, "line 2").await;
+        expect_rejected(&env, &mut running.client, body.clone(), needle).await;
         running.stop().await;
     }
+}
+
+#[tokio::test]
+async fn an_empty_file_is_rejected() {
+    rejected_everywhere(Vec::new(), "is empty").await;
+}
+
+#[tokio::test]
+async fn a_header_like_first_line_with_one_column_is_rejected() {
+    rejected_everywhere(
+        b"utterance\nhello,greeting\n".to_vec(),
+        "line 1: expected 2 columns",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_row_with_one_column_is_rejected() {
+    rejected_everywhere(
+        b"hi,greeting\nno label here\n".to_vec(),
+        "line 2: expected 2 columns",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_empty_label_is_rejected() {
+    rejected_everywhere(b"hi,greeting\nbye,\n".to_vec(), "line 2: empty label").await;
+}
+
+#[tokio::test]
+async fn invalid_utf8_is_rejected() {
+    rejected_everywhere(
+        b"hi,greeting\n\xff\xfe,x\n".to_vec(),
+        "line 2: invalid UTF-8",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_10_mb_single_line_is_rejected() {
+    let mut huge = b"hi,greeting\n".to_vec();
+    huge.extend(std::iter::repeat_n(b'a', 10 * 1024 * 1024));
+    huge.extend_from_slice(b",label\nok,fine\n");
+    rejected_everywhere(huge, "line 2: longer than").await;
 }
 
 #[tokio::test]
