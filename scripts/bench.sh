@@ -16,7 +16,8 @@
 #              of the same model and data split; accuracy, wall time, examples/s
 #              (scripts/bench/train.sh says more).
 #
-# Environment: BENCH_SECONDS (per level, default 5), AUTOML_BENCH_POSTGRES_URL (admin URL,
+# Environment: BENCH_SECONDS (per level, default 5), BENCH_MEGABYTES (dataset input sizes,
+# default 10,100), AUTOML_BENCH_POSTGRES_URL (admin URL,
 # default postgres://postgres@127.0.0.1:5432/postgres; set it to "skip" to bench SQLite only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -97,7 +98,8 @@ bench_dataset() {
   mv "$work/out" "$work/s3host.out"
   log "data-management on SQLite against http://$s3_addr"
   AUTOML__S3__ENDPOINT="http://$s3_addr" start_server data-management "" "$work/dataset"
-  "$bench_bin" --addr "$addr" --s3 "http://$s3_addr" --pid "$server_pid" --megabytes 10,100
+  "$bench_bin" --addr "$addr" --s3 "http://$s3_addr" --pid "$server_pid" \
+    --megabytes "${BENCH_MEGABYTES:-10,100}"
   stop_server
   server_pid=$s3_pid
   stop_server
