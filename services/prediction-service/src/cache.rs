@@ -12,14 +12,15 @@ use automl_text_classification::Classifier;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::OnceCell;
 
+use crate::batcher::Batcher;
 use crate::error::PredictError;
 use crate::resolver::ArtifactRef;
 
 /// A model ready to answer.
 #[derive(Debug)]
 pub struct LoadedModel {
-    /// The classifier.
-    pub classifier: Classifier,
+    /// Answers predictions, batching concurrent ones.
+    pub batcher: Batcher,
     /// Size of its weights file, what the memory bound counts.
     pub bytes: u64,
     /// Artifact version, reported with each prediction.
@@ -52,6 +53,7 @@ pub struct ModelCache {
     dir: PathBuf,
     max_models: usize,
     max_bytes: u64,
+    top_k: usize,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     clock: AtomicU64,
     /// What it did so far.
@@ -68,13 +70,20 @@ impl std::fmt::Debug for ModelCache {
 
 impl ModelCache {
     /// A cache downloading into `dir`, keeping at most `max_models` models and `max_bytes`
-    /// of weights in memory.
-    pub fn new(objects: ObjectStore, dir: PathBuf, max_models: usize, max_bytes: u64) -> Self {
+    /// of weights in memory; predictions carry the `top_k` best labels.
+    pub fn new(
+        objects: ObjectStore,
+        dir: PathBuf,
+        max_models: usize,
+        max_bytes: u64,
+        top_k: usize,
+    ) -> Self {
         Self {
             objects,
             dir,
             max_models,
             max_bytes,
+            top_k,
             slots: Mutex::new(HashMap::new()),
             clock: AtomicU64::new(0),
             stats: CacheStats::default(),
@@ -198,7 +207,7 @@ impl ModelCache {
             "model loaded"
         );
         Ok(LoadedModel {
-            classifier,
+            batcher: Batcher::start(Arc::new(classifier), self.top_k),
             bytes,
             version: artifact.version.clone(),
         })

@@ -2,12 +2,14 @@
 //!
 //! - [`config`]: the service's configuration section.
 //! - [`resolver`]: run id → artifact through metadata-store, cached for good.
+//! - [`batcher`]: concurrent requests for one model share a batched forward pass.
 //! - [`cache`]: download once, load once, keep an LRU of loaded models bounded by count and
 //!   bytes.
 //! - [`service`]: Predict: validation, admission control, built-in or external predictor.
 //! - [`grpc`]: the tonic layer.
 //! - [`error`]: the service's error enum and its gRPC codes.
 
+pub mod batcher;
 pub mod cache;
 pub mod config;
 pub mod error;
@@ -47,6 +49,7 @@ pub fn start(
         dir,
         config.max_loaded_models,
         config.max_loaded_bytes,
+        config.top_k,
     );
     let service = Arc::new(service::Predictions::new(
         resolver::Resolver::new(channel),

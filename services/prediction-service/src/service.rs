@@ -115,13 +115,8 @@ impl Predictions {
             return Err(PredictError::NoPredictor(artifact.algorithm));
         }
         let model = self.cache.get(&artifact).await?;
-        let top_k = self.config.top_k;
         let version = model.version.clone();
-        let prediction =
-            tokio::task::spawn_blocking(move || model.classifier.predict(&document, top_k))
-                .await
-                .map_err(|err| PredictError::Internal(format!("inference task: {err}")))?
-                .map_err(|err| PredictError::Internal(format!("inference: {err}")))?;
+        let prediction = model.batcher.predict(document).await?;
         Ok(Answer {
             response: serde_json::json!({ "result": prediction.label }).to_string(),
             label: prediction.label,

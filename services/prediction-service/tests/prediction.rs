@@ -229,7 +229,7 @@ async fn predictions_match_the_trainer_and_grpcurl_sees_the_json() {
     let files = model_files().await;
     let cluster = Cluster::start().await;
     cluster.publish("3", "intent-classification", files).await;
-    let (server, service, mut client) = cluster.serve(&cluster.config()).await;
+    let (server, service, client) = cluster.serve(&cluster.config()).await;
 
     let output = tokio::task::block_in_place(|| {
         std::process::Command::new(grpcurl())
@@ -263,18 +263,23 @@ async fn predictions_match_the_trainer_and_grpcurl_sees_the_json() {
     let rows = parse_raw(&shared_data("clinc-intents-part1.csv"));
     let texts: Vec<&str> = rows.iter().take(200).map(|(u, _)| u.as_str()).collect();
     let expected = local.predict_batch(&texts, 5).expect("local predictions");
-    for (text, want) in texts.iter().zip(&expected) {
-        let got = client
-            .predict(request("3", text))
-            .await
-            .expect("predict")
-            .into_inner();
+    // Sent all at once, so the service answers them in batched forward passes.
+    let calls: Vec<_> = texts
+        .iter()
+        .map(|text| {
+            let mut client = client.clone();
+            let text = text.to_string();
+            tokio::spawn(async move { client.predict(request("3", &text)).await })
+        })
+        .collect();
+    for ((text, want), call) in texts.iter().zip(&expected).zip(calls) {
+        let got = call.await.expect("task").expect("predict").into_inner();
         assert_eq!(got.label, want.label, "{text}");
         assert_eq!(
             got.response,
             serde_json::json!({ "result": want.label }).to_string()
         );
-        assert!((got.score - want.score).abs() < 1e-6);
+        assert!((got.score - want.score).abs() < 1e-5, "{text}");
         assert_eq!(got.top.len(), 5);
     }
     assert_eq!(service.cache.stats.loads.load(Ordering::Relaxed), 1);
