@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks (not part of the tests). Usage: scripts/bench.sh metadata|dataset|predict|train
+# Benchmarks (not part of the tests). Usage: scripts/bench.sh metadata|dataset|predict|schedule|train
 #
 #   metadata   LogEpoch throughput and p50/p99 latency with 1, 16 and 64 concurrent callers on
 #              one channel, plus the wall time of 1,000 sequential LogEpoch calls, against a
@@ -12,6 +12,9 @@
 #              real flow (dataset, snapshot, trainer, artifact), then Predict at 1, 16 and 64
 #              concurrent callers against the warm model and, in the same run, against a
 #              trivial tonic echo RPC (the ceiling); cold-load time; model compute per request.
+#   schedule   training-service: time from Train to the trainer's start when the snapshot is
+#              READY, and jobs per second through the queue with 1,000 queued jobs of a trivial
+#              trainer (a script that records its start and exits).
 #   train      the intent classifier: automl-train (candle, CPU) against a PyTorch reference
 #              of the same model and data split; accuracy, wall time, examples/s
 #              (scripts/bench/train.sh says more).
@@ -25,9 +28,9 @@ source scripts/lib/tools.sh
 
 what=${1:-}
 case "$what" in
-  metadata|dataset|predict) ;;
+  metadata|dataset|predict|schedule) ;;
   train) exec scripts/bench/train.sh ;;
-  *) echo "usage: scripts/bench.sh metadata|dataset|predict|train" >&2; exit 2 ;;
+  *) echo "usage: scripts/bench.sh metadata|dataset|predict|schedule|train" >&2; exit 2 ;;
 esac
 
 seconds=${BENCH_SECONDS:-5}
@@ -137,6 +140,33 @@ bench_predict() {
   log "Predict load against $ps"
   "$bench_bin" --addr "$ps" --run 1 --s3 "http://$s3" --documents "$data/clinc-intents-part1.csv" \
     --seconds "$seconds"
+  stop_server
+}
+
+bench_schedule() {
+  local dir="$work/schedule" trivial="$work/trivial-trainer.sh" trace="$work/trace"
+  printf '#!/bin/sh\necho "$JOB_ID $(date +%%s%%N)" >> "$TRACE"\n' >"$trivial"
+  chmod +x "$trivial"
+  : >"$work/out"
+  AUTOML__DATA_DIR="$dir" AUTOML__S3__EMBEDDED_BIND=127.0.0.1:0 RUST_LOG=warn \
+    AUTOML__DATA_MANAGEMENT__PORT=0 AUTOML__METADATA_STORE__PORT=0 \
+    AUTOML__PREDICTION_SERVICE__PORT=0 AUTOML__TRAINING_SERVICE__PORT=0 \
+    AUTOML__TRAINING_SERVICE__ALGORITHMS__TRIVIAL__COMMAND="$trivial" \
+    target/release/automl serve all >"$work/out" 2>"$work/err" &
+  server_pid=$!
+  local dm= ts=
+  for _ in $(seq 1 100); do
+    dm=$(sed -n 's/^automl: data-management listening on //p' "$work/out")
+    ts=$(sed -n 's/^automl: training-service listening on //p' "$work/out")
+    [ -n "$ts" ] && break
+    sleep 0.1
+  done
+  [ -n "$ts" ] || { cat "$work/err" >&2; return 1; }
+  dm=127.0.0.1:${dm##*:} ts=127.0.0.1:${ts##*:}
+  printf 'hello,greeting\n' >"$work/tiny.csv"
+  target/release/automl dataset --server "$dm" create --name tiny --file "$work/tiny.csv" >/dev/null
+  target/release/automl dataset --server "$dm" prepare --dataset 1 --wait >/dev/null
+  "$bench_bin" --addr "$ts" --trace "$trace"
   stop_server
 }
 

@@ -1,0 +1,139 @@
+//! training-service scheduling against `automl serve all` (set up by `scripts/bench.sh
+//! schedule`) with a trivial trainer that only records when it started: the time from Train to
+//! the trainer's start when the snapshot is READY, and jobs per second through the queue with
+//! 1,000 queued jobs.
+//!
+//! Usage: `cargo bench -p automl --bench schedule -- --addr HOST:PORT --trace FILE
+//!        [--latency-jobs 50] [--queue-jobs 1000]`
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use automl_proto::training as pb;
+use automl_proto::training::training_service_client::TrainingServiceClient;
+use hdrhistogram::Histogram;
+use tonic::transport::Channel;
+
+fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
+}
+
+/// Start times (ns) the trivial trainer recorded, by job id.
+fn starts(trace: &str) -> HashMap<i32, u128> {
+    std::fs::read_to_string(trace)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let (job, at) = line.split_once(' ')?;
+            Some((job.parse().ok()?, at.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+fn request(trace: &str) -> pb::TrainRequest {
+    pb::TrainRequest {
+        metadata: Some(pb::TrainingJobMetadata {
+            algorithm: "trivial".into(),
+            dataset_id: "1".into(),
+            name: "bench".into(),
+            train_data_version_hash: "hashAg==".into(),
+            parameters: HashMap::from([("TRACE".to_string(), trace.to_string())]),
+            output_model_name: "bench".into(),
+            ..Default::default()
+        }),
+    }
+}
+
+async fn succeeded(client: &mut TrainingServiceClient<Channel>) -> anyhow::Result<i32> {
+    Ok(client
+        .list_training_jobs(pb::ListTrainingJobsRequest {
+            limit: 1,
+            index: 0,
+            statuses: vec![pb::TrainingStatus::Succeed.into()],
+        })
+        .await?
+        .into_inner()
+        .total)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut addr = String::from("127.0.0.1:6003");
+    let mut trace = String::new();
+    let (mut latency_jobs, mut queue_jobs) = (50usize, 1000usize);
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--addr" => addr = args.next().context("--addr needs a value")?,
+            "--trace" => trace = args.next().context("--trace needs a value")?,
+            "--latency-jobs" => latency_jobs = args.next().context("value")?.parse()?,
+            "--queue-jobs" => queue_jobs = args.next().context("value")?.parse()?,
+            _ => {}
+        }
+    }
+    anyhow::ensure!(!trace.is_empty(), "--trace FILE is required");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?;
+    let mut client = TrainingServiceClient::new(channel);
+
+    let mut histogram = Histogram::<u64>::new(3)?;
+    for _ in 0..latency_jobs {
+        let sent = now_ns();
+        let job = client.train(request(&trace)).await?.into_inner().job_id;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let started = loop {
+            if let Some(at) = starts(&trace).get(&job) {
+                break *at;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "job {job} never started");
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        };
+        histogram.record(u64::try_from(started.saturating_sub(sent) / 1000)?)?;
+        loop {
+            let status = client
+                .get_training_status(pb::GetTrainingStatusRequest { job_id: job })
+                .await?
+                .into_inner();
+            if status.status() == pb::TrainingStatus::Succeed {
+                break;
+            }
+            anyhow::ensure!(status.status() != pb::TrainingStatus::Failure, "{}", status.message);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    println!(
+        "Train → trainer start (snapshot READY, queue empty), {} jobs: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        histogram.len(),
+        histogram.value_at_quantile(0.5) as f64 / 1000.0,
+        histogram.value_at_quantile(0.99) as f64 / 1000.0,
+        histogram.max() as f64 / 1000.0,
+    );
+
+    let before = succeeded(&mut client).await?;
+    let started = Instant::now();
+    for _ in 0..queue_jobs {
+        client.train(request(&trace)).await?;
+    }
+    let submitted = started.elapsed();
+    loop {
+        let done = succeeded(&mut client).await? - before;
+        if usize::try_from(done)? >= queue_jobs {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "{queue_jobs} jobs through the queue (limit 1, trivial trainer): {:.1} s, {:.1} jobs/s \
+         (submitting took {:.2} s)",
+        elapsed.as_secs_f64(),
+        queue_jobs as f64 / elapsed.as_secs_f64(),
+        submitted.as_secs_f64()
+    );
+    Ok(())
+}
