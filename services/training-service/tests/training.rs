@@ -297,7 +297,8 @@ impl Cluster {
 async fn a_job_runs_with_the_trainer_environment_and_succeeds() {
     for backend in backends() {
         let mut cluster = Cluster::start(backend, 1).await;
-        let job_id = cluster.train(&[]).await;
+        // Long enough that the watch below starts before the job ends.
+        let job_id = cluster.train(&[("SLEEP", "1")]).await;
         let watcher = cluster.client.clone();
         let mut stream = watcher
             .clone()
@@ -360,8 +361,19 @@ async fn a_job_runs_with_the_trainer_environment_and_succeeds() {
 async fn jobs_run_in_order_within_the_concurrency_limit() {
     for limit in [1, 2] {
         let mut cluster = Cluster::start(Backend::Sqlite, limit).await;
-        let mut jobs = Vec::new();
-        for _ in 0..5 {
+        let mut jobs = vec![cluster.train(&[("SLEEP", "0.6")]).await];
+        if limit == 1 {
+            // The first job holds the only slot before the others arrive.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while cluster.status(jobs[0]).await.status() != pb::TrainingStatus::Running {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the first job starts"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        for _ in 1..5 {
             jobs.push(cluster.train(&[("SLEEP", "0.6")]).await);
         }
         if limit == 1 {
