@@ -102,7 +102,11 @@ async fn main() -> anyhow::Result<()> {
             if status.status() == pb::TrainingStatus::Succeed {
                 break;
             }
-            anyhow::ensure!(status.status() != pb::TrainingStatus::Failure, "{}", status.message);
+            anyhow::ensure!(
+                status.status() != pb::TrainingStatus::Failure,
+                "{}",
+                status.message
+            );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
