@@ -7,6 +7,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+pub use crate::auth::AuthConfig;
+pub use crate::tls::TlsConfig;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -34,11 +36,25 @@ pub fn load<T>(
 where
     T: Default + Serialize + DeserializeOwned,
 {
+    load_files(file.as_slice(), env, overrides)
+}
+
+/// [`load`] with any number of TOML files, later files overriding earlier ones key by key
+/// (tables merge, other values are replaced): a base file plus a site or overlay file.
+pub fn load_files<T, P>(
+    files: &[P],
+    env: &HashMap<String, String>,
+    overrides: &[(String, String)],
+) -> Result<T, ConfigError>
+where
+    T: Default + Serialize + DeserializeOwned,
+    P: AsRef<Path>,
+{
     let defaults = config::Config::try_from(&T::default())?;
     let mut builder = config::Config::builder().add_source(defaults);
-    if let Some(path) = file {
+    for path in files {
         builder = builder.add_source(
-            config::File::from(path)
+            config::File::from(path.as_ref())
                 .format(config::FileFormat::Toml)
                 .required(true),
         );
@@ -71,8 +87,12 @@ pub struct CommonConfig {
     pub database: DatabaseConfig,
     /// The object store.
     pub s3: S3Config,
-    /// Logging.
+    /// Logs, metrics and traces.
     pub telemetry: TelemetryConfig,
+    /// Authentication and tenants.
+    pub auth: AuthConfig,
+    /// TLS for every server and client.
+    pub tls: TlsConfig,
 }
 
 impl Default for CommonConfig {
@@ -82,6 +102,8 @@ impl Default for CommonConfig {
             database: DatabaseConfig::default(),
             s3: S3Config::default(),
             telemetry: TelemetryConfig::default(),
+            auth: AuthConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -93,7 +115,10 @@ impl CommonConfig {
             return Err(ConfigError::Validation("data_dir must not be empty".into()));
         }
         self.database.validate()?;
-        self.s3.validate()
+        self.s3.validate()?;
+        self.auth.validate()?;
+        self.tls.validate()?;
+        self.telemetry.validate()
     }
 }
 
@@ -123,7 +148,7 @@ impl ServerConfig {
 }
 
 /// The SQL database.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+#[derive(Clone, Serialize, serde::Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
     /// `postgres://user:password@host:port/db` to use Postgres; empty for one SQLite file per
@@ -131,6 +156,31 @@ pub struct DatabaseConfig {
     pub url: String,
     /// Most connections a service keeps open (Postgres; SQLite uses one writer connection).
     pub max_connections: u32,
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact_url_password(&self.url))
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+/// `scheme://user:password@host/…` with the password replaced by `<redacted>`; other URLs as
+/// they are.
+pub fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_string();
+    };
+    match rest[..at].split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:<redacted>{}", &rest[at..]),
+        None => url.to_string(),
+    }
 }
 
 impl Default for DatabaseConfig {
@@ -255,20 +305,67 @@ pub fn valid_bucket_name(name: &str) -> bool {
         && bytes[bytes.len() - 1].is_ascii_alphanumeric()
 }
 
-/// Logging.
+/// Logs, metrics and traces.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
     /// A `tracing` filter, e.g. `info` or `info,automl_metadata_store=debug`; `RUST_LOG` wins.
     pub log_filter: String,
+    /// `text` (human-readable) or `json` (one object per line); `--log-format` wins.
+    pub log_format: LogFormat,
+    /// Interface of the Prometheus `/metrics` HTTP endpoint (one per process).
+    pub metrics_host: String,
+    /// Port of the `/metrics` endpoint; 0 picks a free one.
+    pub metrics_port: u16,
+    /// Whether the `/metrics` endpoint is served at all.
+    pub metrics_enabled: bool,
+    /// Per-RPC spans with request ids, RPC and SQL metrics. Off only to measure their cost.
+    pub instrument: bool,
+    /// OTLP/HTTP collector for trace export (JSON encoding), e.g. `http://otel-collector:4318`;
+    /// empty: export off.
+    pub otlp_endpoint: String,
 }
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
         Self {
             log_filter: "info".into(),
+            log_format: LogFormat::Text,
+            metrics_host: "0.0.0.0".into(),
+            metrics_port: 9464,
+            metrics_enabled: true,
+            instrument: true,
+            otlp_endpoint: String::new(),
         }
     }
+}
+
+impl TelemetryConfig {
+    /// Checks the values that serde cannot check.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.otlp_endpoint.is_empty() && !self.otlp_endpoint.starts_with("http://") {
+            return Err(ConfigError::Validation(
+                "telemetry.otlp_endpoint must be an http:// URL of an OTLP/HTTP collector (e.g. http://otel-collector:4318)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `host:port` of the `/metrics` endpoint, for binding.
+    pub fn metrics_address(&self) -> String {
+        format!("{}:{}", self.metrics_host, self.metrics_port)
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `2026-… INFO rpc{request_id=… method=Train}: target: message key=value`.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[cfg(test)]

@@ -144,6 +144,7 @@ impl ObjectStore {
 
     /// Whether an object exists at `bucket/key`.
     pub async fn object_exists(&self, bucket: &str, key: &str) -> Result<bool, S3Error> {
+        let timer = crate::metrics::S3Timer::start("head_object");
         match self
             .client
             .head_object()
@@ -153,8 +154,11 @@ impl ObjectStore {
             .await
         {
             Ok(_) => Ok(true),
+            // A missing object is an answer, not a failed call.
             Err(SdkError::ServiceError(err)) if err.raw().status().as_u16() == 404 => Ok(false),
-            Err(err) => Err(S3Error::from_sdk("head object", err)),
+            Err(err) => timer
+                .finish(Err(err))
+                .map_err(|err| S3Error::from_sdk("head object", err)),
         }
     }
 
@@ -168,8 +172,15 @@ impl ObjectStore {
             .prefix(prefix)
             .into_paginator()
             .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|err| S3Error::from_sdk("list objects", err))?;
+        loop {
+            let timer = crate::metrics::S3Timer::start("list_objects");
+            let Some(page) = pages.next().await else {
+                timer.discard();
+                break;
+            };
+            let page = timer
+                .finish(page)
+                .map_err(|err| S3Error::from_sdk("list objects", err))?;
             for object in page.contents() {
                 if let Some(key) = object.key() {
                     entries.push(ObjectEntry {
@@ -215,19 +226,17 @@ impl ObjectStore {
         bucket: &str,
         key: &str,
     ) -> Result<impl tokio::io::AsyncBufRead + Send + Unpin + use<>, S3Error> {
-        let object = self
-            .client
-            .get_object()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|err| match &err {
-                SdkError::ServiceError(service) if service.raw().status().as_u16() == 404 => {
-                    S3Error::NotFound(format!("{bucket}/{key}"))
-                }
-                _ => S3Error::from_sdk("get object", err),
-            })?;
+        let object = crate::metrics::timed_s3(
+            "get_object",
+            self.client.get_object().bucket(bucket).key(key).send(),
+        )
+        .await
+        .map_err(|err| match &err {
+            SdkError::ServiceError(service) if service.raw().status().as_u16() == 404 => {
+                S3Error::NotFound(format!("{bucket}/{key}"))
+            }
+            _ => S3Error::from_sdk("get object", err),
+        })?;
         Ok(object.body.into_async_read())
     }
 
@@ -258,27 +267,33 @@ impl ObjectStore {
                 .quiet(true)
                 .build()
                 .map_err(|err| S3Error::Other(err.to_string()))?;
-            self.client
-                .delete_objects()
-                .bucket(bucket)
-                .delete(delete)
-                .send()
-                .await
-                .map_err(|err| S3Error::from_sdk("delete objects", err))?;
+            crate::metrics::timed_s3(
+                "delete_objects",
+                self.client
+                    .delete_objects()
+                    .bucket(bucket)
+                    .delete(delete)
+                    .send(),
+            )
+            .await
+            .map_err(|err| S3Error::from_sdk("delete objects", err))?;
         }
         Ok(entries.len())
     }
 
     /// Writes a small object in one request.
     pub async fn put_bytes(&self, bucket: &str, key: &str, body: Vec<u8>) -> Result<(), S3Error> {
-        self.client
-            .put_object()
-            .bucket(bucket)
-            .key(key)
-            .body(body.into())
-            .send()
-            .await
-            .map_err(|err| S3Error::from_sdk("put object", err))?;
+        crate::metrics::timed_s3(
+            "put_object",
+            self.client
+                .put_object()
+                .bucket(bucket)
+                .key(key)
+                .body(body.into())
+                .send(),
+        )
+        .await
+        .map_err(|err| S3Error::from_sdk("put object", err))?;
         Ok(())
     }
 }

@@ -2,10 +2,13 @@
 //!
 //! [`serve`] takes a bound listener and a shutdown token from its caller (so tests bind
 //! `127.0.0.1:0`), and adds what every automl server has: `grpc.health.v1.Health` for `""` and
-//! each service name, server reflection v1 and v1alpha, and graceful shutdown: when the token is
+//! each service name, server reflection v1 and v1alpha, the per-RPC span, request id and metrics
+//! of [`crate::rpc::RpcLayer`] (unless `telemetry.instrument` is off), and graceful shutdown: when the token is
 //! cancelled, health goes `NOT_SERVING`, the listener closes and in-flight calls finish (up to
 //! [`DRAIN_TIMEOUT`]). Streaming handlers watch the same token and end their streams.
 
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -13,6 +16,11 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
+
+use crate::auth::{AuthLayer, Authenticator};
+use crate::config::CommonConfig;
+use crate::rpc::RpcLayer;
+use crate::tls::{TlsConfig, TlsError};
 
 /// How long in-flight calls may run after shutdown starts before the server stops anyway.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -30,6 +38,9 @@ pub enum ServeError {
     /// The transport failed.
     #[error("grpc transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The certificate or key could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// What a service hands to the bootstrap: its fully qualified gRPC names and its routes.
@@ -38,6 +49,29 @@ pub struct ServiceRoutes {
     pub names: Vec<&'static str>,
     /// The tonic services themselves.
     pub routes: Routes,
+    /// Checks the token of every call but health and reflection; `None`: authentication off.
+    pub auth: Option<Arc<Authenticator>>,
+    /// TLS of the listener (empty: plaintext).
+    pub tls: TlsConfig,
+}
+
+impl ServiceRoutes {
+    /// Plain routes: no authentication, no TLS.
+    pub fn new(names: Vec<&'static str>, routes: Routes) -> Self {
+        Self {
+            names,
+            routes,
+            auth: None,
+            tls: TlsConfig::default(),
+        }
+    }
+
+    /// The routes with the authentication and TLS of `common`.
+    pub fn secured(mut self, common: &CommonConfig) -> Self {
+        self.auth = Authenticator::from_config(&common.auth, &common.data_dir);
+        self.tls = common.tls.clone();
+        self
+    }
 }
 
 /// Reflection over the whole contract and health, advertising only what this server serves.
@@ -85,9 +119,27 @@ pub async fn serve(
         tracing::info!(addr = ?local_addr, "shutting down, draining in-flight calls");
     };
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = tonic::transport::Server::builder()
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming, signal);
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = service.tls.server()? {
+        builder = builder.tls_config(tls)?;
+    }
+    let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+        if crate::telemetry::instrumented() {
+            Box::pin(
+                builder
+                    .layer(RpcLayer::default())
+                    .layer(AuthLayer::new(service.auth.clone()))
+                    .add_routes(routes)
+                    .serve_with_incoming_shutdown(incoming, signal),
+            )
+        } else {
+            Box::pin(
+                builder
+                    .layer(AuthLayer::new(service.auth.clone()))
+                    .add_routes(routes)
+                    .serve_with_incoming_shutdown(incoming, signal),
+            )
+        };
     tracing::info!(addr = ?local_addr, services = ?service.names, "serving");
     tokio::pin!(server);
     tokio::select! {

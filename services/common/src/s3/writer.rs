@@ -62,14 +62,16 @@ impl ObjectWriter {
         let upload_id = match &self.upload_id {
             Some(id) => id.clone(),
             None => {
-                let created = self
-                    .client
-                    .create_multipart_upload()
-                    .bucket(&self.bucket)
-                    .key(&self.key)
-                    .send()
-                    .await
-                    .map_err(|err| S3Error::from_sdk("create multipart upload", err))?;
+                let created = crate::metrics::timed_s3(
+                    "create_multipart_upload",
+                    self.client
+                        .create_multipart_upload()
+                        .bucket(&self.bucket)
+                        .key(&self.key)
+                        .send(),
+                )
+                .await
+                .map_err(|err| S3Error::from_sdk("create multipart upload", err))?;
                 let id = created
                     .upload_id()
                     .ok_or_else(|| S3Error::Other("multipart upload without an id".into()))?
@@ -80,17 +82,19 @@ impl ObjectWriter {
         };
         let number = i32::try_from(self.parts.len() + 1)
             .map_err(|_| S3Error::Other("too many parts".into()))?;
-        let uploaded = self
-            .client
-            .upload_part()
-            .bucket(&self.bucket)
-            .key(&self.key)
-            .upload_id(&upload_id)
-            .part_number(number)
-            .body(ByteStream::from(part))
-            .send()
-            .await
-            .map_err(|err| S3Error::from_sdk("upload part", err))?;
+        let uploaded = crate::metrics::timed_s3(
+            "upload_part",
+            self.client
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(&self.key)
+                .upload_id(&upload_id)
+                .part_number(number)
+                .body(ByteStream::from(part))
+                .send(),
+        )
+        .await
+        .map_err(|err| S3Error::from_sdk("upload part", err))?;
         self.parts.push(
             CompletedPart::builder()
                 .part_number(number)
@@ -105,14 +109,17 @@ impl ObjectWriter {
         let Some(upload_id) = self.upload_id.clone() else {
             // Small object: one PUT.
             let body = std::mem::take(&mut self.buffer);
-            self.client
-                .put_object()
-                .bucket(&self.bucket)
-                .key(&self.key)
-                .body(ByteStream::from(body))
-                .send()
-                .await
-                .map_err(|err| S3Error::from_sdk("put object", err))?;
+            crate::metrics::timed_s3(
+                "put_object",
+                self.client
+                    .put_object()
+                    .bucket(&self.bucket)
+                    .key(&self.key)
+                    .body(ByteStream::from(body))
+                    .send(),
+            )
+            .await
+            .map_err(|err| S3Error::from_sdk("put object", err))?;
             return Ok(self.written);
         };
         if !self.buffer.is_empty() {
@@ -125,15 +132,17 @@ impl ObjectWriter {
         let completed = CompletedMultipartUpload::builder()
             .set_parts(Some(std::mem::take(&mut self.parts)))
             .build();
-        let result = self
-            .client
-            .complete_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&self.key)
-            .upload_id(&upload_id)
-            .multipart_upload(completed)
-            .send()
-            .await;
+        let result = crate::metrics::timed_s3(
+            "complete_multipart_upload",
+            self.client
+                .complete_multipart_upload()
+                .bucket(&self.bucket)
+                .key(&self.key)
+                .upload_id(&upload_id)
+                .multipart_upload(completed)
+                .send(),
+        )
+        .await;
         if let Err(err) = result {
             self.abort_upload(&upload_id).await;
             return Err(S3Error::from_sdk("complete multipart upload", err));

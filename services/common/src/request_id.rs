@@ -1,0 +1,157 @@
+//! Request ids: one id follows a request across services and into the trainer.
+//!
+//! The id travels in the gRPC metadata key [`HEADER`] (`x-request-id`). Every server
+//! ([`crate::rpc::RpcLayer`]) takes it from the incoming call, or makes one when the caller sent
+//! none or an unusable one, puts it on the call's `rpc` span and answers it in the response
+//! headers. While a handler runs, [`current`] returns it, so outgoing calls carry it
+//! ([`attach`], or [`propagate`] as a client interceptor). A training job carries it to its
+//! trainer in the environment variable [`ENV_VAR`]; the trainer reads it with [`from_env`].
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tonic::metadata::MetadataValue;
+
+/// The gRPC metadata key (an HTTP/2 header) carrying the request id.
+pub const HEADER: &str = "x-request-id";
+
+/// The trainer environment variable carrying the id of the `Train` call that queued the job.
+pub const ENV_VAR: &str = "AUTOML_REQUEST_ID";
+
+/// The longest id accepted from a caller; longer ones are replaced by a fresh id.
+pub const MAX_LEN: usize = 128;
+
+tokio::task_local! {
+    static CURRENT: String;
+}
+
+/// Whether `id` is usable as is: 1 to [`MAX_LEN`] characters of letters, digits, `-`, `_`,
+/// `.` and `:` (safe in headers, logs and environment variables).
+pub fn is_valid(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// A fresh id: 16 hex digits, unique within the process and unlikely to repeat across them.
+pub fn generate() -> String {
+    static SEED: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let seed = *SEED.get_or_init(|| {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        if let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            hasher.write_u128(now.as_nanos());
+        }
+        hasher.finish()
+    });
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(seed);
+    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    format!("{:016x}", hasher.finish())
+}
+
+/// The id of the request being handled by the current task, if any.
+pub fn current() -> Option<String> {
+    CURRENT.try_with(Clone::clone).ok()
+}
+
+/// Runs `future` with `id` as the [`current`] request id.
+pub async fn scope<F: Future>(id: String, future: F) -> F::Output {
+    CURRENT.scope(id, future).await
+}
+
+/// Puts `id` on an outgoing request (replacing any id already there); ignores invalid ids.
+pub fn set<T>(request: &mut tonic::Request<T>, id: &str) {
+    if !is_valid(id) {
+        return;
+    }
+    if let Ok(value) = MetadataValue::try_from(id) {
+        request.metadata_mut().insert(HEADER, value);
+    }
+}
+
+/// Puts the [`current`] id, if any, on an outgoing request.
+pub fn attach<T>(request: &mut tonic::Request<T>) {
+    if let Some(id) = current() {
+        set(request, &id);
+    }
+}
+
+/// The id on an incoming request, if it carries a valid one.
+pub fn from_request<T>(request: &tonic::Request<T>) -> Option<String> {
+    request
+        .metadata()
+        .get(HEADER)
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| is_valid(id))
+        .map(str::to_string)
+}
+
+/// A client interceptor (`Client::with_interceptor(channel, request_id::propagate)`) that
+/// attaches the [`current`] id to every call.
+pub fn propagate(mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    attach(&mut request);
+    Ok(request)
+}
+
+/// A client interceptor attaching one fixed id (when set) to every call: for programs outside
+/// any server call, such as the trainer with the id of the `Train` call that queued it.
+#[derive(Debug, Clone, Default)]
+pub struct Fixed(pub Option<String>);
+
+impl tonic::service::Interceptor for Fixed {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(id) = &self.0 {
+            set(&mut request, id);
+        }
+        Ok(request)
+    }
+}
+
+/// The trainer's request id from its environment map, if set and valid.
+pub fn from_env(env: &std::collections::HashMap<String, String>) -> Option<String> {
+    env.get(ENV_VAR).filter(|id| is_valid(id)).cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_are_valid_and_distinct() {
+        let a = generate();
+        let b = generate();
+        assert!(is_valid(&a) && is_valid(&b));
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 16);
+    }
+
+    #[test]
+    fn unusable_ids_are_refused() {
+        assert!(!is_valid(""));
+        assert!(!is_valid("has space"));
+        assert!(!is_valid("new\nline"));
+        assert!(!is_valid(&"x".repeat(MAX_LEN + 1)));
+        assert!(is_valid("req-1_a.b:c"));
+    }
+
+    #[tokio::test]
+    async fn current_id_is_attached_inside_a_scope_only() {
+        let mut outside = tonic::Request::new(());
+        attach(&mut outside);
+        assert!(outside.metadata().get(HEADER).is_none());
+        let id = scope("abc-1".to_string(), async {
+            let request = propagate(tonic::Request::new(())).expect("interceptor");
+            from_request(&request)
+        })
+        .await;
+        assert_eq!(id.as_deref(), Some("abc-1"));
+    }
+}

@@ -1,0 +1,232 @@
+//! The tower layer every automl server runs each call through: an `rpc` span carrying the
+//! request id ([`crate::request_id`]) and the method, the id answered in the response headers,
+//! and the per-RPC metrics ([`crate::metrics::RpcMetrics`]).
+//!
+//! The status code is read from the response headers, where tonic puts it for a call that fails
+//! before its first response message (every unary error); a stream that fails later counts as
+//! OK here, its error is in its trailers.
+
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use tonic::codegen::http;
+use tower_layer::Layer;
+use tower_service::Service;
+use tracing::Instrument;
+
+use crate::metrics::{Counter, Histogram, metrics};
+use crate::request_id;
+
+/// Adds the span, the request id and the metrics to every call of the wrapped routes.
+#[derive(Debug, Clone, Default)]
+pub struct RpcLayer {
+    cache: Arc<SeriesCache>,
+}
+
+/// How many distinct paths get their own series.
+const MAX_PATHS: usize = 512;
+
+/// The request counter and latency histogram per path, so a call costs no label lookup.
+#[derive(Debug, Default)]
+struct SeriesCache(RwLock<Vec<(String, Arc<PathSeries>)>>);
+
+#[derive(Debug)]
+struct PathSeries {
+    service: String,
+    method: String,
+    requests: Arc<Counter>,
+    duration: Arc<Histogram>,
+}
+
+impl SeriesCache {
+    fn get(&self, path: &str) -> Arc<PathSeries> {
+        if let Ok(known) = self.0.read()
+            && let Some((_, found)) = known.iter().find(|(key, _)| key == path)
+        {
+            return found.clone();
+        }
+        let full = self.0.read().map_or(true, |known| known.len() >= MAX_PATHS);
+        // Unknown paths (scanners, typos) beyond the cap share one series instead of growing
+        // the registry.
+        let (service, method) = if full {
+            ("other", "other")
+        } else {
+            split_path(path)
+        };
+        let rpc = &metrics().rpc;
+        let created = Arc::new(PathSeries {
+            requests: rpc.requests.with(&[service, method]),
+            duration: rpc.duration.with(&[service, method]),
+            service: service.to_string(),
+            method: method.to_string(),
+        });
+        let mut known = match self.0.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if known.len() < MAX_PATHS {
+            known.push((path.to_string(), created.clone()));
+        }
+        created
+    }
+}
+
+/// `/pkg.Service/Method` → (`pkg.Service`, `Method`); anything else → (`unknown`, `unknown`).
+fn split_path(path: &str) -> (&str, &str) {
+    path.strip_prefix('/')
+        .and_then(|rest| rest.split_once('/'))
+        .filter(|(service, method)| {
+            !service.is_empty() && !method.is_empty() && !method.contains('/')
+        })
+        .unwrap_or(("unknown", "unknown"))
+}
+
+impl<S> Layer<S> for RpcLayer {
+    type Service = RpcService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcService {
+            inner,
+            cache: self.cache.clone(),
+        }
+    }
+}
+
+/// The service [`RpcLayer`] wraps around the routes.
+#[derive(Debug, Clone)]
+pub struct RpcService<S> {
+    inner: S,
+    cache: Arc<SeriesCache>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B, R> Service<http::Request<B>> for RpcService<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    R: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let series = self.cache.get(request.uri().path());
+        series.requests.inc();
+        let id = incoming_id(&request).unwrap_or_else(request_id::generate);
+        if let Ok(value) = http::HeaderValue::from_str(&id) {
+            request.headers_mut().insert(request_id::HEADER, value);
+        }
+        let span = tracing::info_span!(
+            "rpc",
+            request_id = %id,
+            method = %series.method,
+            service = %series.service,
+        );
+        let header = http::HeaderValue::from_str(&id).ok();
+        let start = Instant::now();
+        let call = request_id::scope(id, self.inner.call(request).instrument(span.clone()));
+        Box::pin(async move {
+            let mut result = call.await;
+            series.duration.observe_duration(start.elapsed());
+            match &mut result {
+                Ok(response) => {
+                    record_status(&series, response.headers(), &span);
+                    if let Some(header) = header {
+                        response.headers_mut().insert(request_id::HEADER, header);
+                    }
+                }
+                Err(_) => {
+                    metrics()
+                        .rpc
+                        .errors
+                        .with(&[
+                            &series.service,
+                            &series.method,
+                            code_name(tonic::Code::Unknown),
+                        ])
+                        .inc();
+                }
+            }
+            result
+        })
+    }
+}
+
+fn incoming_id<B>(request: &http::Request<B>) -> Option<String> {
+    request
+        .headers()
+        .get(request_id::HEADER)
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| request_id::is_valid(id))
+        .map(str::to_string)
+}
+
+/// Counts a non-OK `grpc-status` in the headers, and logs it at debug level in the call's span.
+fn record_status(series: &PathSeries, headers: &http::HeaderMap, span: &tracing::Span) {
+    let Some(code) = headers
+        .get("grpc-status")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<i32>().ok())
+    else {
+        return;
+    };
+    let code = tonic::Code::from_i32(code);
+    if code == tonic::Code::Ok {
+        return;
+    }
+    let name = code_name(code);
+    metrics()
+        .rpc
+        .errors
+        .with(&[&series.service, &series.method, name])
+        .inc();
+    span.in_scope(|| tracing::debug!(code = name, "call failed"));
+}
+
+/// The code's name as in the gRPC spec (`NOT_FOUND`), the label value of the error counter.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::Ok => "OK",
+        tonic::Code::Cancelled => "CANCELLED",
+        tonic::Code::Unknown => "UNKNOWN",
+        tonic::Code::InvalidArgument => "INVALID_ARGUMENT",
+        tonic::Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        tonic::Code::NotFound => "NOT_FOUND",
+        tonic::Code::AlreadyExists => "ALREADY_EXISTS",
+        tonic::Code::PermissionDenied => "PERMISSION_DENIED",
+        tonic::Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        tonic::Code::FailedPrecondition => "FAILED_PRECONDITION",
+        tonic::Code::Aborted => "ABORTED",
+        tonic::Code::OutOfRange => "OUT_OF_RANGE",
+        tonic::Code::Unimplemented => "UNIMPLEMENTED",
+        tonic::Code::Internal => "INTERNAL",
+        tonic::Code::Unavailable => "UNAVAILABLE",
+        tonic::Code::DataLoss => "DATA_LOSS",
+        tonic::Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_split_into_service_and_method() {
+        assert_eq!(
+            split_path("/metadata_store.MetadataStoreService/LogEpoch"),
+            ("metadata_store.MetadataStoreService", "LogEpoch")
+        );
+        assert_eq!(split_path("/"), ("unknown", "unknown"));
+        assert_eq!(split_path("/a/b/c"), ("unknown", "unknown"));
+        assert_eq!(split_path("nope"), ("unknown", "unknown"));
+    }
+}
