@@ -3,6 +3,7 @@
 
 use std::pin::Pin;
 
+use automl_common::auth::{Caller, caller};
 use automl_common::error::to_status;
 use automl_common::server::ServiceRoutes;
 use automl_proto::data_management as pb;
@@ -13,9 +14,7 @@ use automl_proto::service_names;
 use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::model::{
-    Commit, DEFAULT_TENANT, Dataset, Snapshot, SnapshotState, Tag, snapshot_prefix,
-};
+use crate::model::{Commit, Dataset, Snapshot, SnapshotState, Tag, snapshot_prefix};
 use crate::service::{DataManagement, NewDataset, Prepared, Source};
 
 /// The gRPC face of data-management.
@@ -31,7 +30,16 @@ pub fn routes(service: DataManagement) -> ServiceRoutes {
     ServiceRoutes {
         names: vec![service_names::DATA_MANAGEMENT],
         routes: tonic::service::Routes::new(server),
+        auth: None,
+        tls: Default::default(),
     }
+}
+
+/// The caller of a call that a job token may not make.
+fn tenant_caller<T>(request: &Request<T>) -> Result<Caller, Status> {
+    let caller = caller(request);
+    caller.require_tenant()?;
+    Ok(caller)
 }
 
 type DatasetStream = Pin<Box<dyn Stream<Item = Result<pb::DatasetPointer, Status>> + Send>>;
@@ -42,9 +50,10 @@ impl DataManagementService for DataManagementGrpc {
         &self,
         request: Request<pb::DatasetPointer>,
     ) -> Result<Response<pb::DatasetSummary>, Status> {
+        let caller = tenant_caller(&request)?;
         let dataset = self
             .service
-            .get_dataset(DEFAULT_TENANT, &request.into_inner().dataset_id)
+            .get_dataset(&caller.tenant, &request.into_inner().dataset_id)
             .await
             .map_err(to_status)?;
         Ok(Response::new(summary(dataset)))
@@ -56,10 +65,11 @@ impl DataManagementService for DataManagementGrpc {
         &self,
         request: Request<pb::ListQueryOptions>,
     ) -> Result<Response<Self::ListDatasetsStream>, Status> {
+        let caller = tenant_caller(&request)?;
         let options = request.into_inner();
         let ids = self
             .service
-            .list_datasets(DEFAULT_TENANT, options.limit, options.index)
+            .list_datasets(&caller.tenant, options.limit, options.index)
             .await
             .map_err(to_status)?;
         let stream = futures::stream::iter(ids.into_iter().map(|id| {
@@ -74,6 +84,7 @@ impl DataManagementService for DataManagementGrpc {
         &self,
         request: Request<pb::CreateDatasetRequest>,
     ) -> Result<Response<pb::DatasetSummary>, Status> {
+        let caller = tenant_caller(&request)?;
         let request = request.into_inner();
         let new = NewDataset {
             name: request.name,
@@ -87,7 +98,7 @@ impl DataManagementService for DataManagementGrpc {
         };
         let dataset = self
             .service
-            .create_dataset(DEFAULT_TENANT, new)
+            .create_dataset(&caller.tenant, new)
             .await
             .map_err(to_status)?;
         Ok(Response::new(summary(dataset)))
@@ -97,11 +108,12 @@ impl DataManagementService for DataManagementGrpc {
         &self,
         request: Request<pb::CreateCommitRequest>,
     ) -> Result<Response<pb::DatasetSummary>, Status> {
+        let caller = tenant_caller(&request)?;
         let request = request.into_inner();
         let dataset = self
             .service
             .update_dataset(
-                DEFAULT_TENANT,
+                &caller.tenant,
                 &request.dataset_id,
                 request.commit_message,
                 Source {
@@ -119,11 +131,12 @@ impl DataManagementService for DataManagementGrpc {
         &self,
         request: Request<pb::DatasetQuery>,
     ) -> Result<Response<pb::SnapshotVersion>, Status> {
+        let caller = tenant_caller(&request)?;
         let request = request.into_inner();
         let prepared = self
             .service
             .prepare(
-                DEFAULT_TENANT,
+                &caller.tenant,
                 &request.dataset_id,
                 &request.commit_id,
                 &tags(request.tags),
@@ -137,22 +150,35 @@ impl DataManagementService for DataManagementGrpc {
         &self,
         request: Request<pb::VersionQuery>,
     ) -> Result<Response<pb::VersionedSnapshot>, Status> {
+        let caller = caller(&request);
         let request = request.into_inner();
+        if !caller.may_read_snapshot(&request.dataset_id, &request.version_hash) {
+            // A job token reads its own snapshot only; others look like they do not exist.
+            return Err(Status::not_found(format!(
+                "version {} of dataset {} not found",
+                request.version_hash, request.dataset_id
+            )));
+        }
         let snapshot = self
             .service
-            .fetch(DEFAULT_TENANT, &request.dataset_id, &request.version_hash)
+            .fetch(&caller.tenant, &request.dataset_id, &request.version_hash)
             .await
             .map_err(to_status)?;
         let bucket = self.service.objects().datasets_bucket.clone();
-        Ok(Response::new(versioned_snapshot(snapshot, &bucket)))
+        Ok(Response::new(versioned_snapshot(
+            snapshot,
+            &bucket,
+            &caller.tenant,
+        )))
     }
 
     async fn delete_dataset(
         &self,
         request: Request<pb::DatasetPointer>,
     ) -> Result<Response<()>, Status> {
+        let caller = tenant_caller(&request)?;
         self.service
-            .delete_dataset(DEFAULT_TENANT, &request.into_inner().dataset_id)
+            .delete_dataset(&caller.tenant, &request.into_inner().dataset_id)
             .await
             .map_err(to_status)?;
         Ok(Response::new(()))
@@ -162,6 +188,7 @@ impl DataManagementService for DataManagementGrpc {
         &self,
         request: Request<Streaming<pb::UploadDataRequest>>,
     ) -> Result<Response<pb::FileInfo>, Status> {
+        let caller = tenant_caller(&request)?;
         let mut stream = request.into_inner();
         let first = stream
             .message()
@@ -169,7 +196,7 @@ impl DataManagementService for DataManagementGrpc {
             .ok_or_else(|| Status::invalid_argument("the upload stream is empty"))?;
         let mut upload = self
             .service
-            .begin_upload(&first.bucket, &first.path)
+            .begin_upload(&caller.tenant, &first.bucket, &first.path)
             .map_err(to_status)?;
         let mut chunk = first.chunk;
         loop {
@@ -250,7 +277,7 @@ fn snapshot_version(prepared: Prepared) -> pb::SnapshotVersion {
     }
 }
 
-fn versioned_snapshot(snapshot: Snapshot, bucket: &str) -> pb::VersionedSnapshot {
+fn versioned_snapshot(snapshot: Snapshot, bucket: &str, tenant: &str) -> pb::VersionedSnapshot {
     let state = match snapshot.state {
         SnapshotState::Running => pb::SnapshotState::Running,
         SnapshotState::Ready => pb::SnapshotState::Ready,
@@ -262,7 +289,7 @@ fn versioned_snapshot(snapshot: Snapshot, bucket: &str) -> pb::VersionedSnapshot
         root: ready.then(|| pb::FileInfo {
             name: snapshot.version_hash.clone(),
             bucket: bucket.to_string(),
-            path: snapshot_prefix(snapshot.dataset_id, &snapshot.version_hash),
+            path: snapshot_prefix(tenant, snapshot.dataset_id, &snapshot.version_hash),
         }),
         version_hash: snapshot.version_hash,
         state: state.into(),

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use automl_common::metrics::metrics;
 use automl_common::s3::{ObjectStore, S3Error};
 use sha2::{Digest, Sha256};
 
@@ -241,6 +242,11 @@ pub async fn text_intent(
             }
         }
     }
+    metrics()
+        .data
+        .ingest_bytes
+        .with(&[])
+        .add(records.consumed());
     if !errors.is_empty() {
         examples.abort().await;
         return Err(DataError::InvalidData(format!(
@@ -347,6 +353,9 @@ pub async fn generic(
             &format!("{dest_prefix}/{relative}"),
         )
         .await;
+        if let Ok((size, _)) = &copied {
+            metrics().data.ingest_bytes.with(&[]).add(*size);
+        }
         match copied {
             Ok((size, digest)) => {
                 total += size;

@@ -56,5 +56,7 @@ pub async fn start(
         shutdown.clone(),
     );
     service.start_background_work().await;
-    Ok((grpc::routes(service), db))
+    let routes = grpc::routes(service);
+    let routes = routes.secured(common);
+    Ok((routes, db))
 }

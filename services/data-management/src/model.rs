@@ -9,7 +9,8 @@ use base64::engine::general_purpose::STANDARD;
 use crate::error::DataError;
 
 /// The tenant of every resource until authentication assigns others.
-pub const DEFAULT_TENANT: &str = "default";
+pub use automl_common::auth::DEFAULT_TENANT;
+use automl_common::auth::tenant_prefix;
 /// Most tags on one commit or query.
 pub const MAX_TAGS: usize = 32;
 /// Longest tag key.
@@ -198,24 +199,31 @@ pub fn hash_key(hash: &str) -> String {
     hash.replace('/', "_").replace('+', "-")
 }
 
-/// Object prefix of a commit's files.
-pub fn commit_prefix(dataset_id: i64, commit_id: i64) -> String {
-    format!("dataset/{dataset_id}/commit/{commit_id}")
+/// Object prefix of a commit's files (under the tenant's prefix, empty for the default tenant).
+pub fn commit_prefix(tenant: &str, dataset_id: i64, commit_id: i64) -> String {
+    format!(
+        "{}dataset/{dataset_id}/commit/{commit_id}",
+        tenant_prefix(tenant)
+    )
 }
 
 /// Object prefix of all of a dataset's commits.
-pub fn dataset_prefix(dataset_id: i64) -> String {
-    format!("dataset/{dataset_id}/")
+pub fn dataset_prefix(tenant: &str, dataset_id: i64) -> String {
+    format!("{}dataset/{dataset_id}/", tenant_prefix(tenant))
 }
 
 /// Object prefix of a snapshot's files.
-pub fn snapshot_prefix(dataset_id: i64, hash: &str) -> String {
-    format!("versionedDatasets/{dataset_id}/{}", hash_key(hash))
+pub fn snapshot_prefix(tenant: &str, dataset_id: i64, hash: &str) -> String {
+    format!(
+        "{}versionedDatasets/{dataset_id}/{}",
+        tenant_prefix(tenant),
+        hash_key(hash)
+    )
 }
 
 /// Object prefix of all of a dataset's snapshots.
-pub fn snapshots_prefix(dataset_id: i64) -> String {
-    format!("versionedDatasets/{dataset_id}/")
+pub fn snapshots_prefix(tenant: &str, dataset_id: i64) -> String {
+    format!("{}versionedDatasets/{dataset_id}/", tenant_prefix(tenant))
 }
 
 /// Parses a dataset id sent as a decimal string.
@@ -333,7 +341,7 @@ mod tests {
     fn keys_are_safe() {
         assert_eq!(hash_key("hash/+g=="), "hash_-g==");
         assert_eq!(
-            snapshot_prefix(3, "hash/A=="),
+            snapshot_prefix(DEFAULT_TENANT, 3, "hash/A=="),
             "versionedDatasets/3/hash_A=="
         );
         assert!(check_key("path", "upload/a.csv").is_ok());

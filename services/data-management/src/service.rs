@@ -21,6 +21,7 @@ use crate::model::{
 };
 use crate::snapshot;
 use crate::store::{CommitRecord, DataStore, Reservation};
+use automl_common::auth::tenant_prefix;
 
 /// Message of every dataset's first commit.
 pub const INITIAL_COMMIT_MESSAGE: &str = "Initial commit";
@@ -136,7 +137,7 @@ impl DataManagement {
         check_text("description", &new.description)?;
         check_tags("tags", &new.tags)?;
         let dataset_type = DatasetType::from_number(i64::from(new.dataset_type))?;
-        let source = self.check_source(new.source)?;
+        let source = self.check_source(tenant, new.source)?;
         let reservation = self
             .store
             .create_pending_dataset(
@@ -149,7 +150,7 @@ impl DataManagement {
             )
             .await?;
         self.ingest(
-            reservation,
+            reservation.clone(),
             dataset_type,
             source,
             INITIAL_COMMIT_MESSAGE.into(),
@@ -171,7 +172,7 @@ impl DataManagement {
         let dataset_id = parse_dataset_id(dataset_id)?;
         check_text("commit_message", &message)?;
         check_tags("tags", &tags)?;
-        let source = self.check_source(source)?;
+        let source = self.check_source(tenant, source)?;
         let (reservation, dataset_type) = self
             .store
             .reserve_commit(tenant, dataset_id, self.lease_until())
@@ -181,7 +182,9 @@ impl DataManagement {
         self.store.get_dataset(tenant, dataset_id).await
     }
 
-    fn check_source(&self, mut source: Source) -> Result<Source, DataError> {
+    /// The object a dataset ingests: a relative key without `..`; for a tenant other than
+    /// the default one, in the datasets bucket and under the tenant's prefix.
+    fn check_source(&self, tenant: &str, mut source: Source) -> Result<Source, DataError> {
         if source.bucket.is_empty() {
             source.bucket = self.objects.datasets_bucket.clone();
         }
@@ -192,6 +195,20 @@ impl DataManagement {
             )));
         }
         check_key("path", &source.path)?;
+        let prefix = tenant_prefix(tenant);
+        if !prefix.is_empty() {
+            if source.bucket != self.objects.datasets_bucket {
+                return Err(DataError::InvalidArgument(format!(
+                    "bucket must be empty or the datasets bucket `{}`",
+                    self.objects.datasets_bucket
+                )));
+            }
+            if !source.path.starts_with(&prefix) {
+                return Err(DataError::InvalidArgument(format!(
+                    "path must be under `{prefix}` (UploadData returns such paths)"
+                )));
+            }
+        }
         Ok(source)
     }
 
@@ -222,8 +239,12 @@ impl DataManagement {
         message: String,
         tags: Vec<Tag>,
     ) -> Result<(), DataError> {
-        let prefix = commit_prefix(reservation.dataset_id, reservation.commit_id);
-        let renewer = self.spawn_lease_renewer(reservation);
+        let prefix = commit_prefix(
+            &reservation.tenant,
+            reservation.dataset_id,
+            reservation.commit_id,
+        );
+        let renewer = self.spawn_lease_renewer(reservation.clone());
         let started = std::time::Instant::now();
         let ingested = match dataset_type {
             DatasetType::TextIntent => {
@@ -236,7 +257,7 @@ impl DataManagement {
         renewer.cancel();
         let outcome = match ingested {
             Ok(ingested) => {
-                self.finish(reservation, &prefix, &message, &tags, &ingested)
+                self.finish(reservation.clone(), &prefix, &message, &tags, &ingested)
                     .await
             }
             Err(err) => Err(err),
@@ -293,7 +314,7 @@ impl DataManagement {
                 }
                 if let Err(err) = this
                     .store
-                    .renew_lease(reservation, this.lease_until())
+                    .renew_lease(reservation.clone(), this.lease_until())
                     .await
                 {
                     tracing::warn!(error = %error_chain(&err), "lease renewal failed");
@@ -307,7 +328,11 @@ impl DataManagement {
     async fn remove_reservation(&self, reservation: Reservation) {
         let prefix = format!(
             "{}/",
-            commit_prefix(reservation.dataset_id, reservation.commit_id)
+            commit_prefix(
+                &reservation.tenant,
+                reservation.dataset_id,
+                reservation.commit_id
+            )
         );
         if let Err(err) = self
             .objects
@@ -380,7 +405,10 @@ impl DataManagement {
         self.store.delete_dataset(tenant, dataset_id).await?;
         let bucket = &self.objects.datasets_bucket;
         let mut removed = 0;
-        for prefix in [dataset_prefix(dataset_id), snapshots_prefix(dataset_id)] {
+        for prefix in [
+            dataset_prefix(tenant, dataset_id),
+            snapshots_prefix(tenant, dataset_id),
+        ] {
             removed += self.objects.delete_prefix(bucket, &prefix).await?;
         }
         tracing::info!(dataset_id, objects = removed, "dataset deleted");
@@ -519,7 +547,7 @@ impl DataManagement {
             )?;
             commits.push(commit.clone());
         }
-        let prefix = snapshot_prefix(dataset_id, hash);
+        let prefix = snapshot_prefix(tenant, dataset_id, hash);
         let built = snapshot::build(&self.objects, dataset.dataset_type, &commits, &prefix).await?;
         let recorded = self
             .store
@@ -542,24 +570,33 @@ impl DataManagement {
     }
 
     /// Starts an upload into the datasets bucket (UploadData).
-    pub fn begin_upload(&self, bucket: &str, path: &str) -> Result<Upload, DataError> {
+    pub fn begin_upload(
+        &self,
+        tenant: &str,
+        bucket: &str,
+        path: &str,
+    ) -> Result<Upload, DataError> {
         if !bucket.is_empty() && bucket != self.objects.datasets_bucket {
             return Err(DataError::InvalidArgument(format!(
                 "bucket must be empty or the datasets bucket `{}`",
                 self.objects.datasets_bucket
             )));
         }
+        // Keys of a tenant other than the default one start with `<tenant>/`; a path without
+        // it gets it.
+        let prefix = tenant_prefix(tenant);
         let key = if path.is_empty() {
-            format!("upload/{}", uuid::Uuid::new_v4())
+            format!("{prefix}upload/{}", uuid::Uuid::new_v4())
         } else {
             check_key("path", path)?;
-            if RESERVED_PREFIXES.iter().any(|p| path.starts_with(p)) {
+            let relative = path.strip_prefix(&prefix).unwrap_or(path);
+            if RESERVED_PREFIXES.iter().any(|p| relative.starts_with(p)) {
                 return Err(DataError::InvalidArgument(format!(
                     "path must not start with {}: those keys hold commits and snapshots",
                     RESERVED_PREFIXES.join(" or ")
                 )));
             }
-            path.to_string()
+            format!("{prefix}{relative}")
         };
         Ok(Upload {
             writer: self.objects.writer(&self.objects.datasets_bucket, &key),
@@ -590,7 +627,13 @@ impl Upload {
                 self.limit
             )));
         }
-        Ok(self.writer.write(chunk).await?)
+        self.writer.write(chunk).await?;
+        automl_common::metrics::metrics()
+            .data
+            .upload_bytes
+            .with(&[])
+            .add(chunk.len() as u64);
+        Ok(())
     }
 
     /// Completes the object; returns its size.

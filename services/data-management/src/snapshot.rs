@@ -30,10 +30,18 @@ pub async fn build(
     commits: &[Commit],
     prefix: &str,
 ) -> Result<Built, DataError> {
-    match dataset_type {
+    let started = std::time::Instant::now();
+    let built = match dataset_type {
         DatasetType::TextIntent => merge_text_intent(objects, commits, prefix).await,
         DatasetType::Generic => merge_generic(objects, commits, prefix).await,
-    }
+    };
+    let outcome = if built.is_ok() { "ready" } else { "failed" };
+    automl_common::metrics::metrics()
+        .data
+        .snapshot_build
+        .with(&[outcome])
+        .observe_duration(started.elapsed());
+    built
 }
 
 /// Reads a commit's `labels.csv` into local id → label name.

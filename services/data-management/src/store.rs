@@ -20,8 +20,10 @@ const PENDING: &str = "pending";
 const RETRIES: usize = 20;
 
 /// A reserved (pending) commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reservation {
+    /// The tenant owning the dataset.
+    pub tenant: String,
     /// The dataset.
     pub dataset_id: i64,
     /// The reserved commit id.
@@ -92,6 +94,7 @@ impl DataStore {
         insert_pending_commit(&mut tx, tenant, dataset_id, 1, lease_until).await?;
         tx.commit().await?;
         Ok(Reservation {
+            tenant: tenant.to_string(),
             dataset_id,
             commit_id: 1,
         })
@@ -122,6 +125,7 @@ impl DataStore {
             match tx.commit().await {
                 Ok(()) => {
                     let reservation = Reservation {
+                        tenant: tenant.to_string(),
                         dataset_id,
                         commit_id,
                     };
@@ -215,7 +219,7 @@ impl DataStore {
     /// Reservations whose lease ran out (their ingest died).
     pub async fn expired_reservations(&self, now_ms: i64) -> Result<Vec<Reservation>, DataError> {
         let rows = sqlx::query(
-            "SELECT dataset_id, commit_id FROM commits WHERE state = $1 AND lease_until < $2",
+            "SELECT tenant, dataset_id, commit_id FROM commits WHERE state = $1 AND lease_until < $2",
         )
         .bind(PENDING)
         .bind(now_ms)
@@ -224,6 +228,7 @@ impl DataStore {
         rows.iter()
             .map(|row| {
                 Ok(Reservation {
+                    tenant: row.try_get("tenant")?,
                     dataset_id: row.try_get("dataset_id")?,
                     commit_id: row.try_get("commit_id")?,
                 })

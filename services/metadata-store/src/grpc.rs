@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 
+use automl_common::auth::{Caller, Scope, caller};
 use automl_common::error::to_status;
 use automl_common::server::ServiceRoutes;
 use automl_proto::data_management::FileInfo;
@@ -19,9 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::error::MetadataError;
-use crate::model::{
-    Artifact, DEFAULT_TENANT, Epoch, Lineage, NewArtifact, NewRun, Run, RunEnd, RunFilter,
-};
+use crate::model::{Artifact, Epoch, Lineage, NewArtifact, NewRun, Run, RunEnd, RunFilter};
 use crate::service::{MetadataStore, WatchEvent};
 
 /// The gRPC face of metadata-store.
@@ -38,6 +37,32 @@ pub fn routes(service: MetadataStore, shutdown: CancellationToken) -> ServiceRou
     ServiceRoutes {
         names: vec![service_names::METADATA_STORE],
         routes: tonic::service::Routes::new(server),
+        auth: None,
+        tls: Default::default(),
+    }
+}
+
+/// A job token writes only its own run.
+fn may_write(caller: &Caller, run_id: &str) -> Result<(), Status> {
+    if caller.may_write_run(run_id) {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(format!(
+            "this token may only write run {}",
+            match &caller.scope {
+                Scope::Run { run_id, .. } => run_id.as_str(),
+                Scope::Tenant => "",
+            }
+        )))
+    }
+}
+
+/// A job token reads only its own run and the run it fine-tunes; others look absent.
+fn may_read(caller: &Caller, run_id: &str) -> Result<(), Status> {
+    if caller.may_read_run(run_id) {
+        Ok(())
+    } else {
+        Err(Status::not_found(format!("run {run_id} not found")))
     }
 }
 
@@ -49,7 +74,9 @@ impl MetadataStoreService for MetadataStoreGrpc {
         &self,
         request: Request<pb::LogRunStartRequest>,
     ) -> Result<Response<pb::LogRunStartResponse>, Status> {
+        let caller = caller(&request);
         let request = request.into_inner();
+        may_write(&caller, &request.run_id)?;
         let tracing_info = request.tracing.unwrap_or_default();
         let run = NewRun {
             run_id: request.run_id,
@@ -64,7 +91,7 @@ impl MetadataStoreService for MetadataStoreGrpc {
         };
         let (run, location) = self
             .service
-            .start_run(DEFAULT_TENANT, run)
+            .start_run(&caller.tenant, run)
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::LogRunStartResponse {
@@ -78,10 +105,12 @@ impl MetadataStoreService for MetadataStoreGrpc {
         &self,
         request: Request<pb::LogEpochRequest>,
     ) -> Result<Response<pb::LogEpochResponse>, Status> {
+        let caller = caller(&request);
         let info = request
             .into_inner()
             .epoch_info
             .ok_or_else(|| Status::invalid_argument("epoch_info is required"))?;
+        may_write(&caller, &info.run_id)?;
         let epoch = Epoch {
             run_id: info.run_id,
             epoch_id: info.epoch_id,
@@ -91,7 +120,7 @@ impl MetadataStoreService for MetadataStoreGrpc {
         };
         let epoch = self
             .service
-            .log_epoch(DEFAULT_TENANT, epoch)
+            .log_epoch(&caller.tenant, epoch)
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::LogEpochResponse {
@@ -103,7 +132,9 @@ impl MetadataStoreService for MetadataStoreGrpc {
         &self,
         request: Request<pb::LogRunEndRequest>,
     ) -> Result<Response<pb::LogRunEndResponse>, Status> {
+        let caller = caller(&request);
         let request = request.into_inner();
+        may_write(&caller, &request.run_id)?;
         let end = RunEnd {
             run_id: request.run_id,
             end_time: or_now(request.end_time),
@@ -112,7 +143,7 @@ impl MetadataStoreService for MetadataStoreGrpc {
         };
         let run = self
             .service
-            .end_run(DEFAULT_TENANT, end)
+            .end_run(&caller.tenant, end)
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::LogRunEndResponse {
@@ -124,9 +155,12 @@ impl MetadataStoreService for MetadataStoreGrpc {
         &self,
         request: Request<pb::GetRunStatusRequest>,
     ) -> Result<Response<pb::GetRunStatusResponse>, Status> {
+        let caller = caller(&request);
+        let run_id = request.into_inner().run_id;
+        may_read(&caller, &run_id)?;
         let run = self
             .service
-            .get_run(DEFAULT_TENANT, &request.into_inner().run_id)
+            .get_run(&caller.tenant, &run_id)
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::GetRunStatusResponse {
@@ -138,7 +172,9 @@ impl MetadataStoreService for MetadataStoreGrpc {
         &self,
         request: Request<pb::CreateArtifactRequest>,
     ) -> Result<Response<pb::CreateArtifactResponse>, Status> {
+        let caller = caller(&request);
         let request = request.into_inner();
+        may_write(&caller, &request.run_id)?;
         let file = request
             .artifact
             .ok_or_else(|| Status::invalid_argument("artifact is required"))?;
@@ -151,7 +187,7 @@ impl MetadataStoreService for MetadataStoreGrpc {
         };
         let artifact = self
             .service
-            .create_artifact(DEFAULT_TENANT, artifact)
+            .create_artifact(&caller.tenant, artifact)
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::CreateArtifactResponse {
@@ -167,9 +203,12 @@ impl MetadataStoreService for MetadataStoreGrpc {
         &self,
         request: Request<pb::GetArtifactRequest>,
     ) -> Result<Response<pb::GetArtifactResponse>, Status> {
+        let caller = caller(&request);
+        let run_id = request.into_inner().run_id;
+        may_read(&caller, &run_id)?;
         let artifact = self
             .service
-            .get_artifact(DEFAULT_TENANT, &request.into_inner().run_id)
+            .get_artifact(&caller.tenant, &run_id)
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::GetArtifactResponse {
@@ -185,6 +224,8 @@ impl MetadataStoreService for MetadataStoreGrpc {
         &self,
         request: Request<pb::ListRunsRequest>,
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
+        let caller = caller(&request);
+        caller.require_tenant()?;
         let request = request.into_inner();
         let filter = RunFilter {
             dataset_id: request.dataset_id,
@@ -194,7 +235,7 @@ impl MetadataStoreService for MetadataStoreGrpc {
         };
         let (runs, total) = self
             .service
-            .list_runs(DEFAULT_TENANT, filter)
+            .list_runs(&caller.tenant, filter)
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::ListRunsResponse {
@@ -209,13 +250,12 @@ impl MetadataStoreService for MetadataStoreGrpc {
         &self,
         request: Request<pb::GetRunStatusRequest>,
     ) -> Result<Response<Self::WatchRunStream>, Status> {
+        let caller = caller(&request);
+        let run_id = request.into_inner().run_id;
+        may_read(&caller, &run_id)?;
         let receiver = self
             .service
-            .watch_run(
-                DEFAULT_TENANT,
-                &request.into_inner().run_id,
-                self.shutdown.clone(),
-            )
+            .watch_run(&caller.tenant, &run_id, self.shutdown.clone())
             .await
             .map_err(to_status)?;
         let stream = ReceiverStream::new(receiver).map(|event| {

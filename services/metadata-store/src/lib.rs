@@ -50,5 +50,6 @@ pub async fn start(
         config.watch_poll_interval(),
     );
     let routes = grpc::routes(service, shutdown);
+    let routes = routes.secured(common);
     Ok((routes, db))
 }

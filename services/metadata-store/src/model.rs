@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use crate::error::MetadataError;
 
 /// The tenant of every resource until authentication assigns others.
-pub const DEFAULT_TENANT: &str = "default";
+pub use automl_common::auth::DEFAULT_TENANT;
 
 /// The message of a run that has started and not ended.
 pub const RUNNING_MESSAGE: &str = "Running";
@@ -140,8 +140,8 @@ pub struct RunFilter {
 }
 
 /// The object-store prefix where a run's model files go.
-pub fn run_prefix(run_id: &str) -> String {
-    format!("run_{run_id}")
+pub fn run_prefix(tenant: &str, run_id: &str) -> String {
+    format!("{}run_{run_id}", automl_common::auth::tenant_prefix(tenant))
 }
 
 /// Checks an id: required, bounded, and safe inside an object key.
@@ -223,6 +223,7 @@ mod tests {
 
     #[test]
     fn prefix() {
-        assert_eq!(run_prefix("12"), "run_12");
+        assert_eq!(run_prefix(DEFAULT_TENANT, "12"), "run_12");
+        assert_eq!(run_prefix("team-a", "12"), "team-a/run_12");
     }
 }

@@ -80,7 +80,7 @@ impl MetadataStore {
         self.events.notify(tenant, &run.run_id);
         let location = UploadLocation {
             bucket: self.objects.models_bucket.clone(),
-            path: run_prefix(&run.run_id),
+            path: run_prefix(tenant, &run.run_id),
         };
         Ok((stored, location))
     }
@@ -144,7 +144,7 @@ impl MetadataStore {
                 self.objects.models_bucket
             )));
         }
-        let prefix = run_prefix(&artifact.run_id);
+        let prefix = run_prefix(tenant, &artifact.run_id);
         let path = artifact.path.trim_end_matches('/');
         let own = path == prefix
             || (path.starts_with(&format!("{prefix}/")) && !path.split('/').any(|s| s == ".."));
