@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use automl_common::metrics::{Counter, Gauge, Histogram, metrics};
 use automl_common::s3::ObjectStore;
 use automl_text_classification::Classifier;
 use tokio::io::AsyncWriteExt;
@@ -42,7 +43,37 @@ pub struct CacheStats {
     pub evictions: AtomicU64,
 }
 
+/// The process-wide cache metrics, resolved once so a prediction costs no registry lookup.
+struct Exported {
+    hits: Arc<Counter>,
+    misses: Arc<Counter>,
+    loads: Arc<Counter>,
+    load_duration: Arc<Histogram>,
+    evictions: Arc<Counter>,
+    models: Arc<Gauge>,
+    bytes: Arc<Gauge>,
+}
+
+impl Exported {
+    fn new() -> Self {
+        let cache = &metrics().model_cache;
+        Self {
+            hits: cache.hits.with(&[]),
+            misses: cache.misses.with(&[]),
+            loads: cache.loads.with(&[]),
+            load_duration: cache.load_duration.with(&[]),
+            evictions: cache.evictions.with(&[]),
+            models: cache.models.with(&[]),
+            bytes: cache.bytes.with(&[]),
+        }
+    }
+}
+
 struct Slot {
+    /// The run it serves, for operators.
+    run_id: String,
+    /// The version it serves, for operators.
+    version: String,
     model: OnceCell<Arc<LoadedModel>>,
     last_used: AtomicU64,
 }
@@ -58,6 +89,7 @@ pub struct ModelCache {
     clock: AtomicU64,
     /// What it did so far.
     pub stats: CacheStats,
+    exported: Exported,
 }
 
 impl std::fmt::Debug for ModelCache {
@@ -87,6 +119,7 @@ impl ModelCache {
             slots: Mutex::new(HashMap::new()),
             clock: AtomicU64::new(0),
             stats: CacheStats::default(),
+            exported: Exported::new(),
         }
     }
 
@@ -101,8 +134,10 @@ impl ModelCache {
         let now = self.clock.fetch_add(1, Ordering::Relaxed) + 1;
         let slot = {
             let mut slots = self.lock()?;
-            Arc::clone(slots.entry(artifact.run_id.clone()).or_insert_with(|| {
+            Arc::clone(slots.entry(artifact.cache_key()).or_insert_with(|| {
                 Arc::new(Slot {
+                    run_id: artifact.run_id.clone(),
+                    version: artifact.version.clone(),
                     model: OnceCell::new(),
                     last_used: AtomicU64::new(now),
                 })
@@ -111,9 +146,11 @@ impl ModelCache {
         slot.last_used.store(now, Ordering::Relaxed);
         if let Some(model) = slot.model.get() {
             self.stats.hits.fetch_add(1, Ordering::Relaxed);
+            self.exported.hits.inc();
             return Ok(Arc::clone(model));
         }
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        self.exported.misses.inc();
         let mut loaded_here = false;
         let model = slot
             .model
@@ -124,7 +161,13 @@ impl ModelCache {
             .await?;
         let model = Arc::clone(model);
         if loaded_here {
-            self.evict(&artifact.run_id)?;
+            let key = artifact.cache_key();
+            metrics()
+                .model_cache
+                .loaded
+                .with(&[&artifact.run_id, &artifact.version, &key])
+                .set(i64::try_from(model.bytes).unwrap_or(i64::MAX));
+            self.evict(&key)?;
         }
         Ok(model)
     }
@@ -135,14 +178,20 @@ impl ModelCache {
         loop {
             let loaded: Vec<(String, u64, u64)> = slots
                 .iter()
-                .filter_map(|(id, slot)| {
+                .filter_map(|(key, slot)| {
                     slot.model
                         .get()
-                        .map(|m| (id.clone(), slot.last_used.load(Ordering::Relaxed), m.bytes))
+                        .map(|m| (key.clone(), slot.last_used.load(Ordering::Relaxed), m.bytes))
                 })
                 .collect();
             let bytes: u64 = loaded.iter().map(|(_, _, b)| b).sum();
             if loaded.len() <= self.max_models && bytes <= self.max_bytes {
+                self.exported
+                    .models
+                    .set(i64::try_from(loaded.len()).unwrap_or(i64::MAX));
+                self.exported
+                    .bytes
+                    .set(i64::try_from(bytes).unwrap_or(i64::MAX));
                 return Ok(());
             }
             let victim = loaded
@@ -153,9 +202,16 @@ impl ModelCache {
             let Some(victim) = victim else {
                 return Ok(());
             };
-            slots.remove(&victim);
+            let Some(slot) = slots.remove(&victim) else {
+                return Ok(());
+            };
+            metrics()
+                .model_cache
+                .loaded
+                .remove(&[&slot.run_id, &slot.version, &victim]);
             self.stats.evictions.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(run_id = %victim, "model evicted");
+            self.exported.evictions.inc();
+            tracing::info!(run_id = %slot.run_id, "model evicted");
         }
     }
 
@@ -165,16 +221,17 @@ impl ModelCache {
             return Vec::new();
         };
         let mut ids: Vec<String> = slots
-            .iter()
-            .filter(|(_, slot)| slot.model.initialized())
-            .map(|(id, _)| id.clone())
+            .values()
+            .filter(|slot| slot.model.initialized())
+            .map(|slot| slot.run_id.clone())
             .collect();
         ids.sort();
         ids
     }
 
     async fn fetch_and_load(&self, artifact: &ArtifactRef) -> Result<LoadedModel, PredictError> {
-        let dir = self.dir.join(format!("run_{}", artifact.run_id));
+        let fetch_started = std::time::Instant::now();
+        let dir = self.dir.join(artifact.cache_dir_name());
         if !dir.join("manifest.json").is_file() {
             self.download(artifact, &dir).await?;
         }
@@ -199,6 +256,10 @@ impl ModelCache {
             .map(|m| m.len())
             .unwrap_or(0);
         self.stats.loads.fetch_add(1, Ordering::Relaxed);
+        self.exported.loads.inc();
+        self.exported
+            .load_duration
+            .observe_duration(fetch_started.elapsed());
         tracing::info!(
             run_id = %artifact.run_id,
             version = %artifact.version,

@@ -26,6 +26,8 @@ pub fn routes(service: Arc<Predictions>) -> ServiceRoutes {
         routes: tonic::service::Routes::new(PredictionServiceServer::new(PredictionGrpc {
             service,
         })),
+        auth: None,
+        tls: Default::default(),
     }
 }
 
@@ -52,10 +54,12 @@ impl PredictionService for PredictionGrpc {
         request: Request<pb::PredictRequest>,
     ) -> Result<Response<pb::PredictResponse>, Status> {
         let deadline = deadline(&request);
+        let caller = automl_common::auth::caller(&request);
+        caller.require_tenant()?;
         let request = request.into_inner();
         let answer = self
             .service
-            .predict(&request.run_id, request.document, deadline)
+            .predict(&caller.tenant, &request.run_id, request.document, deadline)
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::PredictResponse {

@@ -34,7 +34,9 @@ pub fn start(
     config: &PredictionConfig,
     objects: ObjectStore,
 ) -> Result<(ServiceRoutes, Arc<service::Predictions>), PredictError> {
-    let channel = tonic::transport::Endpoint::from_shared(config.metadata_store.clone())
+    let channel = common
+        .tls
+        .endpoint(&config.metadata_store)
         .map_err(|err| {
             PredictError::InvalidArgument(format!("prediction_service.metadata_store: {err}"))
         })?
@@ -52,9 +54,14 @@ pub fn start(
         config.top_k,
     );
     let service = Arc::new(service::Predictions::new(
-        resolver::Resolver::new(channel),
+        resolver::Resolver::new(
+            channel,
+            automl_common::auth::Authenticator::from_config(&common.auth, &common.data_dir),
+        ),
         cache,
         config.clone(),
     )?);
-    Ok((grpc::routes(Arc::clone(&service)), service))
+    let routes = grpc::routes(Arc::clone(&service));
+    let routes = routes.secured(common);
+    Ok((routes, service))
 }

@@ -2,8 +2,9 @@
 //! artifact never changes once recorded.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use automl_common::auth::{Authenticator, Credentials};
 use automl_proto::metadata_store::GetArtifactRequest;
 use automl_proto::metadata_store::metadata_store_service_client::MetadataStoreServiceClient;
 use tonic::Code;
@@ -28,33 +29,56 @@ pub struct ArtifactRef {
     pub algorithm: String,
 }
 
+impl ArtifactRef {
+    /// What identifies the model files: their location. Run ids repeat across tenants, the
+    /// location (under the tenant's prefix) does not, and a recorded location never changes.
+    pub fn cache_key(&self) -> String {
+        format!("{}/{}", self.bucket, self.path)
+    }
+
+    /// The model's folder in the cache directory, named by a digest of [`Self::cache_key`].
+    pub fn cache_dir_name(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(self.cache_key().as_bytes());
+        format!("model-{}", &hex::encode(digest)[..32])
+    }
+}
+
 /// Resolves and remembers artifacts.
 #[derive(Debug)]
 pub struct Resolver {
     client: MetadataStoreServiceClient<Channel>,
-    known: Mutex<HashMap<String, ArtifactRef>>,
+    /// (tenant, run id) → artifact.
+    known: Mutex<HashMap<(String, String), ArtifactRef>>,
+    auth: Option<Arc<Authenticator>>,
 }
 
 impl Resolver {
     /// A resolver asking the metadata-store behind `channel`.
-    pub fn new(channel: Channel) -> Self {
+    pub fn new(channel: Channel, auth: Option<Arc<Authenticator>>) -> Self {
         Self {
             client: MetadataStoreServiceClient::new(channel),
             known: Mutex::new(HashMap::new()),
+            auth,
         }
     }
 
-    /// The artifact of `run_id`; asks metadata-store only the first time.
-    pub async fn resolve(&self, run_id: &str) -> Result<ArtifactRef, PredictError> {
-        if let Some(found) = self.cached(run_id) {
+    /// The artifact of `tenant`'s run `run_id`; asks metadata-store (on the tenant's behalf,
+    /// so another tenant's run is not found) only the first time.
+    pub async fn resolve(&self, tenant: &str, run_id: &str) -> Result<ArtifactRef, PredictError> {
+        let key = (tenant.to_string(), run_id.to_string());
+        if let Some(found) = self.cached(&key) {
             return Ok(found);
         }
+        let mut request = tonic::Request::new(GetArtifactRequest {
+            run_id: run_id.to_string(),
+        });
+        Credentials::for_tenant(self.auth.as_deref(), tenant).apply(&mut request);
+        automl_common::request_id::attach(&mut request);
         let response = self
             .client
             .clone()
-            .get_artifact(GetArtifactRequest {
-                run_id: run_id.to_string(),
-            })
+            .get_artifact(request)
             .await
             .map_err(|status| match status.code() {
                 Code::NotFound => PredictError::ArtifactNotFound(run_id.to_string()),
@@ -74,12 +98,12 @@ impl Resolver {
             algorithm: response.algorithm,
         };
         if let Ok(mut known) = self.known.lock() {
-            known.insert(run_id.to_string(), artifact.clone());
+            known.insert(key, artifact.clone());
         }
         Ok(artifact)
     }
 
-    fn cached(&self, run_id: &str) -> Option<ArtifactRef> {
-        self.known.lock().ok()?.get(run_id).cloned()
+    fn cached(&self, key: &(String, String)) -> Option<ArtifactRef> {
+        self.known.lock().ok()?.get(key).cloned()
     }
 }

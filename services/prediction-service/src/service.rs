@@ -79,6 +79,7 @@ impl Predictions {
     /// Predict: the label of `document` according to the model of run `run_id`.
     pub async fn predict(
         &self,
+        tenant: &str,
         run_id: &str,
         document: String,
         deadline: Option<Duration>,
@@ -99,7 +100,7 @@ impl Predictions {
             .clone()
             .try_acquire_owned()
             .map_err(|_| PredictError::Overloaded(self.config.max_in_flight))?;
-        let artifact = self.resolver.resolve(run_id).await?;
+        let artifact = self.resolver.resolve(tenant, run_id).await?;
         if let Some(channel) = self.external.get(&artifact.algorithm) {
             return self
                 .forward(
@@ -153,7 +154,14 @@ impl Predictions {
         let call = client.predictor_predict(request);
         let response = match tokio::time::timeout(timeout, call).await {
             Err(_) => return Err(PredictError::DeadlineExceeded),
-            Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => {
+            // tonic's own client timeout answers CANCELLED "Timeout expired"; either way the
+            // deadline passed, which is the caller's to know, not an internal error.
+            Ok(Err(status))
+                if matches!(
+                    status.code(),
+                    tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+                ) =>
+            {
                 return Err(PredictError::DeadlineExceeded);
             }
             Ok(Err(status)) => return Err(PredictError::Predictor(status.message().to_string())),

@@ -356,6 +356,13 @@ async fn bad_requests_get_clear_answers() {
         Code::InvalidArgument,
         "runId",
     );
+    // Over tonic's 4 MiB message limit: RESOURCE_EXHAUSTED, as gRPC has it.
+    let oversized = "x".repeat(5 * 1024 * 1024);
+    let status = client
+        .predict(request("1", &oversized))
+        .await
+        .expect_err("too large");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     let huge = "word ".repeat(200_000);
     assert_status(
         client.predict(request("1", &huge)).await,
