@@ -22,6 +22,99 @@ pub struct AlgorithmConfig {
     pub gpu_image: String,
 }
 
+/// Which backend runs trainers.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Child processes of training-service.
+    #[default]
+    Local,
+    /// batch/v1 Jobs on Kubernetes.
+    Kubernetes,
+}
+
+impl BackendKind {
+    /// The name recorded on jobs.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Local => "local",
+            BackendKind::Kubernetes => "kubernetes",
+        }
+    }
+}
+
+/// A pod toleration (`[[training_service.kubernetes.tolerations]]`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TolerationConfig {
+    /// Taint key; empty with operator `Exists` matches every taint.
+    pub key: String,
+    /// `Equal` or `Exists`.
+    pub operator: String,
+    /// Taint value (operator `Equal`).
+    pub value: String,
+    /// `NoSchedule`, `PreferNoSchedule`, `NoExecute`, or empty for all.
+    pub effect: String,
+}
+
+/// `[training_service.kubernetes]`: how trainer Jobs are made.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesConfig {
+    /// API server URL without credentials (e.g. `kubectl proxy` at `http://127.0.0.1:8001`);
+    /// empty: the in-cluster service account, else `~/.kube/config`.
+    pub api_server: String,
+    /// Namespace of trainer Jobs; empty: the namespace of the service account or kubeconfig.
+    pub namespace: String,
+    /// Service account of trainer pods; empty: the namespace's default.
+    pub service_account: String,
+    /// Secret holding the S3 credentials trainers get through `secretKeyRef`.
+    pub s3_secret_name: String,
+    /// Key of the access key in that Secret.
+    pub s3_access_key_key: String,
+    /// Key of the secret key in that Secret.
+    pub s3_secret_key_key: String,
+    /// Retries of a failed trainer pod (Job `backoffLimit`).
+    pub backoff_limit: i32,
+    /// Seconds a finished Job is kept (Job `ttlSecondsAfterFinished`).
+    pub ttl_seconds_after_finished: i32,
+    /// `Always`, `IfNotPresent` or `Never`.
+    pub image_pull_policy: String,
+    /// Node labels every trainer pod requires.
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations of every trainer pod.
+    pub tolerations: Vec<TolerationConfig>,
+    /// Node labels added for jobs that ask for GPUs.
+    pub gpu_node_selector: BTreeMap<String, String>,
+    /// Tolerations added for jobs that ask for GPUs.
+    pub gpu_tolerations: Vec<TolerationConfig>,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        Self {
+            api_server: String::new(),
+            namespace: String::new(),
+            service_account: String::new(),
+            s3_secret_name: "automl-s3".into(),
+            s3_access_key_key: "accesskey".into(),
+            s3_secret_key_key: "secretkey".into(),
+            backoff_limit: 0,
+            ttl_seconds_after_finished: 86_400,
+            image_pull_policy: "IfNotPresent".into(),
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
+            gpu_node_selector: BTreeMap::new(),
+            gpu_tolerations: vec![TolerationConfig {
+                key: "nvidia.com/gpu".into(),
+                operator: "Exists".into(),
+                value: String::new(),
+                effect: "NoSchedule".into(),
+            }],
+        }
+    }
+}
+
 /// `[training_service]`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -41,6 +134,10 @@ pub struct TrainingConfig {
     pub max_concurrent_jobs: i64,
     /// The scheduler's idle re-check interval (milliseconds).
     pub poll_interval_ms: u64,
+    /// `local` (child processes) or `kubernetes` (batch/v1 Jobs).
+    pub backend: BackendKind,
+    /// The Kubernetes backend's settings.
+    pub kubernetes: KubernetesConfig,
     /// Algorithm name → how to run it.
     pub algorithms: BTreeMap<String, AlgorithmConfig>,
 }
@@ -55,6 +152,8 @@ impl Default for TrainingConfig {
             trainer_minio_server: String::new(),
             max_concurrent_jobs: 1,
             poll_interval_ms: 1000,
+            backend: BackendKind::Local,
+            kubernetes: KubernetesConfig::default(),
             algorithms: BTreeMap::from([(
                 "intent-classification".to_string(),
                 AlgorithmConfig::default(),
@@ -92,6 +191,34 @@ impl TrainingConfig {
                 return Err(ConfigError::Validation(format!(
                     "training_service.{key} must start with http:// or https://"
                 )));
+            }
+        }
+        if self.backend == BackendKind::Kubernetes {
+            for (name, algorithm) in &self.algorithms {
+                if algorithm.image.is_empty() {
+                    return Err(ConfigError::Validation(format!(
+                        "training_service.algorithms.{name}.image is required by the kubernetes backend"
+                    )));
+                }
+            }
+            let k8s = &self.kubernetes;
+            if k8s.s3_secret_name.is_empty() {
+                return Err(ConfigError::Validation(
+                    "training_service.kubernetes.s3_secret_name is required by the kubernetes backend"
+                        .into(),
+                ));
+            }
+            if k8s.backoff_limit < 0 || k8s.ttl_seconds_after_finished < 0 {
+                return Err(ConfigError::Validation(
+                    "training_service.kubernetes.backoff_limit and ttl_seconds_after_finished must not be negative"
+                        .into(),
+                ));
+            }
+            if !["Always", "IfNotPresent", "Never"].contains(&k8s.image_pull_policy.as_str()) {
+                return Err(ConfigError::Validation(
+                    "training_service.kubernetes.image_pull_policy must be Always, IfNotPresent or Never"
+                        .into(),
+                ));
             }
         }
         Ok(())

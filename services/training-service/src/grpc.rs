@@ -14,7 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::error::TrainingError;
-use crate::model::{DEFAULT_TENANT, JobSpec, JobStatus, Resources};
+use crate::model::{JobSpec, JobStatus, Resources};
 use crate::service::{JobView, Training};
 
 /// The gRPC face of training-service.
@@ -28,6 +28,8 @@ pub fn routes(service: Arc<Training>) -> ServiceRoutes {
     ServiceRoutes {
         names: vec![service_names::TRAINING],
         routes: tonic::service::Routes::new(TrainingServiceServer::new(TrainingGrpc { service })),
+        auth: None,
+        tls: Default::default(),
     }
 }
 
@@ -61,6 +63,9 @@ fn spec_of(metadata: pb::TrainingJobMetadata) -> JobSpec {
             gpus: resources.gpus,
         },
         base_run_id: metadata.base_run_id,
+        request_id: automl_common::request_id::current().unwrap_or_default(),
+        // Given by the service when the job is queued.
+        submission: String::new(),
     }
 }
 
@@ -101,19 +106,27 @@ fn job_status(number: i32) -> Result<JobStatus, Status> {
     })
 }
 
+/// The caller's tenant; a job token may not use training-service.
+fn tenant_of<T>(request: &Request<T>) -> Result<String, Status> {
+    let caller = automl_common::auth::caller(request);
+    caller.require_tenant()?;
+    Ok(caller.tenant)
+}
+
 #[tonic::async_trait]
 impl TrainingService for TrainingGrpc {
     async fn train(
         &self,
         request: Request<pb::TrainRequest>,
     ) -> Result<Response<pb::TrainResponse>, Status> {
+        let tenant = tenant_of(&request)?;
         let metadata = request
             .into_inner()
             .metadata
             .ok_or_else(|| Status::invalid_argument("metadata is required"))?;
         let job_id = self
             .service
-            .submit(DEFAULT_TENANT, spec_of(metadata))
+            .submit(&tenant, spec_of(metadata))
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::TrainResponse {
@@ -125,9 +138,10 @@ impl TrainingService for TrainingGrpc {
         &self,
         request: Request<pb::GetTrainingStatusRequest>,
     ) -> Result<Response<pb::GetTrainingStatusResponse>, Status> {
+        let tenant = tenant_of(&request)?;
         let view = self
             .service
-            .status(DEFAULT_TENANT, i64::from(request.into_inner().job_id))
+            .status(&tenant, i64::from(request.into_inner().job_id))
             .await
             .map_err(to_status)?;
         Ok(Response::new(response(view)))
@@ -139,9 +153,10 @@ impl TrainingService for TrainingGrpc {
         &self,
         request: Request<pb::GetTrainingStatusRequest>,
     ) -> Result<Response<Self::WatchTrainingStatusStream>, Status> {
+        let tenant = tenant_of(&request)?;
         let receiver = self
             .service
-            .watch(DEFAULT_TENANT, i64::from(request.into_inner().job_id))
+            .watch(&tenant, i64::from(request.into_inner().job_id))
             .await
             .map_err(to_status)?;
         let stream = ReceiverStream::new(receiver).map(|view| {
@@ -155,9 +170,10 @@ impl TrainingService for TrainingGrpc {
         &self,
         request: Request<pb::GetTrainingStatusRequest>,
     ) -> Result<Response<pb::GetTrainingStatusResponse>, Status> {
+        let tenant = tenant_of(&request)?;
         let view = self
             .service
-            .cancel(DEFAULT_TENANT, i64::from(request.into_inner().job_id))
+            .cancel(&tenant, i64::from(request.into_inner().job_id))
             .await
             .map_err(to_status)?;
         Ok(Response::new(response(view)))
@@ -167,6 +183,7 @@ impl TrainingService for TrainingGrpc {
         &self,
         request: Request<pb::ListTrainingJobsRequest>,
     ) -> Result<Response<pb::ListTrainingJobsResponse>, Status> {
+        let tenant = tenant_of(&request)?;
         let request = request.into_inner();
         let statuses = request
             .statuses
@@ -175,7 +192,7 @@ impl TrainingService for TrainingGrpc {
             .collect::<Result<Vec<_>, _>>()?;
         let (jobs, total) = self
             .service
-            .list(DEFAULT_TENANT, &statuses, request.limit, request.index)
+            .list(&tenant, &statuses, request.limit, request.index)
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::ListTrainingJobsResponse {
@@ -190,10 +207,11 @@ impl TrainingService for TrainingGrpc {
         &self,
         request: Request<pb::GetTrainingLogsRequest>,
     ) -> Result<Response<Self::GetTrainingLogsStream>, Status> {
+        let tenant = tenant_of(&request)?;
         let request = request.into_inner();
         let receiver = self
             .service
-            .logs(DEFAULT_TENANT, i64::from(request.job_id), request.from_line)
+            .logs(&tenant, i64::from(request.job_id), request.from_line)
             .await
             .map_err(to_status)?;
         let stream = ReceiverStream::new(receiver).map(|line| {

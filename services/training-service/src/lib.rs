@@ -1,9 +1,11 @@
-//! training-service: a durable queue of training jobs, launched as local processes.
+//! training-service: a durable queue of training jobs, launched as local processes or as
+//! Kubernetes Jobs.
 //!
 //! - [`config`]: the service's configuration section and the algorithm registry.
 //! - [`model`]: job states and specs, and the submission checks.
 //! - [`store`]: SQL persistence; claims are one transaction under the concurrency limit.
 //! - [`local`]: the local backend (child processes, per-job logs, cancel by kill).
+//! - [`kubernetes`]: the Kubernetes backend (batch/v1 Jobs, watches, pod logs, re-attach).
 //! - [`service`]: scheduler, launch, exit handling, restart reconciliation, watch and logs.
 //! - [`grpc`]: the tonic layer.
 //! - [`error`]: the service's error enum and its gRPC codes.
@@ -11,6 +13,7 @@
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod kubernetes;
 pub mod local;
 pub mod model;
 pub mod service;
@@ -55,8 +58,14 @@ pub async fn start(
         common.s3.clone(),
         s3_endpoint,
         common.data_dir.join("training-logs"),
+        service::Security {
+            auth: automl_common::auth::Authenticator::from_config(&common.auth, &common.data_dir),
+            tls: common.tls.clone(),
+        },
         shutdown,
     )
     .await?;
-    Ok((grpc::routes(Arc::clone(&service)), service, db))
+    let routes = grpc::routes(Arc::clone(&service));
+    let routes = routes.secured(common);
+    Ok((routes, service, db))
 }

@@ -24,6 +24,23 @@ pub enum Exit {
     Canceled,
 }
 
+/// Variables of training-service's own environment a local trainer inherits: what locates
+/// programs, libraries and GPUs, the locale, and log settings.
+pub const INHERITED: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "TMPDIR",
+    "LD_LIBRARY_PATH",
+    "CUDA_VISIBLE_DEVICES",
+    "NVIDIA_VISIBLE_DEVICES",
+    "RUST_LOG",
+    "RUST_BACKTRACE",
+];
+
 /// Runs trainers as child processes.
 #[derive(Debug)]
 pub struct LocalBackend {
@@ -59,6 +76,14 @@ impl LocalBackend {
             .append(true)
             .open(self.log_path(job_id))?;
         let mut child = Command::new(command)
+            // The trainer sees the contract's environment and a few basics, never this
+            // process's own (its database URL, S3 keys, internal secret).
+            .env_clear()
+            .envs(
+                INHERITED
+                    .iter()
+                    .filter_map(|k| Some((*k, std::env::var_os(k)?))),
+            )
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))

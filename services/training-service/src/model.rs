@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::TrainingError;
 
 /// The tenant of every job until authentication assigns others.
-pub const DEFAULT_TENANT: &str = "default";
+pub use automl_common::auth::DEFAULT_TENANT;
 /// Most parameters one job may carry.
 pub const MAX_PARAMETERS: usize = 64;
 /// Longest field value accepted.
@@ -95,6 +95,13 @@ pub struct JobSpec {
     pub resources: Resources,
     /// Run to fine-tune from, empty for none.
     pub base_run_id: String,
+    /// Id of the `Train` call that queued the job; the trainer gets it as AUTOML_REQUEST_ID.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub request_id: String,
+    /// A random id given at submission: a Kubernetes Job carries it, so a Job left behind by
+    /// another database's job of the same id is never taken for this one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub submission: String,
 }
 
 /// A stored job.
@@ -102,6 +109,8 @@ pub struct JobSpec {
 pub struct Job {
     /// The job id, also the run id.
     pub job_id: i64,
+    /// The tenant it belongs to.
+    pub tenant: String,
     /// Its state.
     pub status: JobStatus,
     /// Why it is in that state.
@@ -112,6 +121,41 @@ pub struct Job {
     pub backend: String,
     /// The backend's handle (process id).
     pub backend_ref: String,
+}
+
+/// Trainer variables that training-service sets itself: a parameter of the same name would
+/// override them (another tenant's data path, another S3 endpoint), so none may be submitted.
+pub const RESERVED_VARIABLES: &[&str] = &[
+    "JOB_ID",
+    "ALGORITHM_NAME",
+    "METADATA_STORE_SERVER",
+    "TRAINING_DATASET_ID",
+    "TRAINING_DATASET_VERSION_HASH",
+    "MODEL_BUCKET",
+    "MODEL_NAME",
+    "MINIO_SERVER",
+    "MINIO_SERVER_ACCESS_KEY",
+    "MINIO_SERVER_SECRET_KEY",
+    "TRAINING_DATA_BUCKET",
+    "TRAINING_DATA_PATH",
+    "BASE_RUN_ID",
+    // What the process loader and shell read: a parameter must not change which code runs.
+    "PATH",
+    "HOME",
+    "SHELL",
+    "IFS",
+    "ENV",
+    "BASH_ENV",
+];
+
+/// Prefixes of reserved variable names (automl's own, the dynamic loader's).
+const RESERVED_PREFIXES: &[&str] = &["AUTOML_", "LD_", "DYLD_", "BASH_FUNC_"];
+
+/// Whether `name` is a trainer variable a parameter may not set.
+pub fn is_reserved_variable(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    RESERVED_VARIABLES.contains(&upper.as_str())
+        || RESERVED_PREFIXES.iter().any(|p| upper.starts_with(p))
 }
 
 /// Checks a submission: required fields named as the contract names them, bounded sizes.
@@ -130,9 +174,23 @@ pub fn check_spec(spec: &JobSpec) -> Result<(), TrainingError> {
                 "{field} is required"
             )));
         }
+    }
+    for (field, value) in [
+        ("metadata.output_model_name", &spec.output_model_name),
+        ("metadata.dataset_id", &spec.dataset_id),
+        (
+            "metadata.train_data_version_hash",
+            &spec.train_data_version_hash,
+        ),
+        ("metadata.algorithm", &spec.algorithm),
+        ("metadata.name", &spec.name),
+        ("metadata.base_run_id", &spec.base_run_id),
+        ("metadata.resources.cpu", &spec.resources.cpu),
+        ("metadata.resources.memory", &spec.resources.memory),
+    ] {
         if value.len() > MAX_TEXT {
             return Err(TrainingError::InvalidArgument(format!(
-                "{field} is too long"
+                "{field} is longer than {MAX_TEXT} bytes"
             )));
         }
     }
@@ -149,6 +207,11 @@ pub fn check_spec(spec: &JobSpec) -> Result<(), TrainingError> {
         if !valid_key {
             return Err(TrainingError::InvalidArgument(format!(
                 "metadata.parameters key `{key}` must be an environment variable name"
+            )));
+        }
+        if is_reserved_variable(key) {
+            return Err(TrainingError::InvalidArgument(format!(
+                "metadata.parameters key `{key}` is set by training-service and cannot be a parameter"
             )));
         }
         if value.len() > MAX_TEXT || value.contains('\0') {
@@ -189,6 +252,33 @@ mod tests {
         let mut bad = spec();
         bad.parameters.insert("LR; rm".into(), "4".into());
         assert!(check_spec(&bad).is_err());
+        let mut long = spec();
+        long.name = "n".repeat(MAX_TEXT + 1);
+        let err = check_spec(&long).expect_err("too long");
+        assert!(err.to_string().contains("metadata.name"), "{err}");
+    }
+
+    #[test]
+    fn parameters_cannot_override_what_training_service_sets() {
+        for key in [
+            "TRAINING_DATA_PATH",
+            "training_data_bucket",
+            "MINIO_SERVER",
+            "METADATA_STORE_SERVER",
+            "AUTOML_TOKEN",
+            "LD_PRELOAD",
+            "PATH",
+        ] {
+            let mut bad = spec();
+            bad.parameters.insert(key.into(), "x".into());
+            let err = check_spec(&bad).expect_err(key);
+            assert!(err.to_string().contains(key), "{err}");
+        }
+        let mut fine = spec();
+        for key in ["EPOCHS", "LR", "BATCH_SIZE", "FC_SIZE", "OPTIMIZER"] {
+            fine.parameters.insert(key.into(), "1".into());
+        }
+        assert!(check_spec(&fine).is_ok());
     }
 
     #[test]

@@ -2,14 +2,18 @@
 //! snapshots and claims jobs under the concurrency limit, launching through the local backend,
 //! exit handling, restart reconciliation, and the status watch and log follow streams.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use automl_common::auth::{Authenticator, Credentials, DEFAULT_TENANT, Scope, TOKEN_ENV};
 use automl_common::config::S3Config;
 use automl_common::error::error_chain;
+use automl_common::metrics::metrics;
+use automl_common::request_id;
 use automl_common::time::now_iso;
+use automl_common::tls::{CA_FILE_ENV, TlsConfig};
 use automl_proto::data_management::data_management_service_client::DataManagementServiceClient;
 use automl_proto::data_management::{SnapshotState, VersionQuery};
 use automl_proto::metadata_store::metadata_store_service_client::MetadataStoreServiceClient;
@@ -19,17 +23,30 @@ use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Channel;
+use tracing::Instrument;
 
-use crate::config::{TrainingConfig, host_port};
+use crate::config::{BackendKind, TrainingConfig, host_port};
 use crate::error::TrainingError;
+use crate::kubernetes::{DEFAULT_TRAINER, JobRef, KubernetesBackend, Observed, TrainerSpec};
 use crate::local::{Exit, LocalBackend, process_alive};
 use crate::model::{Job, JobSpec, JobStatus, check_spec};
 use crate::store::JobStore;
 
 /// The backend name recorded on jobs run as local processes.
 pub const LOCAL: &str = "local";
+/// The backend name recorded on jobs run as Kubernetes Jobs.
+pub const KUBERNETES: &str = "kubernetes";
 /// Longest a snapshot check waits before looking again.
 const MAX_SNAPSHOT_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Authentication and TLS of the service's own calls and its trainers.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    /// Mints service tokens for calls on a tenant's behalf and job tokens for trainers.
+    pub auth: Option<Arc<Authenticator>>,
+    /// `https://` service URLs are verified with its CA.
+    pub tls: TlsConfig,
+}
 
 /// A job with its place in the queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +88,9 @@ pub struct Training {
     store: JobStore,
     config: TrainingConfig,
     backend: LocalBackend,
+    kubernetes: Option<KubernetesBackend>,
+    auth: Option<Arc<Authenticator>>,
+    ca_file: String,
     data: DataManagementServiceClient<Channel>,
     metadata: MetadataStoreServiceClient<Channel>,
     s3: S3Config,
@@ -79,6 +99,8 @@ pub struct Training {
     events: broadcast::Sender<Change>,
     exits: mpsc::UnboundedSender<(i64, Exit)>,
     backoff: Mutex<HashMap<i64, (Instant, Duration)>>,
+    launching: Mutex<HashSet<i64>>,
+    launched_at: Mutex<HashMap<i64, Instant>>,
     shutdown: CancellationToken,
 }
 
@@ -90,12 +112,14 @@ impl Training {
         s3: S3Config,
         s3_endpoint: &str,
         log_dir: PathBuf,
+        security: Security,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, TrainingError> {
+        let Security { auth, tls } = security;
         let channel = |url: &str| {
-            tonic::transport::Endpoint::from_shared(url.to_string())
+            tls.endpoint(url)
                 .map(|endpoint| endpoint.connect_lazy())
-                .map_err(|err| TrainingError::InvalidArgument(format!("{url}: {err}")))
+                .map_err(|err| TrainingError::InvalidArgument(err.to_string()))
         };
         let minio_server = if config.trainer_minio_server.is_empty() {
             host_port(s3_endpoint)
@@ -104,29 +128,51 @@ impl Training {
         };
         let (exits, exit_receiver) = mpsc::unbounded_channel();
         let (events, _) = broadcast::channel(1024);
+        let kubernetes = match config.backend {
+            BackendKind::Local => None,
+            BackendKind::Kubernetes => {
+                let backend = KubernetesBackend::connect(&config.kubernetes).await?;
+                tracing::info!(
+                    namespace = backend.namespace(),
+                    "trainers run as Kubernetes Jobs"
+                );
+                Some(backend)
+            }
+        };
         let service = Arc::new(Self {
             store,
             data: DataManagementServiceClient::new(channel(&config.data_management)?),
             metadata: MetadataStoreServiceClient::new(channel(&config.metadata_store)?),
             config,
             backend: LocalBackend::new(log_dir),
+            kubernetes,
+            auth,
+            ca_file: tls.ca_file.clone(),
             s3,
             minio_server,
             wake: Notify::new(),
             events,
             exits,
             backoff: Mutex::new(HashMap::new()),
+            launching: Mutex::new(HashSet::new()),
+            launched_at: Mutex::new(HashMap::new()),
             shutdown,
         });
         service.reconcile().await?;
         tokio::spawn(Arc::clone(&service).handle_exits(exit_receiver));
+        if let Some(kubernetes) = service.kubernetes.clone() {
+            let (observed, receiver) = mpsc::unbounded_channel();
+            tokio::spawn(kubernetes.track(observed, service.shutdown.clone()));
+            tokio::spawn(Arc::clone(&service).handle_observed(receiver));
+        }
         tokio::spawn(Arc::clone(&service).schedule_forever());
         Ok(service)
     }
 
     /// Train: checks the submission and queues the job.
-    pub async fn submit(&self, tenant: &str, spec: JobSpec) -> Result<i64, TrainingError> {
+    pub async fn submit(&self, tenant: &str, mut spec: JobSpec) -> Result<i64, TrainingError> {
         check_spec(&spec)?;
+        spec.submission = uuid::Uuid::new_v4().simple().to_string();
         if !self.config.algorithms.contains_key(&spec.algorithm) {
             let known: Vec<&str> = self.config.algorithms.keys().map(String::as_str).collect();
             return Err(TrainingError::InvalidArgument(format!(
@@ -135,12 +181,15 @@ impl Training {
                 known.join(", ")
             )));
         }
-        if let Snapshot::Failed(reason) = self.snapshot(&spec).await? {
+        if let Snapshot::Failed(reason) = self.snapshot(tenant, &spec).await? {
             // The version exists but its build failed: accept, the scheduler fails the job
             // with the reason, as for a build that fails later.
             tracing::info!(%reason, "job submitted for a FAILED snapshot");
         }
-        let job_id = self.store.insert(tenant, &spec, LOCAL, &now_iso()).await?;
+        let job_id = self
+            .store
+            .insert(tenant, &spec, self.config.backend.name(), &now_iso())
+            .await?;
         tracing::info!(job_id, algorithm = %spec.algorithm, dataset_id = %spec.dataset_id, "job queued");
         self.changed(job_id, JobStatus::Queuing, "");
         Ok(job_id)
@@ -208,12 +257,11 @@ impl Training {
             .await?;
         if moved {
             if job.status != JobStatus::Queuing {
-                if !self.backend.cancel(job_id) && process_alive(&job.backend_ref) {
-                    kill_pid(&job.backend_ref).await;
-                }
-                self.end_run(job_id, message).await;
+                self.stop_trainer(&job).await;
+                self.end_run(&job.tenant, job_id, message).await;
             }
             tracing::info!(job_id, "job canceled");
+            self.record_end(job_id, JobStatus::Canceled);
             self.changed(job_id, JobStatus::Canceled, message);
         }
         self.status(tenant, job_id).await
@@ -293,10 +341,26 @@ impl Training {
                 "from_line must not be negative".into(),
             ));
         }
-        self.store.get(tenant, job_id).await?;
+        let job = self.store.get(tenant, job_id).await?;
         let (sender, receiver) = mpsc::channel(256);
         let this = Arc::clone(self);
         let tenant = tenant.to_string();
+        if job.backend == KUBERNETES {
+            let Some(kubernetes) = self.kubernetes.clone() else {
+                return Err(TrainingError::FailedPrecondition(format!(
+                    "job {job_id} ran on Kubernetes; this training-service has the local backend"
+                )));
+            };
+            tokio::spawn(async move {
+                if let Err(err) = this
+                    .pod_logs(&kubernetes, &tenant, job_id, from_line, &sender)
+                    .await
+                {
+                    let _ = sender.send(Err(err)).await;
+                }
+            });
+            return Ok(receiver);
+        }
         let path = self.backend.log_path(job_id);
         tokio::spawn(async move {
             let mut offset = 0u64;
@@ -346,6 +410,78 @@ impl Training {
         Ok(receiver)
     }
 
+    /// Streams a Kubernetes job's pod log from `from_line`, following it until the job ends.
+    /// When the follow stream breaks off early the log is read again and the lines already
+    /// sent are skipped.
+    async fn pod_logs(
+        &self,
+        kubernetes: &KubernetesBackend,
+        tenant: &str,
+        job_id: i64,
+        from_line: i64,
+        sender: &mpsc::Sender<Result<(i64, String), TrainingError>>,
+    ) -> Result<(), TrainingError> {
+        let mut sent = from_line;
+        loop {
+            let ended = self.store.get(tenant, job_id).await?.status.is_final();
+            let pod = kubernetes.pod_of(job_id).await?;
+            let started = pod.as_ref().is_some_and(|pod| {
+                pod.status
+                    .as_ref()
+                    .and_then(|status| status.phase.as_deref())
+                    .is_some_and(|phase| phase != "Pending")
+            });
+            if let (Some(pod), true) = (pod, started) {
+                let name = pod.metadata.name.unwrap_or_default();
+                let mut lines = Box::pin(kubernetes.log_lines(&name, !ended).await?);
+                let mut number = 0i64;
+                loop {
+                    let line = tokio::select! {
+                        () = self.shutdown.cancelled() => return Ok(()),
+                        () = sender.closed() => return Ok(()),
+                        line = futures::StreamExt::next(&mut lines) => line,
+                    };
+                    let Some(line) = line else { break };
+                    let line = line?;
+                    if number >= sent {
+                        if sender.send(Ok((number, line))).await.is_err() {
+                            return Ok(());
+                        }
+                        sent = number + 1;
+                    }
+                    number += 1;
+                }
+            }
+            if ended {
+                return Ok(());
+            }
+            tokio::select! {
+                () = self.shutdown.cancelled() => return Ok(()),
+                () = sender.closed() => return Ok(()),
+                () = tokio::time::sleep(self.config.poll_interval()) => {}
+            }
+        }
+    }
+
+    /// Stops a job's trainer, wherever it runs.
+    async fn stop_trainer(&self, job: &Job) {
+        if job.backend == KUBERNETES {
+            match &self.kubernetes {
+                Some(kubernetes) => {
+                    if let Err(err) = kubernetes.cancel(job.job_id).await {
+                        tracing::error!(job_id = job.job_id, error = %error_chain(&err), "cannot delete the Job");
+                    }
+                }
+                None => tracing::warn!(
+                    job_id = job.job_id,
+                    "job runs on Kubernetes but this training-service has the local backend"
+                ),
+            }
+        } else if !self.backend.cancel(job.job_id) && process_alive(&job.backend_ref) {
+            kill_pid(&job.backend_ref).await;
+        }
+    }
+
     fn changed(&self, job_id: i64, status: JobStatus, message: &str) {
         let _ = self.events.send(Change {
             job_id,
@@ -356,14 +492,17 @@ impl Training {
     }
 
     /// Asks data-management about the job's snapshot.
-    async fn snapshot(&self, spec: &JobSpec) -> Result<Snapshot, TrainingError> {
+    async fn snapshot(&self, tenant: &str, spec: &JobSpec) -> Result<Snapshot, TrainingError> {
         let response = self
             .data
             .clone()
-            .fetch_training_dataset(VersionQuery {
-                dataset_id: spec.dataset_id.clone(),
-                version_hash: spec.train_data_version_hash.clone(),
-            })
+            .fetch_training_dataset(self.on_behalf(
+                tenant,
+                VersionQuery {
+                    dataset_id: spec.dataset_id.clone(),
+                    version_hash: spec.train_data_version_hash.clone(),
+                },
+            ))
             .await;
         match response {
             Ok(found) => {
@@ -382,7 +521,10 @@ impl Training {
                     version_hash: spec.train_data_version_hash.clone(),
                 },
                 Code::InvalidArgument => TrainingError::InvalidArgument(status.message().into()),
-                _ => TrainingError::Unavailable("data-management".into()),
+                _ => {
+                    tracing::warn!(code = ?status.code(), message = status.message(), "data-management call failed");
+                    TrainingError::Unavailable("data-management".into())
+                }
             }),
         }
     }
@@ -392,11 +534,23 @@ impl Training {
             if let Err(err) = self.schedule_once().await {
                 tracing::warn!(error = %error_chain(&err), "scheduling pass failed");
             }
+            self.update_gauges().await;
             tokio::select! {
                 () = self.shutdown.cancelled() => return,
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep(self.config.poll_interval()) => {}
             }
+        }
+    }
+
+    async fn update_gauges(&self) {
+        match self.store.counts().await {
+            Ok((queued, active)) => {
+                let training = &metrics().training;
+                training.set_queue_depth(u64::try_from(queued).unwrap_or_default());
+                training.set_running_jobs(u64::try_from(active).unwrap_or_default());
+            }
+            Err(err) => tracing::warn!(error = %error_chain(&err), "cannot count jobs"),
         }
     }
 
@@ -407,39 +561,50 @@ impl Training {
             if !self.due(job.job_id) {
                 continue;
             }
-            let snapshot = match self.snapshot(&job.spec).await {
-                Ok(snapshot) => snapshot,
-                Err(TrainingError::VersionNotFound { .. }) => {
-                    Snapshot::Failed("the dataset version no longer exists".into())
-                }
-                Err(err) => return Err(err),
-            };
-            match snapshot {
-                Snapshot::NotYet => self.back_off(job.job_id),
-                Snapshot::Failed(reason) => {
-                    self.finish(
-                        job.job_id,
-                        &[JobStatus::Queuing],
-                        JobStatus::Failure,
-                        &format!("snapshot FAILED: {reason}"),
-                    )
-                    .await?;
-                }
-                Snapshot::Ready(path) => {
-                    if !self
-                        .store
-                        .claim(job.job_id, self.config.max_concurrent_jobs, &now_iso())
-                        .await?
-                    {
-                        // At the limit (or another replica took it): wait for a change.
-                        return Ok(());
-                    }
-                    self.changed(job.job_id, JobStatus::Launch, "launching the trainer");
-                    self.launch(&job, &path).await?;
-                }
+            let (id, span) = job_scope(job.job_id, &job.spec.request_id);
+            let at_limit = request_id::scope(id, self.schedule_job(&job).instrument(span)).await?;
+            if at_limit {
+                return Ok(());
             }
         }
         Ok(())
+    }
+
+    /// Launches or fails one queued job as its snapshot says; true when the concurrency limit
+    /// (or another replica) kept it from launching.
+    async fn schedule_job(&self, job: &Job) -> Result<bool, TrainingError> {
+        let snapshot = match self.snapshot(&job.tenant, &job.spec).await {
+            Ok(snapshot) => snapshot,
+            Err(TrainingError::VersionNotFound { .. }) => {
+                Snapshot::Failed("the dataset version no longer exists".into())
+            }
+            Err(err) => return Err(err),
+        };
+        match snapshot {
+            Snapshot::NotYet => self.back_off(job.job_id),
+            Snapshot::Failed(reason) => {
+                self.finish(
+                    job.job_id,
+                    &[JobStatus::Queuing],
+                    JobStatus::Failure,
+                    &format!("snapshot FAILED: {reason}"),
+                )
+                .await?;
+            }
+            Snapshot::Ready(path) => {
+                if !self
+                    .store
+                    .claim(job.job_id, self.config.max_concurrent_jobs, &now_iso())
+                    .await?
+                {
+                    // At the limit (or another replica took it): wait for a change.
+                    return Ok(true);
+                }
+                self.changed(job.job_id, JobStatus::Launch, "launching the trainer");
+                self.launch(job, &path).await?;
+            }
+        }
+        Ok(false)
     }
 
     fn due(&self, job_id: i64) -> bool {
@@ -508,19 +673,54 @@ impl Training {
         if !spec.base_run_id.is_empty() {
             env.push(("BASE_RUN_ID".into(), spec.base_run_id.clone()));
         }
-        env.extend(spec.parameters.iter().map(|(k, v)| (k.clone(), v.clone())));
+        if !spec.request_id.is_empty() {
+            env.push((request_id::ENV_VAR.into(), spec.request_id.clone()));
+        }
+        if !self.ca_file.is_empty() {
+            env.push((CA_FILE_ENV.into(), self.ca_file.clone()));
+        }
+        if let Some(auth) = &self.auth {
+            // The trainer's token reaches its own run and snapshot only.
+            let token = auth.mint(
+                &job.tenant,
+                &format!("job-{}", job.job_id),
+                Scope::Run {
+                    run_id: job.job_id.to_string(),
+                    dataset_id: spec.dataset_id.clone(),
+                    version_hash: spec.train_data_version_hash.clone(),
+                    base_run_id: spec.base_run_id.clone(),
+                },
+                automl_common::auth::JOB_TOKEN_TTL,
+            );
+            env.push((TOKEN_ENV.into(), token));
+        }
+        // Submission refuses reserved names; a job stored before that check never overrides
+        // what is set above either.
+        env.extend(
+            spec.parameters
+                .iter()
+                .filter(|(k, _)| !crate::model::is_reserved_variable(k))
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
         env
     }
 
     async fn launch(&self, job: &Job, data_path: &str) -> Result<(), TrainingError> {
-        let command = self.trainer_command(&job.spec.algorithm);
+        if let Ok(mut launched) = self.launched_at.lock() {
+            launched.insert(job.job_id, Instant::now());
+        }
         let env = self.trainer_env(job, data_path);
+        if let Some(kubernetes) = &self.kubernetes {
+            return self.launch_kubernetes(kubernetes, job, env).await;
+        }
+        let command = self.trainer_command(&job.spec.algorithm);
         match self
             .backend
             .launch(job.job_id, &command, &env, self.exits.clone())
         {
             Ok(pid) => {
-                self.store
+                let moved = self
+                    .store
                     .transition(
                         job.job_id,
                         &[JobStatus::Launch],
@@ -530,20 +730,254 @@ impl Training {
                         &now_iso(),
                     )
                     .await?;
-                tracing::info!(job_id = job.job_id, pid, "trainer started");
+                if !moved {
+                    // Canceled while the process was starting: nobody would stop it later.
+                    tracing::info!(
+                        job_id = job.job_id,
+                        "canceled during launch; stopping the trainer"
+                    );
+                    self.backend.cancel(job.job_id);
+                    return Ok(());
+                }
+                tracing::info!(job_id = job.job_id, pid, request_id = %job.spec.request_id, "trainer started");
                 self.changed(job.job_id, JobStatus::Running, "trainer running");
                 Ok(())
             }
-            Err(err) => {
-                self.finish(
+            Err(err) => self.launch_failed(job.job_id, &err).await,
+        }
+    }
+
+    async fn launch_kubernetes(
+        &self,
+        kubernetes: &KubernetesBackend,
+        job: &Job,
+        env: Vec<(String, String)>,
+    ) -> Result<(), TrainingError> {
+        let algorithm = self
+            .config
+            .algorithms
+            .get(&job.spec.algorithm)
+            .cloned()
+            .unwrap_or_default();
+        let image = if job.spec.resources.gpus > 0 && !algorithm.gpu_image.is_empty() {
+            algorithm.gpu_image
+        } else {
+            algorithm.image
+        };
+        let command = if algorithm.command.is_empty() {
+            DEFAULT_TRAINER.to_string()
+        } else {
+            algorithm.command
+        };
+        let trainer = TrainerSpec {
+            image,
+            command,
+            env,
+        };
+        if let Ok(mut launching) = self.launching.lock() {
+            launching.insert(job.job_id);
+        }
+        let launched = kubernetes.launch(job, &trainer).await;
+        let result = self.launched(job, &trainer, launched).await;
+        if let Ok(mut launching) = self.launching.lock() {
+            launching.remove(&job.job_id);
+        }
+        result
+    }
+
+    async fn launched(
+        &self,
+        job: &Job,
+        trainer: &TrainerSpec,
+        launched: Result<String, TrainingError>,
+    ) -> Result<(), TrainingError> {
+        match launched {
+            Ok(name) => {
+                let message = format!("Job {name} created; waiting for its pod");
+                let recorded = self
+                    .store
+                    .transition(
+                        job.job_id,
+                        &[JobStatus::Launch],
+                        JobStatus::Launch,
+                        &message,
+                        Some(&name),
+                        &now_iso(),
+                    )
+                    .await?;
+                if !recorded {
+                    // Canceled while the Job was being created: the cancel found nothing to
+                    // delete, so take the Job back now.
+                    tracing::info!(job_id = job.job_id, job = %name, "canceled during launch; deleting the Job");
+                    if let Some(kubernetes) = &self.kubernetes {
+                        kubernetes.cancel(job.job_id).await?;
+                    }
+                    return Ok(());
+                }
+                tracing::info!(
+                    job_id = job.job_id,
+                    job = %name,
+                    image = %trainer.image,
+                    request_id = %job.spec.request_id,
+                    "trainer Job created"
+                );
+                Ok(())
+            }
+            Err(err) => self.launch_failed(job.job_id, &err).await,
+        }
+    }
+
+    /// A job whose trainer could not be started fails with the reason.
+    async fn launch_failed(&self, job_id: i64, err: &TrainingError) -> Result<(), TrainingError> {
+        self.finish(
+            job_id,
+            &[JobStatus::Launch],
+            JobStatus::Failure,
+            &err.to_string(),
+        )
+        .await
+    }
+
+    /// Applies what the Kubernetes backend observed.
+    async fn handle_observed(self: Arc<Self>, mut observed: mpsc::UnboundedReceiver<Observed>) {
+        while let Some(item) = observed.recv().await {
+            let result = match &item {
+                Observed::Running(job) | Observed::Exited(job, _) | Observed::Gone(job) => {
+                    let (id, span) = self.job_scope(job.job_id).await;
+                    request_id::scope(id, self.apply_observed(item).instrument(span)).await
+                }
+                Observed::Listed(_) => self.apply_observed(item).await,
+            };
+            if let Err(err) = result {
+                tracing::error!(error = %error_chain(&err), "cannot record what Kubernetes reported");
+            }
+        }
+    }
+
+    async fn apply_observed(&self, item: Observed) -> Result<(), TrainingError> {
+        match item {
+            Observed::Listed(present) => self.settle_missing(&present).await,
+            Observed::Running(job) if self.is_current(&job).await => self.running(job.job_id).await,
+            Observed::Exited(job, exit) if self.is_current(&job).await => {
+                self.record_exit(job.job_id, exit).await
+            }
+            Observed::Gone(job) if self.is_current(&job).await => {
+                self.settle(
                     job.job_id,
-                    &[JobStatus::Launch],
-                    JobStatus::Failure,
-                    &err.to_string(),
+                    "the Kubernetes Job was deleted before it finished",
                 )
                 .await
             }
+            // A Job of another job with the same id (or of a job not in this database).
+            Observed::Running(_) | Observed::Exited(..) | Observed::Gone(_) => Ok(()),
         }
+    }
+
+    /// The request id and log span of a job's background work (launch, exit, settling): the
+    /// id of the `Train` call that queued it, so one run reads as one request in the logs.
+    async fn job_scope(&self, job_id: i64) -> (String, tracing::Span) {
+        let id = self
+            .store
+            .get_by_id(job_id)
+            .await
+            .map(|job| job.spec.request_id)
+            .unwrap_or_default();
+        job_scope(job_id, &id)
+    }
+
+    /// Whether a Job the backend saw belongs to the job of that id in this database.
+    async fn is_current(&self, job: &JobRef) -> bool {
+        self.store
+            .get_by_id(job.job_id)
+            .await
+            .is_ok_and(|stored| job.is_of(&stored))
+    }
+
+    async fn running(&self, job_id: i64) -> Result<(), TrainingError> {
+        let message = "trainer running";
+        if self
+            .store
+            .transition(
+                job_id,
+                &[JobStatus::Launch],
+                JobStatus::Running,
+                message,
+                None,
+                &now_iso(),
+            )
+            .await?
+        {
+            tracing::info!(job_id, "trainer pod running");
+            self.changed(job_id, JobStatus::Running, message);
+        }
+        Ok(())
+    }
+
+    /// Re-attach after a (re)list: active Kubernetes jobs without a Job object are settled.
+    async fn settle_missing(&self, present: &HashSet<JobRef>) -> Result<(), TrainingError> {
+        let Some(kubernetes) = &self.kubernetes else {
+            return Ok(());
+        };
+        for job in self.store.active().await? {
+            if job.backend != KUBERNETES || present.iter().any(|found| found.is_of(&job)) {
+                continue;
+            }
+            // A Job created after the list was taken is not missing.
+            if kubernetes.exists(&job).await? {
+                continue;
+            }
+            // Claimed by this process and being created right now.
+            if job.backend_ref.is_empty() && self.is_launching(job.job_id) {
+                continue;
+            }
+            self.settle(job.job_id, "the Kubernetes Job is gone")
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn is_launching(&self, job_id: i64) -> bool {
+        self.launching
+            .lock()
+            .map(|launching| launching.contains(&job_id))
+            .unwrap_or(false)
+    }
+
+    /// Settles a job whose trainer is gone from its run's outcome in metadata-store.
+    async fn settle(&self, job_id: i64, reason: &str) -> Result<(), TrainingError> {
+        let tenant = self.job_tenant(job_id).await;
+        let (status, message) = match self.run_outcome(&tenant, job_id).await {
+            Some((true, message)) => (JobStatus::Succeed, message),
+            Some((false, message)) => (JobStatus::Failure, message),
+            None => {
+                self.end_run(&tenant, job_id, reason).await;
+                (JobStatus::Failure, reason.to_string())
+            }
+        };
+        self.finish(
+            job_id,
+            &[JobStatus::Launch, JobStatus::Running],
+            status,
+            &message,
+        )
+        .await
+    }
+
+    /// The outcome and launch-to-end duration of a job that ended (no duration for one that
+    /// this process did not launch).
+    fn record_end(&self, job_id: i64, status: JobStatus) {
+        let launched = self
+            .launched_at
+            .lock()
+            .ok()
+            .and_then(|mut launched| launched.remove(&job_id));
+        let duration = launched.map(|at| at.elapsed());
+        let label = match status {
+            JobStatus::Succeed => "succeed",
+            JobStatus::Failure => "failure",
+            _ => "canceled",
+        };
+        metrics().training.job_finished(label, duration);
     }
 
     async fn finish(
@@ -559,6 +993,7 @@ impl Training {
             .await?
         {
             tracing::info!(job_id, status = ?to, %message, "job ended");
+            self.record_end(job_id, to);
             self.changed(job_id, to, message);
         }
         Ok(())
@@ -567,7 +1002,9 @@ impl Training {
     async fn handle_exits(self: Arc<Self>, mut exits: mpsc::UnboundedReceiver<(i64, Exit)>) {
         while let Some((job_id, exit)) = exits.recv().await {
             self.backend.finished(job_id);
-            if let Err(err) = self.record_exit(job_id, exit).await {
+            let (id, span) = self.job_scope(job_id).await;
+            let recorded = request_id::scope(id, self.record_exit(job_id, exit).instrument(span));
+            if let Err(err) = recorded.await {
                 tracing::error!(job_id, error = %error_chain(&err), "cannot record a trainer's exit");
             }
         }
@@ -575,17 +1012,18 @@ impl Training {
 
     async fn record_exit(&self, job_id: i64, exit: Exit) -> Result<(), TrainingError> {
         let active = [JobStatus::Launch, JobStatus::Running];
+        let tenant = self.job_tenant(job_id).await;
         match exit {
             Exit::Success => {
                 let message = self
-                    .run_outcome(job_id)
+                    .run_outcome(&tenant, job_id)
                     .await
                     .map_or_else(|| "training succeeded".to_string(), |(_, message)| message);
                 self.finish(job_id, &active, JobStatus::Succeed, &message)
                     .await
             }
             Exit::Failed(reason) => {
-                self.end_run(job_id, &reason).await;
+                self.end_run(&tenant, job_id, &reason).await;
                 self.finish(job_id, &active, JobStatus::Failure, &reason)
                     .await
             }
@@ -594,14 +1032,34 @@ impl Training {
         }
     }
 
+    /// A request to another service on `tenant`'s behalf (with a service token when
+    /// authentication is on).
+    fn on_behalf<T>(&self, tenant: &str, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        Credentials::for_tenant(self.auth.as_deref(), tenant).apply(&mut request);
+        request_id::attach(&mut request);
+        request
+    }
+
+    /// The tenant of a job (the default tenant when it cannot be read).
+    async fn job_tenant(&self, job_id: i64) -> String {
+        match self.store.get_by_id(job_id).await {
+            Ok(job) => job.tenant,
+            Err(_) => DEFAULT_TENANT.to_string(),
+        }
+    }
+
     /// (success, message) of the job's run in metadata-store, when it has ended.
-    async fn run_outcome(&self, job_id: i64) -> Option<(bool, String)> {
+    async fn run_outcome(&self, tenant: &str, job_id: i64) -> Option<(bool, String)> {
         let run = self
             .metadata
             .clone()
-            .get_run_status(GetRunStatusRequest {
-                run_id: job_id.to_string(),
-            })
+            .get_run_status(self.on_behalf(
+                tenant,
+                GetRunStatusRequest {
+                    run_id: job_id.to_string(),
+                },
+            ))
             .await
             .ok()?
             .into_inner()
@@ -610,16 +1068,19 @@ impl Training {
     }
 
     /// Ends the job's run as failed, if the trainer started it and did not end it.
-    async fn end_run(&self, job_id: i64, reason: &str) {
+    async fn end_run(&self, tenant: &str, job_id: i64, reason: &str) {
         let result = self
             .metadata
             .clone()
-            .log_run_end(LogRunEndRequest {
-                run_id: job_id.to_string(),
-                end_time: now_iso(),
-                success: false,
-                message: reason.to_string(),
-            })
+            .log_run_end(self.on_behalf(
+                tenant,
+                LogRunEndRequest {
+                    run_id: job_id.to_string(),
+                    end_time: now_iso(),
+                    success: false,
+                    message: reason.to_string(),
+                },
+            ))
             .await;
         match result {
             Ok(_) => tracing::info!(job_id, "run ended as failed"),
@@ -643,26 +1104,23 @@ impl Training {
                         () = tokio::time::sleep(Duration::from_secs(1)) => {}
                     }
                 }
-                let settled = match this.run_outcome(job.job_id).await {
-                    Some((true, message)) => (JobStatus::Succeed, message),
-                    Some((false, message)) => (JobStatus::Failure, message),
-                    None => {
-                        let reason = "the trainer process ended while training-service was down";
-                        this.end_run(job.job_id, reason).await;
-                        (JobStatus::Failure, reason.to_string())
-                    }
-                };
-                let active = [JobStatus::Launch, JobStatus::Running];
-                if let Err(err) = this
-                    .finish(job.job_id, &active, settled.0, &settled.1)
-                    .await
-                {
+                let reason = "the trainer process ended while training-service was down";
+                let (id, span) = job_scope(job.job_id, &job.spec.request_id);
+                let settled =
+                    request_id::scope(id, this.settle(job.job_id, reason).instrument(span));
+                if let Err(err) = settled.await {
                     tracing::error!(error = %error_chain(&err), "cannot settle a job after a restart");
                 }
             });
         }
         Ok(())
     }
+}
+
+/// See [`Training::job_scope`].
+fn job_scope(job_id: i64, request_id: &str) -> (String, tracing::Span) {
+    let span = tracing::info_span!("job", job_id, request_id = %request_id);
+    (request_id.to_string(), span)
 }
 
 async fn kill_pid(pid: &str) {

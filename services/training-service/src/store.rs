@@ -17,7 +17,7 @@ pub struct JobStore {
     db: Database,
 }
 
-const COLUMNS: &str = "job_id, status, message, metadata, backend, backend_ref";
+const COLUMNS: &str = "job_id, tenant, status, message, metadata, backend, backend_ref";
 
 impl JobStore {
     /// A store over an open, migrated database.
@@ -119,6 +119,34 @@ impl JobStore {
         rows.iter().map(decode).collect()
     }
 
+    /// A job of any tenant (for the service's own bookkeeping).
+    pub async fn get_by_id(&self, job_id: i64) -> Result<Job, TrainingError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM jobs WHERE job_id = $1"
+        )))
+        .bind(job_id)
+        .fetch_optional(&self.db.pool)
+        .await?
+        .ok_or(TrainingError::JobNotFound(job_id))?;
+        decode(&row)
+    }
+
+    /// (queued, launched or running) job counts, for the gauges.
+    pub async fn counts(&self) -> Result<(i64, i64), TrainingError> {
+        let row = sqlx::query(
+            "SELECT \
+               COALESCE(SUM(CASE WHEN status = $1 THEN 1 ELSE 0 END), 0) AS queued, \
+               COALESCE(SUM(CASE WHEN status IN ($2, $3) THEN 1 ELSE 0 END), 0) AS active \
+             FROM jobs WHERE status IN ($1, $2, $3)",
+        )
+        .bind(JobStatus::Queuing.number())
+        .bind(JobStatus::Launch.number())
+        .bind(JobStatus::Running.number())
+        .fetch_one(&self.db.pool)
+        .await?;
+        Ok((row.try_get("queued")?, row.try_get("active")?))
+    }
+
     /// Jobs a backend is (or was, before a restart) running.
     pub async fn active(&self) -> Result<Vec<Job>, TrainingError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -211,6 +239,7 @@ fn decode(row: &AnyRow) -> Result<Job, TrainingError> {
     let metadata: String = row.try_get("metadata")?;
     Ok(Job {
         job_id: row.try_get("job_id")?,
+        tenant: row.try_get("tenant")?,
         status: JobStatus::from_number(row.try_get("status")?)?,
         message: row.try_get("message")?,
         spec: serde_json::from_str(&metadata)

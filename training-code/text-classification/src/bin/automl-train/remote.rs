@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 
 use anyhow::{Context, bail};
+use automl_common::auth::{Credentials, TOKEN_ENV};
 use automl_common::config::S3Config;
+use automl_common::request_id;
 use automl_common::s3::{ObjectStore, S3Error};
 use automl_common::time::now_iso;
 use automl_proto::data_management::FileInfo;
@@ -17,22 +19,65 @@ use automl_text_classification::finetune::BaseModel;
 use automl_text_classification::params::TrainParams;
 use automl_text_classification::train::{EpochReport, Trained};
 use candle_core::Device;
+use tonic::codegen::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::trainer_env::{TrainerEnv, url};
 use crate::{epoch_line, train_blocking};
 
-type Client = MetadataStoreServiceClient<Channel>;
+/// Every call carries the request id of the `Train` call that queued the job, when known, and
+/// the job's token (AUTOML_TOKEN) when the deployment authenticates calls.
+type Client = MetadataStoreServiceClient<InterceptedService<Channel, Outgoing>>;
+
+/// What every outgoing call carries.
+#[derive(Clone)]
+struct Outgoing {
+    request_id: request_id::Fixed,
+    credentials: Credentials,
+}
+
+impl tonic::service::Interceptor for Outgoing {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let request = self.request_id.call(request)?;
+        self.credentials.call(request)
+    }
+}
 
 /// Runs one training job; the error, if any, has been recorded with LogRunEnd when the run had
 /// started.
 pub async fn run(env: TrainerEnv, params: TrainParams, device: Device) -> anyhow::Result<()> {
-    let channel = tonic::transport::Endpoint::from_shared(url(&env.metadata_store))?
+    // training-service hands its CA to trainers when its services speak TLS: metadata-store
+    // is then reached over https (the object store keeps its own scheme).
+    let tls = automl_common::tls::TlsConfig {
+        ca_file: std::env::var(automl_common::tls::CA_FILE_ENV).unwrap_or_default(),
+        ..Default::default()
+    };
+    let metadata_url = match (tls.ca_file.is_empty(), env.metadata_store.contains("://")) {
+        (false, false) => format!("https://{}", env.metadata_store),
+        _ => url(&env.metadata_store),
+    };
+    let channel = tls
+        .endpoint(&metadata_url)?
         .connect_timeout(std::time::Duration::from_secs(10))
         .connect()
         .await
         .with_context(|| format!("cannot reach metadata-store at {}", env.metadata_store))?;
-    let mut client = MetadataStoreServiceClient::new(channel);
+    let id = std::env::var(request_id::ENV_VAR)
+        .ok()
+        .filter(|id| request_id::is_valid(id));
+    if let Some(id) = &id {
+        println!("request_id {id}");
+    }
+    let token = std::env::var(TOKEN_ENV).unwrap_or_default();
+    let credentials = Credentials::bearer(&token)
+        .map_err(|status| anyhow::anyhow!("{TOKEN_ENV}: {}", status.message()))?;
+    let mut client = MetadataStoreServiceClient::with_interceptor(
+        channel,
+        Outgoing {
+            request_id: request_id::Fixed(id.clone()),
+            credentials,
+        },
+    );
     let started = client
         .log_run_start(pb::LogRunStartRequest {
             start_time: now_iso(),

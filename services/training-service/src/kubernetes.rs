@@ -1,0 +1,755 @@
+//! The Kubernetes backend: one batch/v1 Job per training job, tracked with watches on Jobs and
+//! their Pods; cancel deletes the Job (and its pods); logs come from the pod.
+//!
+//! Jobs carry the label [`MANAGED_BY`] and [`JOB_ID_LABEL`], so a restarted training-service
+//! finds (re-attaches to) every Job it started from the watch's initial list.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
+use k8s_openapi::api::batch::v1::Job as KubeJob;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
+use kube::runtime::watcher;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use automl_common::auth::TOKEN_ENV;
+use k8s_openapi::api::core::v1::Secret;
+
+use crate::config::{KubernetesConfig, TolerationConfig};
+use crate::error::TrainingError;
+use crate::local::Exit;
+use crate::model::Job;
+
+/// Label selecting every Job and Pod this service made.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "automl-training-service");
+/// Label carrying the training job id.
+pub const JOB_ID_LABEL: &str = "automl.io/job-id";
+/// Label carrying the submission id: tells this database's job N from a Job left behind by
+/// another database's job N (after a reset, or a second installation in the namespace).
+pub const SUBMISSION_LABEL: &str = "automl.io/submission";
+/// Label carrying the algorithm name.
+pub const ALGORITHM_LABEL: &str = "automl.io/algorithm";
+/// The trainer container's name.
+pub const CONTAINER: &str = "trainer";
+/// The trainer program in the image when the registry names no command.
+pub const DEFAULT_TRAINER: &str = "automl-train";
+/// Key of the job token in the job's own Secret.
+pub const TOKEN_KEY: &str = "token";
+/// Trainer variables that come from the S3 Secret instead of a value.
+pub const ACCESS_KEY_VAR: &str = "MINIO_SERVER_ACCESS_KEY";
+/// See [`ACCESS_KEY_VAR`].
+pub const SECRET_KEY_VAR: &str = "MINIO_SERVER_SECRET_KEY";
+
+/// Which job a Job or Pod belongs to, read from its labels.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct JobRef {
+    /// The training job id.
+    pub job_id: i64,
+    /// The job's submission id; empty on Jobs made before submissions had one.
+    pub submission: String,
+}
+
+impl JobRef {
+    /// Whether this Job is the one of `job` (and not an older job with the same id).
+    pub fn is_of(&self, job: &Job) -> bool {
+        self.job_id == job.job_id
+            && (self.submission.is_empty()
+                || job.spec.submission.is_empty()
+                || self.submission == job.spec.submission)
+    }
+}
+
+/// What the backend observed about a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observed {
+    /// Its pod runs.
+    Running(JobRef),
+    /// Its Job finished.
+    Exited(JobRef, Exit),
+    /// Its Job is gone without having finished (deleted, or expired while nobody watched).
+    Gone(JobRef),
+    /// The watch's (re)list is complete: these jobs have a Job object.
+    Listed(HashSet<JobRef>),
+}
+
+/// What a trainer Job runs: image, program, environment, resources.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrainerSpec {
+    /// Container image.
+    pub image: String,
+    /// Program in the image.
+    pub command: String,
+    /// Environment (the S3 keys are replaced by Secret references).
+    pub env: Vec<(String, String)>,
+}
+
+/// The Secret holding a job's token (deleted with its Job).
+pub fn token_secret_name(job_id: i64) -> String {
+    format!("automl-train-{job_id}-token")
+}
+
+/// The Job name of a training job.
+pub fn job_name(job_id: i64) -> String {
+    format!("automl-train-{job_id}")
+}
+
+/// A label value: at most 63 characters of `[A-Za-z0-9._-]`, alphanumeric at both ends.
+fn label_value(value: &str) -> String {
+    let cleaned: String = value
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(63)
+        .collect();
+    cleaned
+        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_string()
+}
+
+fn tolerations(items: &[TolerationConfig]) -> Vec<serde_json::Value> {
+    items
+        .iter()
+        .map(|t| {
+            let mut value = serde_json::Map::new();
+            for (key, field) in [
+                ("key", &t.key),
+                ("operator", &t.operator),
+                ("value", &t.value),
+                ("effect", &t.effect),
+            ] {
+                if !field.is_empty() {
+                    value.insert(key.into(), json!(field));
+                }
+            }
+            serde_json::Value::Object(value)
+        })
+        .collect()
+}
+
+/// The batch/v1 Job of a training job.
+pub fn job_manifest(
+    config: &KubernetesConfig,
+    namespace: &str,
+    job: &Job,
+    trainer: &TrainerSpec,
+) -> Result<KubeJob, TrainingError> {
+    let labels = BTreeMap::from([
+        (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
+        (JOB_ID_LABEL.to_string(), job.job_id.to_string()),
+        (
+            SUBMISSION_LABEL.to_string(),
+            label_value(&job.spec.submission),
+        ),
+        (
+            ALGORITHM_LABEL.to_string(),
+            label_value(&job.spec.algorithm),
+        ),
+    ]);
+    let env: Vec<serde_json::Value> = trainer
+        .env
+        .iter()
+        .map(|(name, value)| {
+            let token_secret = token_secret_name(job.job_id);
+            let secret = match name.as_str() {
+                ACCESS_KEY_VAR => Some((&config.s3_secret_name, config.s3_access_key_key.as_str())),
+                SECRET_KEY_VAR => Some((&config.s3_secret_name, config.s3_secret_key_key.as_str())),
+                TOKEN_ENV => Some((&token_secret, TOKEN_KEY)),
+                _ => None,
+            };
+            match secret {
+                Some((secret, key)) => json!({
+                    "name": name,
+                    "valueFrom": {"secretKeyRef": {"name": secret, "key": key}},
+                }),
+                None => json!({"name": name, "value": value}),
+            }
+        })
+        .collect();
+
+    let resources = &job.spec.resources;
+    let mut quantities = serde_json::Map::new();
+    if !resources.cpu.is_empty() {
+        quantities.insert("cpu".into(), json!(resources.cpu));
+    }
+    if !resources.memory.is_empty() {
+        quantities.insert("memory".into(), json!(resources.memory));
+    }
+    let mut limits = quantities.clone();
+    if resources.gpus > 0 {
+        limits.insert("nvidia.com/gpu".into(), json!(resources.gpus.to_string()));
+    }
+
+    let gpu = resources.gpus > 0;
+    let mut node_selector = config.node_selector.clone();
+    let mut all_tolerations = tolerations(&config.tolerations);
+    if gpu {
+        node_selector.extend(config.gpu_node_selector.clone());
+        all_tolerations.extend(tolerations(&config.gpu_tolerations));
+    }
+
+    let mut pod_spec = json!({
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": false,
+        "containers": [{
+            "name": CONTAINER,
+            "image": trainer.image,
+            "imagePullPolicy": config.image_pull_policy,
+            "command": [trainer.command],
+            "env": env,
+            "resources": {"requests": quantities, "limits": limits},
+        }],
+    });
+    if !config.service_account.is_empty() {
+        pod_spec["serviceAccountName"] = json!(config.service_account);
+    }
+    if !node_selector.is_empty() {
+        pod_spec["nodeSelector"] = json!(node_selector);
+    }
+    if !all_tolerations.is_empty() {
+        pod_spec["tolerations"] = json!(all_tolerations);
+    }
+
+    let manifest = json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(job.job_id),
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": {"automl.io/job-name": job.spec.name},
+        },
+        "spec": {
+            "backoffLimit": config.backoff_limit,
+            "ttlSecondsAfterFinished": config.ttl_seconds_after_finished,
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": pod_spec,
+            },
+        },
+    });
+    serde_json::from_value(manifest)
+        .map_err(|err| TrainingError::Corrupt(format!("job manifest: {err}")))
+}
+
+/// The training job id a Job or Pod belongs to.
+fn job_ref(labels: Option<&BTreeMap<String, String>>) -> Option<JobRef> {
+    let labels = labels?;
+    Some(JobRef {
+        job_id: labels.get(JOB_ID_LABEL)?.parse().ok()?,
+        submission: labels.get(SUBMISSION_LABEL).cloned().unwrap_or_default(),
+    })
+}
+
+/// How a Job's status reads: `None` while it has not finished.
+pub fn job_outcome(job: &KubeJob) -> Option<Exit> {
+    let status = job.status.as_ref()?;
+    for condition in status.conditions.iter().flatten() {
+        if condition.status != "True" {
+            continue;
+        }
+        match condition.type_.as_str() {
+            "Complete" | "SuccessCriteriaMet" => return Some(Exit::Success),
+            "Failed" | "FailureTarget" => {
+                let reason = condition.reason.clone().unwrap_or_default();
+                let message = condition.message.clone().unwrap_or_default();
+                let text = match (reason.is_empty(), message.is_empty()) {
+                    (false, false) => format!("{reason}: {message}"),
+                    (false, true) => reason,
+                    (true, false) => message,
+                    (true, true) => "the Job failed".into(),
+                };
+                return Some(Exit::Failed(text));
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// What a Pod says about its job: running, and the trainer's exit code once it has ended.
+fn pod_state(pod: &Pod) -> (bool, Option<i32>) {
+    let Some(status) = pod.status.as_ref() else {
+        return (false, None);
+    };
+    let running = status.phase.as_deref() == Some("Running");
+    let exit_code = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .filter(|c| c.name == CONTAINER)
+        .find_map(|c| c.state.as_ref()?.terminated.as_ref().map(|t| t.exit_code));
+    (running, exit_code)
+}
+
+/// Runs trainers as Kubernetes Jobs.
+#[derive(Clone)]
+pub struct KubernetesBackend {
+    jobs: Api<KubeJob>,
+    pods: Api<Pod>,
+    secrets: Api<Secret>,
+    namespace: String,
+    config: KubernetesConfig,
+}
+
+impl std::fmt::Debug for KubernetesBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubernetesBackend")
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+fn kube_error(what: &str, err: kube::Error) -> TrainingError {
+    TrainingError::Unavailable(format!("kubernetes ({what}: {err})"))
+}
+
+impl KubernetesBackend {
+    /// Connects to the API server: `api_server` when set, else in-cluster or kubeconfig.
+    pub async fn connect(config: &KubernetesConfig) -> Result<Self, TrainingError> {
+        let client_config = if config.api_server.is_empty() {
+            kube::Config::infer().await.map_err(|err| {
+                TrainingError::Unavailable(format!("kubernetes configuration: {err}"))
+            })?
+        } else {
+            let url = config.api_server.parse().map_err(|err| {
+                TrainingError::InvalidArgument(format!(
+                    "training_service.kubernetes.api_server: {err}"
+                ))
+            })?;
+            kube::Config::new(url)
+        };
+        let namespace = if config.namespace.is_empty() {
+            client_config.default_namespace.clone()
+        } else {
+            config.namespace.clone()
+        };
+        let client =
+            kube::Client::try_from(client_config).map_err(|err| kube_error("client", err))?;
+        Ok(Self {
+            jobs: Api::namespaced(client.clone(), &namespace),
+            pods: Api::namespaced(client.clone(), &namespace),
+            secrets: Api::namespaced(client, &namespace),
+            namespace,
+            config: config.clone(),
+        })
+    }
+
+    /// The namespace trainer Jobs go to.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// Creates the job's Job; returns its name. A Job of that name already there (a launch
+    /// interrupted after the create) is adopted.
+    pub async fn launch(&self, job: &Job, trainer: &TrainerSpec) -> Result<String, TrainingError> {
+        let manifest = job_manifest(&self.config, &self.namespace, job, trainer)?;
+        let name = job_name(job.job_id);
+        let created = match self.create(&manifest).await? {
+            Some(created) => created,
+            None => {
+                let existing = self
+                    .jobs
+                    .get(&name)
+                    .await
+                    .map_err(|err| kube_error("get Job", err))?;
+                if job_ref(existing.metadata.labels.as_ref()).is_some_and(|r| r.is_of(job)) {
+                    // A launch interrupted after the create: this job's own Job.
+                    tracing::info!(job_id = job.job_id, job = %name, "adopting an existing Job");
+                    existing
+                } else {
+                    tracing::warn!(job_id = job.job_id, job = %name, "deleting a Job left by another job with this id");
+                    self.cancel(job.job_id).await?;
+                    self.create(&manifest).await?.ok_or_else(|| {
+                        TrainingError::FailedPrecondition(format!(
+                            "a Job named {name} from an earlier job is still being deleted"
+                        ))
+                    })?
+                }
+            }
+        };
+        if let Some((_, token)) = trainer.env.iter().find(|(k, _)| k == TOKEN_ENV)
+            && let Err(err) = self.create_token_secret(job.job_id, &created, token).await
+        {
+            // Without its token the pod could never start: take the Job back.
+            let _ = self.cancel(job.job_id).await;
+            return Err(err);
+        }
+        Ok(name)
+    }
+
+    /// Creates a Job; `None` when one of that name exists.
+    async fn create(&self, manifest: &KubeJob) -> Result<Option<KubeJob>, TrainingError> {
+        match self.jobs.create(&PostParams::default(), manifest).await {
+            Ok(created) => Ok(Some(created)),
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(None),
+            Err(kube::Error::Api(status)) if (400..500).contains(&status.code) => {
+                Err(TrainingError::FailedPrecondition(format!(
+                    "kubernetes refused the Job: {}",
+                    status.message
+                )))
+            }
+            Err(err) => Err(kube_error("create Job", err)),
+        }
+    }
+
+    /// The job token's Secret, owned by the Job so that it goes when the Job goes.
+    async fn create_token_secret(
+        &self,
+        job_id: i64,
+        owner: &KubeJob,
+        token: &str,
+    ) -> Result<(), TrainingError> {
+        let secret: Secret = serde_json::from_value(json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": token_secret_name(job_id),
+                "namespace": self.namespace,
+                "labels": {MANAGED_BY.0: MANAGED_BY.1, JOB_ID_LABEL: job_id.to_string()},
+                "ownerReferences": [{
+                    "apiVersion": "batch/v1",
+                    "kind": "Job",
+                    "name": owner.metadata.name,
+                    "uid": owner.metadata.uid,
+                }],
+            },
+            "type": "Opaque",
+            "stringData": {TOKEN_KEY: token},
+        }))
+        .map_err(|err| TrainingError::Corrupt(format!("secret manifest: {err}")))?;
+        match self.secrets.create(&PostParams::default(), &secret).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+            Err(err) => Err(kube_error("create Secret", err)),
+        }
+    }
+
+    /// Deletes the job's Job and its pods.
+    pub async fn cancel(&self, job_id: i64) -> Result<(), TrainingError> {
+        match self
+            .jobs
+            .delete(&job_name(job_id), &DeleteParams::background())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+            Err(err) => Err(kube_error("delete Job", err)),
+        }
+    }
+
+    /// Whether the Job of `job` exists.
+    pub async fn exists(&self, job: &Job) -> Result<bool, TrainingError> {
+        let found = self
+            .jobs
+            .get_opt(&job_name(job.job_id))
+            .await
+            .map_err(|err| kube_error("get Job", err))?;
+        Ok(found.is_some_and(|found| {
+            job_ref(found.metadata.labels.as_ref()).is_some_and(|r| r.is_of(job))
+        }))
+    }
+
+    /// The newest pod of a job, if one exists yet.
+    pub async fn pod_of(&self, job_id: i64) -> Result<Option<Pod>, TrainingError> {
+        let pods = self
+            .pods
+            .list(&ListParams::default().labels(&format!("{JOB_ID_LABEL}={job_id}")))
+            .await
+            .map_err(|err| kube_error("list Pods", err))?;
+        Ok(pods
+            .items
+            .into_iter()
+            .max_by_key(|pod| pod.metadata.creation_timestamp.clone()))
+    }
+
+    /// The lines of a pod's trainer log, followed while `follow`.
+    pub async fn log_lines(
+        &self,
+        pod: &str,
+        follow: bool,
+    ) -> Result<impl futures::Stream<Item = Result<String, TrainingError>> + use<>, TrainingError>
+    {
+        let params = LogParams {
+            container: Some(CONTAINER.to_string()),
+            follow,
+            ..LogParams::default()
+        };
+        let reader = self
+            .pods
+            .log_stream(pod, &params)
+            .await
+            .map_err(|err| kube_error("pod log", err))?;
+        Ok(reader.lines().map_err(TrainingError::from))
+    }
+
+    /// Watches this service's Jobs and Pods until `shutdown`, sending what it observes.
+    pub async fn track(
+        self,
+        observed: mpsc::UnboundedSender<Observed>,
+        shutdown: CancellationToken,
+    ) {
+        let selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
+        let jobs = watcher(
+            self.jobs.clone(),
+            watcher::Config::default().labels(&selector),
+        )
+        .map(|event| event.map(|e| Either::Job(Box::new(e))))
+        .boxed();
+        let pods = watcher(
+            self.pods.clone(),
+            watcher::Config::default().labels(&selector),
+        )
+        .map(|event| event.map(|e| Either::Pod(Box::new(e))))
+        .boxed();
+        let mut events = futures::stream::select(jobs, pods);
+        let mut tracker = Tracker::default();
+        loop {
+            let event = tokio::select! {
+                () = shutdown.cancelled() => return,
+                event = events.next() => event,
+            };
+            match event {
+                None => return,
+                Some(Ok(event)) => {
+                    for item in tracker.observe(event) {
+                        let item = self.with_exit_code(item).await;
+                        if observed.send(item).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Some(Err(err)) => {
+                    tracing::warn!(error = %err, "kubernetes watch failed; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl KubernetesBackend {
+    /// A failure the Job reported before its pod's exit code was seen: asks the pod.
+    async fn with_exit_code(&self, item: Observed) -> Observed {
+        let Observed::Exited(job, Exit::Failed(reason)) = item else {
+            return item;
+        };
+        if reason.starts_with("exit code") {
+            return Observed::Exited(job, Exit::Failed(reason));
+        }
+        let code = match self.pod_of(job.job_id).await {
+            Ok(Some(pod)) => pod_state(&pod).1,
+            _ => None,
+        };
+        let reason = match code {
+            Some(code) if code != 0 => format!("exit code {code} ({reason})"),
+            _ => reason,
+        };
+        Observed::Exited(job, Exit::Failed(reason))
+    }
+}
+
+/// A watch event of either kind.
+#[derive(Debug)]
+enum Either {
+    Job(Box<watcher::Event<KubeJob>>),
+    Pod(Box<watcher::Event<Pod>>),
+}
+
+/// Turns watch events into observations, each reported once.
+#[derive(Debug, Default)]
+struct Tracker {
+    /// Jobs seen in the current initial list of Jobs.
+    listing: HashSet<JobRef>,
+    /// Jobs reported running.
+    running: HashSet<JobRef>,
+    /// Jobs reported finished or gone.
+    ended: HashSet<JobRef>,
+    /// The trainer exit codes pods reported, by job.
+    exit_codes: HashMap<JobRef, i32>,
+}
+
+impl Tracker {
+    fn observe(&mut self, event: Either) -> Vec<Observed> {
+        let mut out = Vec::new();
+        match event {
+            Either::Job(event) => self.job_event(*event, &mut out),
+            Either::Pod(event) => self.pod_event(*event, &mut out),
+        }
+        out
+    }
+
+    fn job_event(&mut self, event: watcher::Event<KubeJob>, out: &mut Vec<Observed>) {
+        match event {
+            watcher::Event::Init => self.listing.clear(),
+            watcher::Event::InitApply(job) => {
+                if let Some(id) = job_ref(job.metadata.labels.as_ref()) {
+                    self.listing.insert(id);
+                }
+                self.job(&job, out);
+            }
+            watcher::Event::InitDone => {
+                out.push(Observed::Listed(std::mem::take(&mut self.listing)));
+            }
+            watcher::Event::Apply(job) => self.job(&job, out),
+            watcher::Event::Delete(job) => {
+                if let Some(id) = job_ref(job.metadata.labels.as_ref()) {
+                    match job_outcome(&job) {
+                        Some(_) => self.job(&job, out),
+                        None if self.ended.insert(id.clone()) => out.push(Observed::Gone(id)),
+                        None => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn pod_event(&mut self, event: watcher::Event<Pod>, out: &mut Vec<Observed>) {
+        let (watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) = event else {
+            return;
+        };
+        let Some(id) = job_ref(pod.metadata.labels.as_ref()) else {
+            return;
+        };
+        let (running, exit_code) = pod_state(&pod);
+        if let Some(code) = exit_code {
+            self.exit_codes.insert(id.clone(), code);
+        }
+        if (running || exit_code.is_some())
+            && !self.ended.contains(&id)
+            && self.running.insert(id.clone())
+        {
+            out.push(Observed::Running(id));
+        }
+    }
+
+    fn job(&mut self, job: &KubeJob, out: &mut Vec<Observed>) {
+        let Some(id) = job_ref(job.metadata.labels.as_ref()) else {
+            return;
+        };
+        let Some(exit) = job_outcome(job) else {
+            return;
+        };
+        if !self.ended.insert(id.clone()) {
+            return;
+        }
+        let exit = match (exit, self.exit_codes.get(&id)) {
+            (Exit::Failed(reason), Some(code)) if *code != 0 => {
+                Exit::Failed(format!("exit code {code} ({reason})"))
+            }
+            (exit, _) => exit,
+        };
+        out.push(Observed::Exited(id, exit));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{JobSpec, JobStatus, Resources};
+
+    fn job(gpus: i32) -> Job {
+        Job {
+            job_id: 7,
+            tenant: "default".into(),
+            status: JobStatus::Launch,
+            message: String::new(),
+            spec: JobSpec {
+                algorithm: "intent-classification".into(),
+                dataset_id: "1".into(),
+                name: "first".into(),
+                train_data_version_hash: "hashAg==".into(),
+                parameters: BTreeMap::new(),
+                output_model_name: "m".into(),
+                resources: Resources {
+                    cpu: "2".into(),
+                    memory: "4Gi".into(),
+                    gpus,
+                },
+                base_run_id: String::new(),
+                request_id: String::new(),
+                submission: "0f3a9c".into(),
+            },
+            backend: "kubernetes".into(),
+            backend_ref: String::new(),
+        }
+    }
+
+    fn trainer() -> TrainerSpec {
+        TrainerSpec {
+            image: "automl:cpu".into(),
+            command: "automl-train".into(),
+            env: vec![
+                ("JOB_ID".into(), "7".into()),
+                (ACCESS_KEY_VAR.into(), "plain-access".into()),
+                (SECRET_KEY_VAR.into(), "plain-secret".into()),
+                (TOKEN_ENV.into(), "amls.plain-job-token".into()),
+            ],
+        }
+    }
+
+    #[test]
+    fn the_manifest_carries_labels_env_secret_refs_and_resources() {
+        let config = KubernetesConfig::default();
+        let manifest = job_manifest(&config, "ml", &job(1), &trainer()).expect("manifest");
+        let value = serde_json::to_value(&manifest).expect("json");
+        assert_eq!(value["metadata"]["name"], "automl-train-7");
+        assert_eq!(value["metadata"]["namespace"], "ml");
+        assert_eq!(value["metadata"]["labels"][JOB_ID_LABEL], "7");
+        assert_eq!(value["metadata"]["labels"][SUBMISSION_LABEL], "0f3a9c");
+        assert_eq!(
+            value["spec"]["template"]["metadata"]["labels"][SUBMISSION_LABEL],
+            "0f3a9c"
+        );
+        assert_eq!(
+            value["metadata"]["labels"][ALGORITHM_LABEL],
+            "intent-classification"
+        );
+        assert_eq!(value["spec"]["backoffLimit"], 0);
+        assert_eq!(value["spec"]["ttlSecondsAfterFinished"], 86_400);
+        let pod = &value["spec"]["template"]["spec"];
+        assert_eq!(pod["restartPolicy"], "Never");
+        let container = &pod["containers"][0];
+        assert_eq!(container["image"], "automl:cpu");
+        assert_eq!(container["command"][0], "automl-train");
+        assert_eq!(container["resources"]["limits"]["nvidia.com/gpu"], "1");
+        assert_eq!(container["resources"]["requests"]["memory"], "4Gi");
+        assert_eq!(pod["tolerations"][0]["key"], "nvidia.com/gpu");
+        let text = value.to_string();
+        assert!(!text.contains("plain-secret") && !text.contains("plain-access"));
+        assert!(!text.contains("plain-job-token"));
+        assert_eq!(
+            container["env"][3]["valueFrom"]["secretKeyRef"]["name"],
+            "automl-train-7-token"
+        );
+        assert_eq!(
+            container["env"][2]["valueFrom"]["secretKeyRef"]["name"],
+            "automl-s3"
+        );
+        let cpu_only = job_manifest(&config, "ml", &job(0), &trainer()).expect("manifest");
+        let cpu_only = serde_json::to_value(&cpu_only).expect("json");
+        let pod = &cpu_only["spec"]["template"]["spec"];
+        assert!(pod["tolerations"].is_null());
+        assert!(pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"].is_null());
+    }
+
+    #[test]
+    fn label_values_are_valid() {
+        assert_eq!(
+            label_value("intent-classification"),
+            "intent-classification"
+        );
+        assert_eq!(label_value("-a b/c-"), "a_b_c");
+        assert_eq!(label_value(&"x".repeat(80)).len(), 63);
+    }
+}
