@@ -1,11 +1,19 @@
 //! Client commands: `automl health`, `automl predict` and `automl runs list|show|watch`.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use automl_proto::metadata_store as pb;
 use automl_proto::metadata_store::metadata_store_service_client::MetadataStoreServiceClient;
-use tonic::transport::Channel;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use automl_common::auth::{self, Credentials};
+use automl_common::config::CommonConfig;
+use automl_common::tls::TlsConfig;
+use tonic::codegen::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -39,17 +47,134 @@ pub enum RunsCommand {
     },
 }
 
-/// Connects to `host:port` (or a full `http://` URL).
-pub async fn connect(addr: &str) -> anyhow::Result<Channel> {
-    let url = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
+/// A connection of the client commands: every call carries the `--token`.
+pub type Conn = InterceptedService<Channel, Credentials>;
+
+/// `--token` and `--ca-file`, set once from the command line.
+#[derive(Debug, Default)]
+struct ClientOptions {
+    credentials: Credentials,
+    tls: TlsConfig,
+}
+
+static CLIENT_OPTIONS: OnceLock<ClientOptions> = OnceLock::new();
+
+/// Records `--token` / AUTOML_TOKEN and `--ca-file` / AUTOML_CA_FILE for every client command.
+pub fn set_client_options(token: Option<String>, ca_file: Option<PathBuf>) -> anyhow::Result<()> {
+    let credentials = Credentials::bearer(token.as_deref().unwrap_or_default())
+        .map_err(|status| anyhow::anyhow!("--token: {}", status.message()))?;
+    let tls = TlsConfig {
+        ca_file: ca_file.map(|p| p.display().to_string()).unwrap_or_default(),
+        ..TlsConfig::default()
     };
-    tonic::transport::Endpoint::from_shared(url.clone())?
+    let _ = CLIENT_OPTIONS.set(ClientOptions { credentials, tls });
+    Ok(())
+}
+
+fn options() -> &'static ClientOptions {
+    CLIENT_OPTIONS.get_or_init(ClientOptions::default)
+}
+
+/// `host:port` → `https://host:port` with `--ca-file`, else `http://host:port`; full URLs as is.
+pub fn url(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_string()
+    } else if options().tls.ca_file.is_empty() {
+        format!("http://{addr}")
+    } else {
+        format!("https://{addr}")
+    }
+}
+
+/// An endpoint for `addr` (TLS verified with `--ca-file` when https).
+pub fn endpoint(addr: &str) -> anyhow::Result<Endpoint> {
+    Ok(options().tls.endpoint(&url(addr))?)
+}
+
+/// Adds the `--token` to every call on `channel`.
+pub fn authed(channel: Channel) -> Conn {
+    InterceptedService::new(channel, options().credentials.clone())
+}
+
+/// Connects to `host:port` (or a full `http://` / `https://` URL).
+pub async fn connect(addr: &str) -> anyhow::Result<Conn> {
+    let url = url(addr);
+    let channel = endpoint(addr)?
         .connect()
         .await
-        .with_context(|| format!("connecting to {url}"))
+        .with_context(|| format!("connecting to {url}"))?;
+    Ok(authed(channel))
+}
+
+/// `automl token …`
+#[derive(Debug, clap::Subcommand)]
+pub enum TokenCommand {
+    /// Make a token for a tenant; it is printed once and stored only hashed.
+    Create {
+        /// The tenant it acts for (a-z, 0-9, -).
+        #[arg(long)]
+        tenant: String,
+        /// Who holds it, for the audit log.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// List tokens (never the tokens themselves).
+    List {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Revoke a token by its id; calls with it are refused from then on.
+    Revoke {
+        /// The id `list` shows.
+        id: String,
+    },
+}
+
+/// `automl token create|list|revoke` on the configured tokens file.
+pub fn tokens(common: &CommonConfig, command: TokenCommand) -> anyhow::Result<()> {
+    let path = common.auth.tokens_path(&common.data_dir);
+    match command {
+        TokenCommand::Create { tenant, name } => {
+            let name = if name.is_empty() {
+                tenant.clone()
+            } else {
+                name
+            };
+            let (token, stored) = auth::create_token(&path, &tenant, &name)?;
+            eprintln!(
+                "token {} for tenant {} ({}) stored in {}; it is shown only now:",
+                stored.id,
+                stored.tenant,
+                stored.name,
+                path.display()
+            );
+            println!("{token}");
+        }
+        TokenCommand::List { tenant } => {
+            println!(
+                "{:<14} {:<20} {:<20} {:<26} state",
+                "id", "tenant", "name", "created"
+            );
+            for token in auth::list_tokens(&path, tenant.as_deref())? {
+                println!(
+                    "{:<14} {:<20} {:<20} {:<26} {}",
+                    token.id,
+                    token.tenant,
+                    token.name,
+                    token.created_at,
+                    if token.revoked { "revoked" } else { "active" }
+                );
+            }
+        }
+        TokenCommand::Revoke { id } => {
+            if !auth::revoke_token(&path, &id)? {
+                anyhow::bail!("no token with id {id} in {}", path.display());
+            }
+            println!("token {id} revoked");
+        }
+    }
+    Ok(())
 }
 
 /// `automl health`: prints the status; success only when SERVING.
@@ -65,6 +190,42 @@ pub async fn health(addr: &str, service: &str) -> anyhow::Result<ExitCode> {
     let status = ServingStatus::try_from(response.status).unwrap_or(ServingStatus::Unknown);
     println!("{}", status.as_str_name());
     Ok(if status == ServingStatus::Serving {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `automl health` without `--addr`: asks each `(name, host:port)` in `targets`; ports nobody
+/// listens on are skipped, so one check fits a process serving any subset of the services.
+/// Success when at least one answers and every one that answers is SERVING.
+pub async fn health_local(targets: &[(&str, String)], service: &str) -> anyhow::Result<ExitCode> {
+    let mut answered = 0;
+    let mut healthy = true;
+    for (name, addr) in targets {
+        let endpoint = endpoint(addr)?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(3));
+        let Ok(channel) = endpoint.connect().await else {
+            continue;
+        };
+        let request = tonic_health::pb::HealthCheckRequest {
+            service: service.to_string(),
+        };
+        let status = match HealthClient::new(channel).check(request).await {
+            Ok(response) => ServingStatus::try_from(response.into_inner().status)
+                .unwrap_or(ServingStatus::Unknown),
+            Err(_) => ServingStatus::Unknown,
+        };
+        println!("{name} {addr} {}", status.as_str_name());
+        answered += 1;
+        healthy &= status == ServingStatus::Serving;
+    }
+    if answered == 0 {
+        println!("no service answers on this machine");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(if healthy {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -4,11 +4,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::client::Conn;
 use anyhow::Context;
 use automl_proto::data_management as pb;
 use automl_proto::data_management::data_management_service_client::DataManagementServiceClient;
 use tokio::io::AsyncReadExt;
-use tonic::transport::Channel;
 
 use crate::client::connect;
 
@@ -171,7 +171,7 @@ pub async fn run(server: &str, command: DatasetCommand) -> anyhow::Result<()> {
 
 /// Streams `file` through UploadData, showing progress on stderr.
 async fn upload(
-    client: &mut DataManagementServiceClient<Channel>,
+    client: &mut DataManagementServiceClient<Conn>,
     file: &Path,
 ) -> anyhow::Result<pb::FileInfo> {
     let mut reader = tokio::fs::File::open(file)
@@ -225,7 +225,7 @@ fn progress(label: &str, sent: u64, total: u64) {
     let _ = std::io::stderr().flush();
 }
 
-async fn list(client: &mut DataManagementServiceClient<Channel>) -> anyhow::Result<()> {
+async fn list(client: &mut DataManagementServiceClient<Conn>) -> anyhow::Result<()> {
     let mut stream = client
         .list_datasets(pb::ListQueryOptions { limit: 0, index: 0 })
         .await?
@@ -249,7 +249,7 @@ async fn list(client: &mut DataManagementServiceClient<Channel>) -> anyhow::Resu
 }
 
 async fn prepare(
-    client: &mut DataManagementServiceClient<Channel>,
+    client: &mut DataManagementServiceClient<Conn>,
     dataset: String,
     commit: String,
     tags: Vec<pb::Tag>,

@@ -12,6 +12,7 @@ mod client;
 mod config;
 mod datasets;
 mod serve;
+mod status;
 mod training;
 
 use std::collections::HashMap;
@@ -27,6 +28,18 @@ use crate::serve::ServiceArg;
 #[derive(Debug, Parser)]
 #[command(name = "automl", version, about)]
 struct Cli {
+    /// Log lines as `text` (human-readable) or `json` (one object per line); overrides
+    /// `telemetry.log_format`.
+    #[arg(long, global = true, value_parser = ["text", "json"])]
+    log_format: Option<String>,
+    /// API token for the client commands (`automl token create` makes one); sent as
+    /// `authorization: Bearer <token>`.
+    #[arg(long, global = true, env = "AUTOML_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// CA certificate (PEM) to verify the servers' TLS certificates; turns the client commands
+    /// to https.
+    #[arg(long, global = true, env = "AUTOML_CA_FILE")]
+    ca_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -54,14 +67,21 @@ enum Command {
         #[command(flatten)]
         options: ServerOptions,
     },
-    /// Check a server's grpc.health.v1 status; exits 0 when SERVING.
+    /// Check grpc.health.v1 status; exits 0 when SERVING.
+    ///
+    /// With --addr, asks that server. Without it, asks every service port of the configuration
+    /// on this machine and passes when at least one answers and all that answer are SERVING:
+    /// the container health check, whichever service the container runs.
     Health {
         /// `host:port` of the server.
-        #[arg(long, default_value = "localhost:6002")]
-        addr: String,
+        #[arg(long)]
+        addr: Option<String>,
         /// The service to ask about; empty for the whole server.
         #[arg(long, default_value = "")]
         service: String,
+        /// TOML configuration files, read for the ports when --addr is not given.
+        #[arg(long, short = 'c')]
+        config: Vec<PathBuf>,
     },
     /// Datasets in data-management.
     Dataset {
@@ -113,6 +133,25 @@ enum Command {
         #[command(subcommand)]
         command: training::JobsCommand,
     },
+    /// One screen: each service's health, the training queue, recent runs and their final
+    /// accuracy, loaded models (the services of the configuration on this machine).
+    Status {
+        #[command(flatten)]
+        options: ServerOptions,
+        /// `host:port` of the /metrics endpoint; default: this machine's `telemetry.metrics_port`.
+        #[arg(long)]
+        metrics: Option<String>,
+        /// How many recent runs to list.
+        #[arg(long, default_value_t = 5)]
+        runs: i32,
+    },
+    /// API tokens: each acts for one tenant (`[auth] enabled = true`).
+    Token {
+        #[command(flatten)]
+        options: ServerOptions,
+        #[command(subcommand)]
+        command: client::TokenCommand,
+    },
     /// Runs recorded in metadata-store.
     Runs {
         /// `host:port` of metadata-store.
@@ -126,9 +165,10 @@ enum Command {
 /// Options shared by the commands that load the server configuration.
 #[derive(Debug, clap::Args)]
 struct ServerOptions {
-    /// A TOML configuration file (see automl.example.toml).
+    /// A TOML configuration file (see automl.example.toml); repeat it to layer files, later
+    /// files overriding earlier ones key by key.
     #[arg(long, short = 'c')]
-    config: Option<PathBuf>,
+    config: Vec<PathBuf>,
     /// Data directory (SQLite files, embedded objects, caches).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -173,11 +213,7 @@ impl ServerOptions {
             overrides.push((format!("{}.port", one.section()), port.to_string()));
         }
         let env: HashMap<String, String> = std::env::vars().collect();
-        Ok(AutomlConfig::load(
-            self.config.as_deref(),
-            &env,
-            &overrides,
-        )?)
+        Ok(AutomlConfig::load(&self.config, &env, &overrides)?)
     }
 }
 
@@ -203,24 +239,48 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let log_format = cli.log_format.as_deref();
+    client::set_client_options(cli.token.clone(), cli.ca_file.clone())?;
     match cli.command {
         Command::Serve { service, options } => {
             let config = options.load(Some(service))?;
-            automl_common::telemetry::init(&config.telemetry);
+            init_telemetry(&config, service, log_format);
             serve::run(config, service).await?;
         }
         Command::Migrate { service, options } => {
             let config = options.load(Some(service))?;
-            automl_common::telemetry::init(&config.telemetry);
+            init_telemetry(&config, service, log_format);
             serve::migrate(config, service).await?;
         }
         Command::Config { options } => {
             let mut config = options.load(None)?;
             config.s3.secret_key = "<redacted>".into();
+            config.database.url = automl_common::config::redact_url_password(&config.database.url);
+            if !config.auth.internal_secret.is_empty() {
+                config.auth.internal_secret = "<redacted>".into();
+            }
             print!("{}", toml::to_string_pretty(&config)?);
         }
-        Command::Health { addr, service } => {
+        Command::Health {
+            addr: Some(addr),
+            service,
+            config: _,
+        } => {
             return client::health(&addr, &service).await;
+        }
+        Command::Health {
+            addr: None,
+            service,
+            config,
+        } => {
+            let env: HashMap<String, String> = std::env::vars().collect();
+            let config = AutomlConfig::load(&config, &env, &[])?;
+            let targets: Vec<(&str, String)> = ServiceArg::All
+                .expand()
+                .into_iter()
+                .map(|one| (one.as_str(), serve::local_address(&config, one)))
+                .collect();
+            return client::health_local(&targets, &service).await;
         }
         Command::Dataset { server, command } => datasets::run(&server, command).await?,
         Command::Predict {
@@ -231,7 +291,36 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => client::predict(&server, run, document, json).await?,
         Command::Train { server, args } => training::train(&server, args).await?,
         Command::Jobs { server, command } => training::jobs(&server, command).await?,
+        Command::Token { options, command } => {
+            let config = options.load(None)?;
+            client::tokens(&config.common(), command)?;
+        }
         Command::Runs { server, command } => client::runs(&server, command).await?,
+        Command::Status {
+            options,
+            metrics,
+            runs,
+        } => {
+            let config = options.load(None)?;
+            return status::run(&status::Targets::of(&config, metrics, runs)).await;
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Installs logging with `--log-format` (when given) over `telemetry.log_format`.
+/// Logs (and traces, when `telemetry.otlp_endpoint` is set) of a process serving `service`:
+/// its spans are exported as `automl-<service>`, or `automl` for `serve all`.
+fn init_telemetry(config: &AutomlConfig, service: ServiceArg, log_format: Option<&str>) {
+    let mut telemetry = config.telemetry.clone();
+    match log_format {
+        Some("json") => telemetry.log_format = automl_common::config::LogFormat::Json,
+        Some("text") => telemetry.log_format = automl_common::config::LogFormat::Text,
+        _ => {}
+    }
+    let name = match service.expand().as_slice() {
+        [one] => format!("automl-{}", one.as_str()),
+        _ => "automl".to_string(),
+    };
+    automl_common::telemetry::init_as(&telemetry, &name);
 }

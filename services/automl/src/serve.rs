@@ -98,7 +98,12 @@ pub async fn run(mut config: AutomlConfig, service: ServiceArg) -> anyhow::Resul
         let listener = TcpListener::bind(&bind)
             .await
             .with_context(|| format!("binding {} to {bind}", name.as_str()))?;
-        let local = format!("http://127.0.0.1:{}", listener.local_addr()?.port());
+        // With TLS, the server certificate must name 127.0.0.1 (an IP SAN).
+        let local = format!(
+            "{}://127.0.0.1:{}",
+            common.tls.scheme(),
+            listener.local_addr()?.port()
+        );
         match name {
             Service::MetadataStore => {
                 config.prediction_service.metadata_store = local.clone();
@@ -111,6 +116,9 @@ pub async fn run(mut config: AutomlConfig, service: ServiceArg) -> anyhow::Resul
     }
 
     let mut servers = tokio::task::JoinSet::new();
+    if config.telemetry.metrics_enabled {
+        start_metrics(&config, &shutdown, &mut servers).await?;
+    }
     let mut databases: Vec<Database> = Vec::new();
     for (name, listener) in listeners {
         let (routes, db) = start_service(&config, &common, name, &objects, &shutdown).await?;
@@ -140,6 +148,23 @@ pub async fn run(mut config: AutomlConfig, service: ServiceArg) -> anyhow::Resul
     }
     tracing::info!("stopped");
     failed.map_or(Ok(()), Err)
+}
+
+/// `host:port` a client on this machine reaches `service` at: its bind address, with a
+/// wildcard host replaced by the loopback address.
+pub fn local_address(config: &AutomlConfig, service: Service) -> String {
+    let server = match service {
+        Service::DataManagement => config.data_management.server(),
+        Service::MetadataStore => config.metadata_store.server(),
+        Service::Prediction => config.prediction_service.server(),
+        Service::Training => config.training_service.server(),
+    };
+    let host = match server.host.as_str() {
+        "" | "0.0.0.0" => "127.0.0.1",
+        "::" | "[::]" => "[::1]",
+        other => other,
+    };
+    format!("{host}:{}", server.port)
 }
 
 fn bind_address(config: &AutomlConfig, service: Service) -> String {
@@ -282,5 +307,24 @@ pub async fn migrate(config: AutomlConfig, service: ServiceArg) -> anyhow::Resul
         db.close().await;
         println!("automl: {} schema is up to date", name.as_str());
     }
+    Ok(())
+}
+
+/// Binds and serves the process's one `/metrics` endpoint (shared by every service it runs).
+async fn start_metrics(
+    config: &AutomlConfig,
+    shutdown: &CancellationToken,
+    servers: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let bind = config.telemetry.metrics_address();
+    let listener = TcpListener::bind(&bind)
+        .await
+        .with_context(|| format!("binding the metrics endpoint to {bind}"))?;
+    println!("automl: metrics listening on {}", listener.local_addr()?);
+    let token = shutdown.clone();
+    servers.spawn(async move {
+        automl_common::metrics_server::serve(listener, token).await;
+        Ok(())
+    });
     Ok(())
 }

@@ -1,10 +1,18 @@
 //! The `automl` binary as users run it: a real process, real sockets, the real grpcurl.
 //! Storage scenarios run on SQLite and (with AUTOML_TEST_POSTGRES_URL) on Postgres.
 
+#[path = "system/auth.rs"]
+mod auth;
 #[path = "system/datasets.rs"]
 mod datasets;
+#[path = "system/deploy.rs"]
+mod deploy;
+#[path = "system/lab.rs"]
+mod lab;
 #[path = "system/metadata.rs"]
 mod metadata;
+#[path = "system/observability.rs"]
+mod observability;
 #[path = "system/prediction.rs"]
 mod prediction;
 #[path = "system/support.rs"]

@@ -13,7 +13,7 @@ use automl_text_classification::params::TrainParams;
 use crate::support::{Automl, process_env};
 
 /// A small model trained on the crate's generated demo data, as its artifact files.
-fn demo_model() -> Vec<(&'static str, Vec<u8>)> {
+pub fn demo_model() -> Vec<(&'static str, Vec<u8>)> {
     let demo = automl_text_classification::demo::snapshot(40, 7);
     let data = Dataset::parse(&demo.examples_csv, &demo.labels_csv).expect("dataset");
     let params = TrainParams::from_map(&HashMap::from([("EPOCHS".to_string(), "5".to_string())]))

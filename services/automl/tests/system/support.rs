@@ -30,6 +30,12 @@ impl Automl {
     /// Starts `automl serve all` in `cwd` with `env`, on free ports, and waits until every
     /// service has announced its address.
     pub fn spawn(cwd: &Path, env: &[(&str, String)]) -> Automl {
+        Self::spawn_with_stderr(cwd, env, Stdio::inherit())
+    }
+
+    /// [`Automl::spawn`] with the process's stderr (its logs) sent to `stderr`, e.g. a file
+    /// that a test reads back.
+    pub fn spawn_with_stderr(cwd: &Path, env: &[(&str, String)], stderr: Stdio) -> Automl {
         let mut command = Command::new(env!("CARGO_BIN_EXE_automl"));
         command
             .args(["serve", "all"])
@@ -43,9 +49,11 @@ impl Automl {
             .env("AUTOML__METADATA_STORE__HOST", "127.0.0.1")
             .env("AUTOML__METADATA_STORE__PORT", "0")
             .env("AUTOML__S3__EMBEDDED_BIND", "127.0.0.1:0")
+            .env("AUTOML__TELEMETRY__METRICS_HOST", "127.0.0.1")
+            .env("AUTOML__TELEMETRY__METRICS_PORT", "0")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         for (key, value) in env {
             command.env(key, value);
         }

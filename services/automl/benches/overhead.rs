@@ -1,0 +1,282 @@
+//! The throughput cost of metrics and tracing: Predict and LogEpoch against two servers of each
+//! started by `scripts/bench.sh overhead`, one with telemetry on (the default) and one with
+//! `telemetry.instrument = false` and `metrics_enabled = false`, in alternating rounds
+//! (on/off, off/on, …) so that load from elsewhere on the machine hits both alike.
+//!
+//! Usage: `cargo bench -p automl --bench overhead -- --predict ON_ADDR,OFF_ADDR --run RUN_ID
+//!        --documents FILE.csv --metadata ON_ADDR,OFF_ADDR [--seconds 3] [--rounds 4]
+//!        [--callers 1,16,64]`
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use automl_proto::metadata_store as ms;
+use automl_proto::metadata_store::metadata_store_service_client::MetadataStoreServiceClient;
+use automl_proto::prediction as pb;
+use automl_proto::prediction::prediction_service_client::PredictionServiceClient;
+use tonic::transport::Channel;
+
+struct Args {
+    /// prediction-service addresses, instrumented first.
+    predict: Vec<String>,
+    /// metadata-store addresses, instrumented first.
+    metadata: Vec<String>,
+    run: String,
+    documents: String,
+    seconds: f64,
+    rounds: usize,
+    callers: Vec<usize>,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args {
+        predict: Vec::new(),
+        metadata: Vec::new(),
+        run: "1".into(),
+        documents: String::new(),
+        seconds: 3.0,
+        rounds: 4,
+        callers: vec![1, 16, 64],
+    };
+    let mut iter = std::env::args().skip(1);
+    while let Some(arg) = iter.next() {
+        let mut value = || iter.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--predict" => args.predict = value()?.split(',').map(str::to_string).collect(),
+            "--metadata" => args.metadata = value()?.split(',').map(str::to_string).collect(),
+            "--run" => args.run = value()?,
+            "--documents" => args.documents = value()?,
+            "--seconds" => args.seconds = value()?.parse()?,
+            "--rounds" => args.rounds = value()?.parse()?,
+            "--callers" => {
+                args.callers = value()?
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?;
+            }
+            // `cargo bench` passes `--bench`; ignore flags meant for the harness.
+            _ => {}
+        }
+    }
+    anyhow::ensure!(
+        args.predict.len() == 2 && args.metadata.len() == 2,
+        "--predict and --metadata each need ON_ADDR,OFF_ADDR"
+    );
+    Ok(args)
+}
+
+/// Utterances of a raw `utterance,label` CSV.
+fn documents(path: &str) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    let docs: Vec<String> = text
+        .lines()
+        .filter_map(|line| line.rsplit_once(',').map(|(u, _)| u.trim_matches('"')))
+        .filter(|u| !u.is_empty())
+        .map(str::to_string)
+        .collect();
+    anyhow::ensure!(!docs.is_empty(), "{path} has no rows");
+    Ok(docs)
+}
+
+async fn channel(addr: &str) -> anyhow::Result<Channel> {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {addr}"))
+}
+
+/// One server under load: what each caller sends.
+#[derive(Clone)]
+enum Target {
+    /// Predict for `run`, cycling through the documents.
+    Predict {
+        client: PredictionServiceClient<Channel>,
+        run: String,
+        docs: Arc<Vec<String>>,
+    },
+    /// LogEpoch with three metrics, epoch `n` of `run`.
+    LogEpoch {
+        client: MetadataStoreServiceClient<Channel>,
+        run: String,
+    },
+}
+
+impl Target {
+    async fn call(&mut self, n: u64) -> anyhow::Result<()> {
+        match self {
+            Target::Predict { client, run, docs } => {
+                let document = docs[n as usize % docs.len()].clone();
+                client
+                    .predict(pb::PredictRequest {
+                        run_id: run.clone(),
+                        document,
+                    })
+                    .await?;
+            }
+            Target::LogEpoch { client, run } => {
+                client.log_epoch(epoch(run, n)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A fresh run for LogEpoch, so every round writes new rows.
+    async fn with_new_run(&self, run: String) -> anyhow::Result<Target> {
+        let Target::LogEpoch { client, .. } = self else {
+            return Ok(self.clone());
+        };
+        let mut client = client.clone();
+        client
+            .log_run_start(ms::LogRunStartRequest {
+                run_id: run.clone(),
+                run_name: "overhead".into(),
+                ..Default::default()
+            })
+            .await?;
+        Ok(Target::LogEpoch { client, run })
+    }
+}
+
+fn epoch(run_id: &str, epoch_id: u64) -> ms::LogEpochRequest {
+    ms::LogEpochRequest {
+        epoch_info: Some(ms::EpochInfo {
+            start_time: "2021-08-01T01:00:00Z".into(),
+            end_time: "2021-08-01T01:30:00Z".into(),
+            run_id: run_id.into(),
+            epoch_id: epoch_id.to_string(),
+            metrics: HashMap::from([
+                ("loss".to_string(), "0.4321".to_string()),
+                ("accuracy".to_string(), "0.8765".to_string()),
+                ("val_accuracy".to_string(), "0.8612".to_string()),
+            ]),
+        }),
+    }
+}
+
+/// `callers` tasks calling `target` back to back for `duration`; (calls, seconds).
+async fn load(target: &Target, callers: usize, duration: Duration) -> anyhow::Result<(u64, f64)> {
+    let next = Arc::new(AtomicU64::new(1));
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::new();
+    for _ in 0..callers {
+        let (mut target, next) = (target.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut calls = 0u64;
+            while Instant::now() < deadline {
+                target.call(next.fetch_add(1, Ordering::Relaxed)).await?;
+                calls += 1;
+            }
+            Ok::<_, anyhow::Error>(calls)
+        }));
+    }
+    let mut calls = 0;
+    for task in tasks {
+        calls += task.await??;
+    }
+    Ok((calls, started.elapsed().as_secs_f64()))
+}
+
+/// Calls and seconds summed over the rounds, for the instrumented server and the other.
+#[derive(Default)]
+struct Totals {
+    on: (u64, f64),
+    off: (u64, f64),
+}
+
+impl Totals {
+    fn add(&mut self, instrumented: bool, (calls, seconds): (u64, f64)) {
+        let side = if instrumented {
+            &mut self.on
+        } else {
+            &mut self.off
+        };
+        side.0 += calls;
+        side.1 += seconds;
+    }
+
+    fn rates(&self) -> (f64, f64) {
+        (self.on.0 as f64 / self.on.1, self.off.0 as f64 / self.off.1)
+    }
+}
+
+/// Alternates the two targets over `rounds` rounds at each level and prints one row per level.
+async fn compare(name: &str, targets: [Target; 2], args: &Args, tag: &str) -> anyhow::Result<()> {
+    for target in &targets {
+        load(
+            &target.with_new_run(format!("warm-{tag}")).await?,
+            4,
+            Duration::from_secs(1),
+        )
+        .await?;
+    }
+    let duration = Duration::from_secs_f64(args.seconds);
+    for callers in &args.callers {
+        let mut totals = Totals::default();
+        for round in 0..args.rounds {
+            // on, off in even rounds; off, on in odd ones.
+            for side in [round % 2, 1 - round % 2] {
+                let run = format!("{tag}-{callers}-{round}-{side}");
+                let target = targets[side].with_new_run(run).await?;
+                totals.add(side == 0, load(&target, *callers, duration).await?);
+            }
+        }
+        let (on, off) = totals.rates();
+        println!(
+            "{:<10} {:>8} {:>14.0} {:>14.0} {:>8.3} {:>8.1}%",
+            name,
+            callers,
+            on,
+            off,
+            on / off,
+            (1.0 - on / off) * 100.0
+        );
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let docs = Arc::new(documents(&args.documents)?);
+    let tag = std::process::id().to_string();
+    let predict = |addr: &str| {
+        let (addr, run, docs) = (addr.to_string(), args.run.clone(), docs.clone());
+        async move {
+            let client = PredictionServiceClient::new(channel(&addr).await?);
+            anyhow::Ok(Target::Predict { client, run, docs })
+        }
+    };
+    let log_epoch = |addr: &str| {
+        let addr = addr.to_string();
+        async move {
+            let client = MetadataStoreServiceClient::new(channel(&addr).await?);
+            anyhow::Ok(Target::LogEpoch {
+                client,
+                run: String::new(),
+            })
+        }
+    };
+    println!(
+        "{} rounds of {} s per level and side, alternating; cost = 1 - on/off",
+        args.rounds, args.seconds
+    );
+    println!(
+        "{:<10} {:>8} {:>14} {:>14} {:>8} {:>9}",
+        "rpc", "callers", "on calls/s", "off calls/s", "on/off", "cost"
+    );
+    let targets = [
+        predict(&args.predict[0]).await?,
+        predict(&args.predict[1]).await?,
+    ];
+    compare("Predict", targets, &args, &tag).await?;
+    let targets = [
+        log_epoch(&args.metadata[0]).await?,
+        log_epoch(&args.metadata[1]).await?,
+    ];
+    compare("LogEpoch", targets, &args, &tag).await?;
+    Ok(())
+}
