@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Benchmarks (not part of the tests). Usage: scripts/bench.sh metadata|dataset|predict|schedule|train
+# Benchmarks (not part of the tests).
+# Usage: scripts/bench.sh metadata|dataset|predict|overhead|schedule|train
 #
 #   metadata   LogEpoch throughput and p50/p99 latency with 1, 16 and 64 concurrent callers on
 #              one channel, plus the wall time of 1,000 sequential LogEpoch calls, against a
@@ -12,6 +13,11 @@
 #              real flow (dataset, snapshot, trainer, artifact), then Predict at 1, 16 and 64
 #              concurrent callers against the warm model and, in the same run, against a
 #              trivial tonic echo RPC (the ceiling); cold-load time; model compute per request.
+#   overhead   the throughput cost of metrics and tracing: Predict (the model of `predict`) and
+#              LogEpoch (SQLite) at 1, 16 and 64 concurrent callers against two servers each,
+#              one with the defaults and one with AUTOML__TELEMETRY__INSTRUMENT=false and
+#              METRICS_ENABLED=false, both at the default log level (info), in alternating
+#              rounds (on/off, off/on, …; BENCH_ROUNDS, default 4, of BENCH_SECONDS each).
 #   schedule   training-service: time from Train to the trainer's start when the snapshot is
 #              READY, and jobs per second through the queue with 1,000 queued jobs of a trivial
 #              trainer (a script that records its start and exits).
@@ -28,9 +34,9 @@ source scripts/lib/tools.sh
 
 what=${1:-}
 case "$what" in
-  metadata|dataset|predict|schedule) ;;
+  metadata|dataset|predict|overhead|schedule) ;;
   train) exec scripts/bench/train.sh ;;
-  *) echo "usage: scripts/bench.sh metadata|dataset|predict|schedule|train" >&2; exit 2 ;;
+  *) echo "usage: scripts/bench.sh metadata|dataset|predict|overhead|schedule|train" >&2; exit 2 ;;
 esac
 
 seconds=${BENCH_SECONDS:-5}
@@ -39,12 +45,23 @@ pg_admin=${AUTOML_BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgre
 log "building release binaries"
 cargo build --release --locked -p automl --bin automl
 cargo bench --locked -p automl --bench "$what" --no-run
-bench_bin=$(ls -t target/release/deps/"$what"-* | grep -v '\.d$' | head -n 1)
+# The newest bench executable of that name (cargo leaves older builds and .d files beside it).
+bench_bin=
+for candidate in target/release/deps/"$what"-*; do
+  [[ $candidate == *.d ]] && continue
+  if [ -z "$bench_bin" ] || [ "$candidate" -nt "$bench_bin" ]; then
+    bench_bin=$candidate
+  fi
+done
 
 work=$(mktemp -d)
 server_pid=
+extra_pids=()
 cleanup() {
   [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+  for pid in ${extra_pids[@]+"${extra_pids[@]}"}; do
+    kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -56,6 +73,7 @@ start_server() {
   env AUTOML__DATA_DIR="$dir" AUTOML__DATABASE__URL="$url" \
     "AUTOML__${section^^}__HOST=127.0.0.1" "AUTOML__${section^^}__PORT=0" \
     AUTOML__S3__EMBEDDED_BIND=127.0.0.1:0 RUST_LOG=warn \
+    AUTOML__TELEMETRY__METRICS_HOST=127.0.0.1 AUTOML__TELEMETRY__METRICS_PORT=0 \
     target/release/automl serve "$service" >"$work/out" 2>"$work/err" &
   # (AUTOML__S3__ENDPOINT from the caller's environment, when set, replaces the embedded one.)
   server_pid=$!
@@ -108,15 +126,18 @@ bench_dataset() {
   stop_server
 }
 
-bench_predict() {
+# Starts `automl serve all` with the clinc part2 dataset and run 1 trained on it by
+# automl-train; sets $dm, $ms, $ps, $s3 and $server_pid.
+serve_all_with_model() {
   cargo build --release --locked -p automl-text-classification --bin automl-train
   local dir="$work/predict" data=../shared/data
   : >"$work/out"
   AUTOML__DATA_DIR="$dir" AUTOML__S3__EMBEDDED_BIND=127.0.0.1:0 RUST_LOG=warn \
     AUTOML__DATA_MANAGEMENT__PORT=0 AUTOML__METADATA_STORE__PORT=0 AUTOML__PREDICTION_SERVICE__PORT=0 \
+    AUTOML__TELEMETRY__METRICS_HOST=127.0.0.1 AUTOML__TELEMETRY__METRICS_PORT=0 \
     target/release/automl serve all >"$work/out" 2>"$work/err" &
   server_pid=$!
-  local dm= ms= ps=
+  dm='' ms='' ps=''
   for _ in $(seq 1 100); do
     dm=$(sed -n 's/^automl: data-management listening on //p' "$work/out")
     ms=$(sed -n 's/^automl: metadata-store listening on //p' "$work/out")
@@ -137,14 +158,63 @@ bench_predict() {
     MINIO_SERVER_SECRET_KEY=automl-secret-key TRAINING_DATA_BUCKET=mini-automl-dm \
     TRAINING_DATA_PATH=versionedDatasets/1/hashAg== EPOCHS="${BENCH_EPOCHS:-10}" LR=4 BATCH_SIZE=64 \
     FC_SIZE=128 target/release/automl-train | tail -n 2
+}
+
+bench_predict() {
+  serve_all_with_model
   log "Predict load against $ps"
-  "$bench_bin" --addr "$ps" --run 1 --s3 "http://$s3" --documents "$data/clinc-intents-part1.csv" \
+  "$bench_bin" --addr "$ps" --run 1 --s3 "http://$s3" --documents ../shared/data/clinc-intents-part1.csv \
     --seconds "$seconds"
+  stop_server
+}
+
+# Starts `automl serve SERVICE` as NAME with NAME=VALUE settings on top of the bench defaults,
+# in the background; sets $addr and adds the process to $extra_pids.
+start_extra() {
+  local name=$1 service=$2 section=${2//-/_}
+  shift 2
+  env AUTOML__DATA_DIR="$work/$name" AUTOML__S3__EMBEDDED_BIND=127.0.0.1:0 RUST_LOG=info \
+    "AUTOML__${section^^}__HOST=127.0.0.1" "AUTOML__${section^^}__PORT=0" \
+    AUTOML__TELEMETRY__METRICS_HOST=127.0.0.1 AUTOML__TELEMETRY__METRICS_PORT=0 "$@" \
+    target/release/automl serve "$service" >"$work/$name.out" 2>"$work/$name.err" &
+  extra_pids+=("$!")
+  addr=
+  for _ in $(seq 1 100); do
+    addr=$(sed -n "s/^automl: $service listening on //p" "$work/$name.out")
+    [ -n "$addr" ] && return 0
+    sleep 0.1
+  done
+  cat "$work/$name.err" >&2
+  return 1
+}
+
+bench_overhead() {
+  serve_all_with_model
+  local on=(AUTOML__TELEMETRY__INSTRUMENT=true AUTOML__TELEMETRY__METRICS_ENABLED=true)
+  local off=(AUTOML__TELEMETRY__INSTRUMENT=false AUTOML__TELEMETRY__METRICS_ENABLED=false)
+  local predict_on predict_off store_on store_off
+  # Both prediction-services resolve run 1 through the metadata-store of `serve all` and
+  # download it from its S3 endpoint; each metadata-store has a SQLite database of its own.
+  start_extra predict-on prediction-service "${on[@]}" \
+    AUTOML__PREDICTION_SERVICE__METADATA_STORE="http://$ms" AUTOML__S3__ENDPOINT="http://$s3"
+  predict_on=$addr
+  start_extra predict-off prediction-service "${off[@]}" \
+    AUTOML__PREDICTION_SERVICE__METADATA_STORE="http://$ms" AUTOML__S3__ENDPOINT="http://$s3"
+  predict_off=$addr
+  start_extra store-on metadata-store "${on[@]}"
+  store_on=$addr
+  start_extra store-off metadata-store "${off[@]}"
+  store_off=$addr
+  log "Predict ($predict_on, $predict_off) and LogEpoch ($store_on, $store_off), on then off"
+  "$bench_bin" --predict "$predict_on,$predict_off" --run 1 \
+    --documents ../shared/data/clinc-intents-part1.csv \
+    --metadata "$store_on,$store_off" --seconds "$seconds" --rounds "${BENCH_ROUNDS:-4}"
   stop_server
 }
 
 bench_schedule() {
   local dir="$work/schedule" trivial="$work/trivial-trainer.sh" trace="$work/trace"
+  # shellcheck disable=SC2016 # the variables belong to the script written, not to this one
   printf '#!/bin/sh\necho "$JOB_ID $(date +%%s%%N)" >> "$TRACE"\n' >"$trivial"
   chmod +x "$trivial"
   : >"$work/out"
@@ -154,7 +224,7 @@ bench_schedule() {
     AUTOML__TRAINING_SERVICE__ALGORITHMS__TRIVIAL__COMMAND="$trivial" \
     target/release/automl serve all >"$work/out" 2>"$work/err" &
   server_pid=$!
-  local dm= ts=
+  local dm='' ts=''
   for _ in $(seq 1 100); do
     dm=$(sed -n 's/^automl: data-management listening on //p' "$work/out")
     ts=$(sed -n 's/^automl: training-service listening on //p' "$work/out")
