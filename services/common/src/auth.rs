@@ -625,13 +625,14 @@ where
 /// (and what clients retry on, or not) is RESOURCE_EXHAUSTED. No automl handler answers
 /// OUT_OF_RANGE itself, so every such status is that limit.
 fn too_large_is_resource_exhausted(headers: &mut http::HeaderMap) {
+    const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
     let out_of_range = headers
-        .get("grpc-status")
+        .get(GRPC_STATUS)
         .is_some_and(|status| status.as_bytes() == b"11");
     if out_of_range {
         let code = i32::from(tonic::Code::ResourceExhausted).to_string();
         if let Ok(value) = http::HeaderValue::from_str(&code) {
-            headers.insert("grpc-status", value);
+            headers.insert(GRPC_STATUS, value);
         }
     }
 }

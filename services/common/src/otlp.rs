@@ -207,7 +207,8 @@ fn body(service: &str, spans: &[Finished]) -> Value {
                 "traceId": format!("{:032x}", span.trace_id),
                 "spanId": format!("{:016x}", span.span_id),
                 "name": span.name,
-                "kind": 2,
+                // SPAN_KIND_SERVER for a received call, SPAN_KIND_INTERNAL for work inside it.
+                "kind": if span.name == "rpc" { 2 } else { 1 },
                 "startTimeUnixNano": nanos(span.start),
                 "endTimeUnixNano": nanos(span.end),
                 "attributes": span.attributes.iter().map(|(key, value)| json!({

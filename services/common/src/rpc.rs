@@ -101,70 +101,104 @@ pub struct RpcService<S> {
     cache: Arc<SeriesCache>,
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
 impl<S, B, R> Service<http::Request<B>> for RpcService<S>
 where
     S: Service<http::Request<B>, Response = http::Response<R>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    R: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+    type Future = RpcFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let series = self.cache.get(request.uri().path());
         series.requests.inc();
         let id = incoming_id(&request).unwrap_or_else(request_id::generate);
-        if let Ok(value) = http::HeaderValue::from_str(&id) {
-            request.headers_mut().insert(request_id::HEADER, value);
-        }
+        // Sensitive: HPACK then sends the value as a literal never indexed. Every id is new,
+        // so indexing would only churn both ends' header tables (searched on every header).
+        let header = http::HeaderValue::from_str(&id).ok().map(|mut value| {
+            value.set_sensitive(true);
+            value
+        });
         let span = tracing::info_span!(
             "rpc",
-            request_id = %id,
-            method = %series.method,
-            service = %series.service,
+            request_id = id.as_str(),
+            method = series.method.as_str(),
+            service = series.service.as_str(),
         );
-        let header = http::HeaderValue::from_str(&id).ok();
-        let start = Instant::now();
-        let call = request_id::scope(id, self.inner.call(request).instrument(span.clone()));
-        Box::pin(async move {
-            let mut result = call.await;
-            series.duration.observe_duration(start.elapsed());
-            match &mut result {
-                Ok(response) => {
-                    record_status(&series, response.headers(), &span);
-                    if let Some(header) = header {
-                        response.headers_mut().insert(request_id::HEADER, header);
-                    }
-                }
-                Err(_) => {
-                    metrics()
-                        .rpc
-                        .errors
-                        .with(&[
-                            &series.service,
-                            &series.method,
-                            code_name(tonic::Code::Unknown),
-                        ])
-                        .inc();
-                }
-            }
-            result
-        })
+        RpcFuture {
+            call: request_id::scoped(id, self.inner.call(request)).instrument(span),
+            series,
+            header,
+            start: Instant::now(),
+        }
     }
 }
+
+pin_project_lite::pin_project! {
+    /// A call through [`RpcService`]: the inner call in its span and with its request id, then
+    /// its latency and status recorded and the id added to the response headers. (A named
+    /// future rather than a boxed one: one allocation less per call.)
+    pub struct RpcFuture<F> {
+        #[pin]
+        call: tracing::instrument::Instrumented<tokio::task::futures::TaskLocalFuture<String, F>>,
+        series: Arc<PathSeries>,
+        header: Option<http::HeaderValue>,
+        start: Instant,
+    }
+}
+
+impl<F, R, E> Future for RpcFuture<F>
+where
+    F: Future<Output = Result<http::Response<R>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let Poll::Ready(mut result) = this.call.as_mut().poll(cx) else {
+            return Poll::Pending;
+        };
+        this.series.duration.observe_duration(this.start.elapsed());
+        match &mut result {
+            Ok(response) => {
+                record_status(
+                    this.series,
+                    response.headers(),
+                    this.call.as_ref().get_ref().span(),
+                );
+                if let Some(header) = this.header.take() {
+                    response.headers_mut().insert(REQUEST_ID_HEADER, header);
+                }
+            }
+            Err(_) => {
+                metrics()
+                    .rpc
+                    .errors
+                    .with(&[
+                        &this.series.service,
+                        &this.series.method,
+                        code_name(tonic::Code::Unknown),
+                    ])
+                    .inc();
+            }
+        }
+        Poll::Ready(result)
+    }
+}
+
+/// The request id's header, parsed once.
+const REQUEST_ID_HEADER: http::HeaderName = http::HeaderName::from_static(request_id::HEADER);
+/// The status header of a trailers-only response, parsed once.
+const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
 
 fn incoming_id<B>(request: &http::Request<B>) -> Option<String> {
     request
         .headers()
-        .get(request_id::HEADER)
+        .get(REQUEST_ID_HEADER)
         .and_then(|value| value.to_str().ok())
         .filter(|id| request_id::is_valid(id))
         .map(str::to_string)
@@ -173,7 +207,7 @@ fn incoming_id<B>(request: &http::Request<B>) -> Option<String> {
 /// Counts a non-OK `grpc-status` in the headers, and logs it at debug level in the call's span.
 fn record_status(series: &PathSeries, headers: &http::HeaderMap, span: &tracing::Span) {
     let Some(code) = headers
-        .get("grpc-status")
+        .get(GRPC_STATUS)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<i32>().ok())
     else {

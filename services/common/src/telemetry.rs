@@ -1,25 +1,25 @@
 //! Tracing setup: logs on stderr, human-readable ([`LogFormat::Text`]) or one JSON object per
-//! line ([`LogFormat::Json`]), filtered by `RUST_LOG` or the configured filter; plus a layer that
-//! turns sqlx's per-statement events into the SQL latency histogram, whatever the log filter.
+//! line ([`LogFormat::Json`]), filtered by `RUST_LOG` or the configured filter. (SQL latency is
+//! timed at each call, [`crate::db::Timed`], not from sqlx's statement events.)
 //!
 //! [`instrumented`] says whether servers add the per-RPC layer ([`crate::rpc::RpcLayer`]);
 //! `telemetry.instrument = false` turns it off to measure its cost.
 
 use std::fmt::Write as _;
+use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tracing::field::{Field, Visit};
-use tracing::{Event, Level, Subscriber};
+use tracing::{Event, Subscriber};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
-use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{LogFormat, TelemetryConfig};
-use crate::metrics::metrics;
 
 static INSTRUMENT: AtomicBool = AtomicBool::new(true);
 
@@ -35,97 +35,160 @@ pub fn init(config: &TelemetryConfig) {
 }
 
 /// [`init`] for a process that exports its spans (OTLP) as `service_name`.
+///
+/// One global filter decides what is recorded at all, which costs less per span and per poll
+/// than a filter per layer.
 pub fn init_as(config: &TelemetryConfig, service_name: &str) {
     INSTRUMENT.store(config.instrument, Ordering::Relaxed);
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.log_filter))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let directives = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|filter| !filter.trim().is_empty())
+        .unwrap_or_else(|| config.log_filter.clone());
+    // Static directives (the usual `info,automl=debug`) need no per-span bookkeeping: Targets.
+    // Span-field directives need EnvFilter.
+    let filter = match directives.parse::<Targets>() {
+        Ok(targets) => targets.boxed(),
+        Err(_) => EnvFilter::try_new(&directives)
+            .unwrap_or_else(|_| EnvFilter::new("info"))
+            .boxed(),
+    };
+    let ansi = std::io::stderr().is_terminal();
     let logs = match config.log_format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .with_target(true)
-            .with_filter(filter)
+            .with_ansi(ansi)
+            .fmt_fields(TextFields)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .fmt_fields(JsonFields)
             .event_format(JsonFormat)
-            .with_filter(filter)
             .boxed(),
     };
-    let sql = config
-        .instrument
-        .then(|| SqlMetrics.with_filter(Targets::new().with_target("sqlx::query", Level::DEBUG)));
     let otlp = (!config.otlp_endpoint.is_empty())
         .then(|| crate::otlp::OtlpLayer::start(&config.otlp_endpoint, service_name))
         .flatten()
         .map(|layer| layer.with_filter(tracing_subscriber::filter::LevelFilter::INFO));
-    let _ = tracing_subscriber::registry()
-        .with(logs)
-        .with(sql)
-        .with(otlp)
-        .try_init();
+    let subscriber = tracing_subscriber::registry().with(filter).with(logs);
+    // Without an exporter the stack has no layer for it at all: every span operation passes
+    // through each layer of the stack.
+    let _ = match otlp {
+        Some(otlp) => subscriber.with(otlp).try_init(),
+        None => subscriber.try_init(),
+    };
 }
 
-/// Records `elapsed_secs` of every `sqlx::query` event into
-/// `automl_sql_query_duration_seconds{statement}`.
-struct SqlMetrics;
+/// Formats fields as `key=value` (strings and Display values as they are, others with
+/// Debug), without the escape codes and the allocations of the default field formatter: span
+/// fields are formatted once per RPC.
+struct TextFields;
 
-impl<S: Subscriber> Layer<S> for SqlMetrics {
-    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        let mut visitor = SqlVisitor::default();
-        event.record(&mut visitor);
-        if let Some(seconds) = visitor.elapsed {
-            metrics()
-                .storage
-                .sql_duration
-                .with(&[statement_verb(&visitor.summary)])
-                .observe(seconds);
+impl<'writer> FormatFields<'writer> for TextFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        mut writer: Writer<'writer>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut visitor = TextVisitor {
+            out: Staging::new(),
+            first: true,
+        };
+        fields.record(&mut visitor);
+        writer.write_str(visitor.out.as_str())
+    }
+
+    fn add_fields(
+        &self,
+        current: &'writer mut FormattedFields<Self>,
+        fields: &tracing::span::Record<'_>,
+    ) -> std::fmt::Result {
+        let mut visitor = TextVisitor {
+            out: Staging::new(),
+            first: current.fields.is_empty(),
+        };
+        fields.record(&mut visitor);
+        current.fields.push_str(visitor.out.as_str());
+        Ok(())
+    }
+}
+
+/// Text built on the stack and handed on in one piece (one allocation where the span's fields
+/// are kept, instead of one per growth); longer text spills to the heap.
+struct Staging {
+    bytes: [u8; 256],
+    len: usize,
+    spill: String,
+}
+
+impl Staging {
+    fn new() -> Self {
+        Self {
+            bytes: [0; 256],
+            len: 0,
+            spill: String::new(),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        if self.spill.is_empty() {
+            // Only whole `str`s were copied in: always UTF-8.
+            std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
+        } else {
+            &self.spill
         }
     }
 }
 
-#[derive(Default)]
-struct SqlVisitor {
-    summary: String,
-    elapsed: Option<f64>,
+impl std::fmt::Write for Staging {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        if self.spill.is_empty() && self.len + text.len() <= self.bytes.len() {
+            self.bytes[self.len..self.len + text.len()].copy_from_slice(text.as_bytes());
+            self.len += text.len();
+            return Ok(());
+        }
+        if self.spill.is_empty() {
+            let staged = std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default();
+            self.spill.reserve(staged.len() + text.len());
+            self.spill.push_str(staged);
+        }
+        self.spill.push_str(text);
+        Ok(())
+    }
 }
 
-impl Visit for SqlVisitor {
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        if field.name() == "elapsed_secs" {
-            self.elapsed = Some(value);
-        }
-    }
+struct TextVisitor {
+    out: Staging,
+    first: bool,
+}
 
+impl TextVisitor {
+    fn separator(&mut self, field: &Field) {
+        if !self.first {
+            let _ = self.out.write_char(' ');
+        }
+        if field.name() != "message" {
+            let _ = self.out.write_str(field.name());
+            let _ = self.out.write_char('=');
+        }
+        self.first = false;
+    }
+}
+
+impl Visit for TextVisitor {
     fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "summary" {
-            self.summary = value.chars().take(16).collect();
-        }
+        self.separator(field);
+        let _ = self.out.write_str(value);
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        let chain = crate::error::error_chain(value);
+        self.record_str(field, &chain);
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "summary" {
-            self.summary = format!("{value:?}").chars().take(16).collect();
-        }
-    }
-}
-
-/// The statement's verb as a bounded label value.
-fn statement_verb(summary: &str) -> &'static str {
-    let word = summary
-        .trim_start_matches('"')
-        .split_whitespace()
-        .next()
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    match word.as_str() {
-        "select" | "with" => "select",
-        "insert" => "insert",
-        "update" => "update",
-        "delete" => "delete",
-        "begin" | "commit" | "rollback" | "savepoint" | "release" => "transaction",
-        _ => "other",
+        self.separator(field);
+        let _ = write!(self.out, "{value:?}");
     }
 }
 
@@ -313,19 +376,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn staged_text_spills_to_the_heap_whole() {
+        let mut staging = Staging::new();
+        let long = "é".repeat(200);
+        staging.write_str("start ").expect("write");
+        staging.write_str(&long).expect("write");
+        staging.write_str(" end").expect("write");
+        assert_eq!(staging.as_str(), format!("start {long} end"));
+        let mut short = Staging::new();
+        write!(short, "a={} b={:?}", 1, "x").expect("write");
+        assert_eq!(short.as_str(), "a=1 b=\"x\"");
+    }
+
+    #[test]
     fn json_strings_are_escaped() {
         let mut out = String::new();
         push_json_string(&mut out, "a\"b\\c\nd\u{1}é");
         assert_eq!(out, "\"a\\\"b\\\\c\\nd\\u0001é\"");
-    }
-
-    #[test]
-    fn statement_verbs_are_bounded() {
-        assert_eq!(statement_verb("SELECT id FROM runs"), "select");
-        assert_eq!(statement_verb("insert into runs …"), "insert");
-        assert_eq!(statement_verb("BEGIN"), "transaction");
-        assert_eq!(statement_verb("PRAGMA foo"), "other");
-        assert_eq!(statement_verb(""), "other");
     }
 
     #[test]

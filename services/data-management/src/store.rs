@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use automl_common::db::{Database, is_unique_violation};
+use automl_common::db::{Database, Timed, is_unique_violation};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -89,10 +89,11 @@ impl DataStore {
         .bind(PENDING)
         .bind(now)
         .fetch_one(&mut *tx)
+        .timed("insert")
         .await?
         .try_get("dataset_id")?;
         insert_pending_commit(&mut tx, tenant, dataset_id, 1, lease_until).await?;
-        tx.commit().await?;
+        tx.commit().timed("transaction").await?;
         Ok(Reservation {
             tenant: tenant.to_string(),
             dataset_id,
@@ -115,6 +116,7 @@ impl DataStore {
             )
             .bind(dataset_id)
             .fetch_one(&mut *tx)
+            .timed("select")
             .await?
             .try_get("next")?;
             match insert_pending_commit(&mut tx, tenant, dataset_id, commit_id, lease_until).await {
@@ -122,7 +124,7 @@ impl DataStore {
                 Err(DataError::Db(err)) if is_unique_violation(&err) => continue,
                 Err(err) => return Err(err),
             }
-            match tx.commit().await {
+            match tx.commit().timed("transaction").await {
                 Ok(()) => {
                     let reservation = Reservation {
                         tenant: tenant.to_string(),
@@ -153,7 +155,7 @@ impl DataStore {
         .bind(reservation.dataset_id)
         .bind(reservation.commit_id)
         .bind(PENDING)
-        .execute(&self.db.pool)
+        .execute(&self.db.pool).timed("update")
         .await?;
         Ok(())
     }
@@ -181,6 +183,7 @@ impl DataStore {
         .bind(reservation.commit_id)
         .bind(PENDING)
         .execute(&mut *tx)
+        .timed("update")
         .await?;
         if updated.rows_affected() != 1 {
             return Err(DataError::FailedPrecondition(format!(
@@ -193,8 +196,9 @@ impl DataStore {
             .bind(record.now)
             .bind(reservation.dataset_id)
             .execute(&mut *tx)
+            .timed("update")
             .await?;
-        tx.commit().await?;
+        tx.commit().timed("transaction").await?;
         Ok(())
     }
 
@@ -206,13 +210,15 @@ impl DataStore {
             .bind(reservation.commit_id)
             .bind(PENDING)
             .execute(&mut *tx)
+            .timed("delete")
             .await?;
         sqlx::query("DELETE FROM datasets WHERE dataset_id = $1 AND state = $2")
             .bind(reservation.dataset_id)
             .bind(PENDING)
             .execute(&mut *tx)
+            .timed("delete")
             .await?;
-        tx.commit().await?;
+        tx.commit().timed("transaction").await?;
         Ok(())
     }
 
@@ -223,7 +229,7 @@ impl DataStore {
         )
         .bind(PENDING)
         .bind(now_ms)
-        .fetch_all(&self.db.pool)
+        .fetch_all(&self.db.pool).timed("select")
         .await?;
         rows.iter()
             .map(|row| {
@@ -246,6 +252,7 @@ impl DataStore {
         .bind(dataset_id)
         .bind(COMMITTED)
         .fetch_optional(&self.db.pool)
+        .timed("select")
         .await?
         .ok_or(DataError::DatasetNotFound(dataset_id))?;
         let commits = sqlx::query(
@@ -255,6 +262,7 @@ impl DataStore {
         .bind(dataset_id)
         .bind(COMMITTED)
         .fetch_all(&self.db.pool)
+        .timed("select")
         .await?;
         Ok(Dataset {
             dataset_id: row.try_get("dataset_id")?,
@@ -287,6 +295,7 @@ impl DataStore {
         .bind(limit)
         .bind(offset)
         .fetch_all(&self.db.pool)
+        .timed("select")
         .await?;
         rows.iter()
             .map(|row| Ok(row.try_get("dataset_id")?))
@@ -305,9 +314,10 @@ impl DataStore {
             sqlx::query(statement)
                 .bind(dataset_id)
                 .execute(&mut *tx)
+                .timed("delete")
                 .await?;
         }
-        tx.commit().await?;
+        tx.commit().timed("transaction").await?;
         Ok(())
     }
 
@@ -325,7 +335,7 @@ impl DataStore {
         .bind(tenant)
         .bind(dataset_id)
         .bind(version_hash)
-        .fetch_optional(&self.db.pool)
+        .fetch_optional(&self.db.pool).timed("select")
         .await?;
         row.as_ref().map(decode_snapshot).transpose()
     }
@@ -354,6 +364,7 @@ impl DataStore {
                 .bind(version_hash)
                 .bind(SnapshotState::Failed.number())
                 .execute(&self.db.pool)
+                .timed("update")
                 .await
                 .map(|done| done.rows_affected() == 1),
                 None => sqlx::query(
@@ -368,6 +379,7 @@ impl DataStore {
                 .bind(json(&commit_ids)?)
                 .bind(now)
                 .execute(&self.db.pool)
+                .timed("insert")
                 .await
                 .map(|_| true),
             };
@@ -406,6 +418,7 @@ impl DataStore {
         .bind(dataset_id)
         .bind(version_hash)
         .execute(&self.db.pool)
+        .timed("update")
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -428,6 +441,7 @@ impl DataStore {
         .bind(dataset_id)
         .bind(version_hash)
         .execute(&self.db.pool)
+        .timed("update")
         .await?;
         Ok(())
     }
@@ -440,6 +454,7 @@ impl DataStore {
         )
         .bind(SnapshotState::Running.number())
         .fetch_all(&self.db.pool)
+        .timed("select")
         .await?;
         rows.iter()
             .map(|row| {
@@ -471,6 +486,7 @@ async fn insert_pending_commit(
     .bind(PENDING)
     .bind(lease_until)
     .execute(&mut **tx)
+    .timed("insert")
     .await?;
     Ok(())
 }
@@ -487,6 +503,7 @@ async fn visible_dataset_type(
     .bind(dataset_id)
     .bind(COMMITTED)
     .fetch_optional(&mut **tx)
+    .timed("select")
     .await?
     .ok_or(DataError::DatasetNotFound(dataset_id))?;
     DatasetType::from_number(row.try_get("dataset_type")?)

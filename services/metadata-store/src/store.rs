@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use automl_common::db::{Database, is_unique_violation};
+use automl_common::db::{Database, Timed, is_unique_violation};
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
@@ -47,6 +47,7 @@ impl RunStore {
         .bind(&run.lineage.code_version)
         .bind(&run.lineage.base_run_id)
         .execute(&self.db.pool)
+        .timed("insert")
         .await;
         match result {
             Ok(_) => self.get_run(tenant, &run.run_id).await,
@@ -74,6 +75,7 @@ impl RunStore {
         .bind(&epoch.end_time)
         .bind(metrics)
         .execute(&mut *tx)
+        .timed("insert")
         .await;
         match inserted {
             Ok(_) => {}
@@ -85,7 +87,7 @@ impl RunStore {
             }
             Err(err) => return Err(err.into()),
         }
-        tx.commit().await?;
+        tx.commit().timed("transaction").await?;
         Ok(())
     }
 
@@ -103,8 +105,9 @@ impl RunStore {
         .bind(tenant)
         .bind(&end.run_id)
         .execute(&mut *tx)
+        .timed("update")
         .await?;
-        tx.commit().await?;
+        tx.commit().timed("transaction").await?;
         self.get_run(tenant, &end.run_id).await
     }
 
@@ -128,6 +131,7 @@ impl RunStore {
         .bind(tenant)
         .bind(run_id)
         .fetch_optional(&self.db.pool)
+        .timed("select")
         .await?
         .ok_or_else(|| MetadataError::RunNotFound(run_id.to_string()))?;
         decode_run(&row)
@@ -148,6 +152,7 @@ impl RunStore {
         .bind(run_id)
         .bind(after_seq)
         .fetch_all(&self.db.pool)
+        .timed("select")
         .await?;
         rows.iter()
             .map(|row| Ok((row.try_get::<i64, _>("seq")?, decode_epoch(row)?)))
@@ -168,6 +173,7 @@ impl RunStore {
         .bind(&filter.dataset_id)
         .bind(&filter.run_name)
         .fetch_one(&self.db.pool)
+        .timed("select")
         .await?
         .try_get("n")?;
         let limit = if filter.limit == 0 {
@@ -186,6 +192,7 @@ impl RunStore {
         .bind(limit)
         .bind(filter.offset)
         .fetch_all(&self.db.pool)
+        .timed("select")
         .await?;
         let mut runs = Vec::with_capacity(rows.len());
         for row in &rows {
@@ -227,6 +234,7 @@ impl RunStore {
             .bind(tenant)
             .bind(&artifact.run_id)
             .fetch_optional(&mut *tx)
+            .timed("select")
             .await?;
         if exists.is_none() {
             return Err(MetadataError::RunNotFound(artifact.run_id.clone()));
@@ -249,6 +257,7 @@ impl RunStore {
         .bind(tenant)
         .bind(&artifact.name)
         .fetch_one(&mut *tx)
+        .timed("select")
         .await?
         .try_get("next")?;
         sqlx::query(
@@ -264,8 +273,9 @@ impl RunStore {
         .bind(&artifact.algorithm)
         .bind(automl_common::time::now_iso())
         .execute(&mut *tx)
+        .timed("insert")
         .await?;
-        tx.commit().await?;
+        tx.commit().timed("transaction").await?;
         Ok(Artifact {
             name: artifact.name.clone(),
             version,
@@ -290,6 +300,7 @@ impl RunStore {
         .bind(tenant)
         .bind(run_id)
         .fetch_optional(&mut *conn)
+        .timed("select")
         .await?;
         match row {
             Some(row) => decode_artifact(&row),
@@ -307,6 +318,7 @@ async fn require_running(
         .bind(tenant)
         .bind(run_id)
         .fetch_optional(&mut **tx)
+        .timed("select")
         .await?
         .ok_or_else(|| MetadataError::RunNotFound(run_id.to_string()))?;
     if row.try_get::<i64, _>("ended")? != 0 {
@@ -327,6 +339,7 @@ async fn artifact_of_run(
     .bind(tenant)
     .bind(run_id)
     .fetch_optional(&mut **tx)
+    .timed("select")
     .await?;
     row.as_ref().map(decode_artifact).transpose()
 }

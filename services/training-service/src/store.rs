@@ -1,7 +1,7 @@
 //! SQL persistence of jobs. Claiming a job is one transaction that also enforces the
 //! concurrency limit, so replicas sharing a Postgres database never launch a job twice.
 
-use automl_common::db::{Backend, Database};
+use automl_common::db::{Backend, Database, Timed};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -45,6 +45,7 @@ impl JobStore {
         .bind(backend)
         .bind(now)
         .fetch_one(&self.db.pool)
+        .timed("insert")
         .await?;
         Ok(row.try_get("job_id")?)
     }
@@ -57,6 +58,7 @@ impl JobStore {
         .bind(tenant)
         .bind(job_id)
         .fetch_optional(&self.db.pool)
+        .timed("select")
         .await?
         .ok_or(TrainingError::JobNotFound(job_id))?;
         decode(&row)
@@ -68,6 +70,7 @@ impl JobStore {
             .bind(JobStatus::Queuing.number())
             .bind(job_id)
             .fetch_one(&self.db.pool)
+            .timed("select")
             .await?;
         Ok(row.try_get("n")?)
     }
@@ -92,6 +95,7 @@ impl JobStore {
         )))
         .bind(tenant)
         .fetch_one(&self.db.pool)
+        .timed("select")
         .await?
         .try_get("n")?;
         let limit = if limit == 0 { i64::MAX } else { limit };
@@ -101,7 +105,7 @@ impl JobStore {
         .bind(tenant)
         .bind(limit)
         .bind(offset)
-        .fetch_all(&self.db.pool)
+        .fetch_all(&self.db.pool).timed("select")
         .await?;
         let jobs = rows.iter().map(decode).collect::<Result<_, _>>()?;
         Ok((jobs, total))
@@ -115,6 +119,7 @@ impl JobStore {
         .bind(JobStatus::Queuing.number())
         .bind(limit)
         .fetch_all(&self.db.pool)
+        .timed("select")
         .await?;
         rows.iter().map(decode).collect()
     }
@@ -126,6 +131,7 @@ impl JobStore {
         )))
         .bind(job_id)
         .fetch_optional(&self.db.pool)
+        .timed("select")
         .await?
         .ok_or(TrainingError::JobNotFound(job_id))?;
         decode(&row)
@@ -143,6 +149,7 @@ impl JobStore {
         .bind(JobStatus::Launch.number())
         .bind(JobStatus::Running.number())
         .fetch_one(&self.db.pool)
+        .timed("select")
         .await?;
         Ok((row.try_get("queued")?, row.try_get("active")?))
     }
@@ -155,6 +162,7 @@ impl JobStore {
         .bind(JobStatus::Launch.number())
         .bind(JobStatus::Running.number())
         .fetch_all(&self.db.pool)
+        .timed("select")
         .await?;
         rows.iter().map(decode).collect()
     }
@@ -167,6 +175,7 @@ impl JobStore {
             sqlx::query("SELECT pg_advisory_xact_lock($1)")
                 .bind(CLAIM_LOCK)
                 .execute(&mut *tx)
+                .timed("select")
                 .await?;
             let locked = sqlx::query(
                 "SELECT job_id FROM jobs WHERE job_id = $1 AND status = $2 FOR UPDATE SKIP LOCKED",
@@ -174,6 +183,7 @@ impl JobStore {
             .bind(job_id)
             .bind(JobStatus::Queuing.number())
             .fetch_optional(&mut *tx)
+            .timed("select")
             .await?;
             if locked.is_none() {
                 return Ok(false);
@@ -183,6 +193,7 @@ impl JobStore {
             .bind(JobStatus::Launch.number())
             .bind(JobStatus::Running.number())
             .fetch_one(&mut *tx)
+            .timed("select")
             .await?
             .try_get("n")?;
         if active >= limit {
@@ -197,8 +208,9 @@ impl JobStore {
         .bind(job_id)
         .bind(JobStatus::Queuing.number())
         .execute(&mut *tx)
+        .timed("update")
         .await?;
-        tx.commit().await?;
+        tx.commit().timed("transaction").await?;
         Ok(updated.rows_affected() == 1)
     }
 
@@ -231,7 +243,12 @@ impl JobStore {
         if let Some(reference) = backend_ref {
             query = query.bind(reference);
         }
-        Ok(query.execute(&self.db.pool).await?.rows_affected() == 1)
+        Ok(query
+            .execute(&self.db.pool)
+            .timed("update")
+            .await?
+            .rows_affected()
+            == 1)
     }
 }
 
