@@ -192,23 +192,24 @@ bench_overhead() {
   serve_all_with_model
   local on=(AUTOML__TELEMETRY__INSTRUMENT=true AUTOML__TELEMETRY__METRICS_ENABLED=true)
   local off=(AUTOML__TELEMETRY__INSTRUMENT=false AUTOML__TELEMETRY__METRICS_ENABLED=false)
-  local predict_on predict_off store_on store_off
+  local predict_on predict_off store_on store_off pids=()
   # Both prediction-services resolve run 1 through the metadata-store of `serve all` and
   # download it from its S3 endpoint; each metadata-store has a SQLite database of its own.
   start_extra predict-on prediction-service "${on[@]}" \
     AUTOML__PREDICTION_SERVICE__METADATA_STORE="http://$ms" AUTOML__S3__ENDPOINT="http://$s3"
-  predict_on=$addr
+  predict_on=$addr pids+=("${extra_pids[-1]}")
   start_extra predict-off prediction-service "${off[@]}" \
     AUTOML__PREDICTION_SERVICE__METADATA_STORE="http://$ms" AUTOML__S3__ENDPOINT="http://$s3"
-  predict_off=$addr
+  predict_off=$addr pids+=("${extra_pids[-1]}")
   start_extra store-on metadata-store "${on[@]}"
-  store_on=$addr
+  store_on=$addr pids+=("${extra_pids[-1]}")
   start_extra store-off metadata-store "${off[@]}"
-  store_off=$addr
+  store_off=$addr pids+=("${extra_pids[-1]}")
   log "Predict ($predict_on, $predict_off) and LogEpoch ($store_on, $store_off), on then off"
   "$bench_bin" --predict "$predict_on,$predict_off" --run 1 \
     --documents ../shared/data/clinc-intents-part1.csv \
-    --metadata "$store_on,$store_off" --seconds "$seconds" --rounds "${BENCH_ROUNDS:-4}"
+    --metadata "$store_on,$store_off" --pids "$(IFS=,; echo "${pids[*]}")" \
+    --seconds "$seconds" --rounds "${BENCH_ROUNDS:-4}"
   stop_server
 }
 

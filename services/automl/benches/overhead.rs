@@ -3,9 +3,15 @@
 //! `telemetry.instrument = false` and `metrics_enabled = false`, in alternating rounds
 //! (on/off, off/on, …) so that load from elsewhere on the machine hits both alike.
 //!
+//! Besides calls per second, each row gives the servers' own CPU time per call (the time the
+//! server's threads spent on a CPU over the round, from /proc/PID/task/*/schedstat, when
+//! `--pids` names them):
+//! on a machine whose cores the load generator shares, that is the steadier measure of what
+//! the instrumentation costs.
+//!
 //! Usage: `cargo bench -p automl --bench overhead -- --predict ON_ADDR,OFF_ADDR --run RUN_ID
-//!        --documents FILE.csv --metadata ON_ADDR,OFF_ADDR [--seconds 3] [--rounds 4]
-//!        [--callers 1,16,64]`
+//!        --documents FILE.csv --metadata ON_ADDR,OFF_ADDR [--pids P_ON,P_OFF,M_ON,M_OFF]
+//!        [--seconds 3] [--rounds 4] [--callers 1,16,64]`
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,6 +35,8 @@ struct Args {
     seconds: f64,
     rounds: usize,
     callers: Vec<usize>,
+    /// Server process ids: prediction on, off, metadata on, off.
+    pids: Vec<u32>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -40,6 +48,7 @@ fn parse_args() -> anyhow::Result<Args> {
         seconds: 3.0,
         rounds: 4,
         callers: vec![1, 16, 64],
+        pids: Vec::new(),
     };
     let mut iter = std::env::args().skip(1);
     while let Some(arg) = iter.next() {
@@ -48,6 +57,12 @@ fn parse_args() -> anyhow::Result<Args> {
             "--predict" => args.predict = value()?.split(',').map(str::to_string).collect(),
             "--metadata" => args.metadata = value()?.split(',').map(str::to_string).collect(),
             "--run" => args.run = value()?,
+            "--pids" => {
+                args.pids = value()?
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?;
+            }
             "--documents" => args.documents = value()?,
             "--seconds" => args.seconds = value()?.parse()?,
             "--rounds" => args.rounds = value()?.parse()?,
@@ -180,31 +195,77 @@ async fn load(target: &Target, callers: usize, duration: Duration) -> anyhow::Re
     Ok((calls, started.elapsed().as_secs_f64()))
 }
 
-/// Calls and seconds summed over the rounds, for the instrumented server and the other.
+/// CPU seconds a process has used so far, every thread: the nanoseconds on a CPU that
+/// /proc/PID/task/TID/schedstat reports (finer than the clock ticks of /proc/PID/stat).
+fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", pid?)).ok()?;
+    let mut nanos = 0u64;
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue;
+        };
+        nanos += stat
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Some(nanos as f64 / 1e9)
+}
+
+/// Calls, seconds and server CPU seconds summed over the rounds, for one side.
+#[derive(Default, Clone, Copy)]
+struct Side {
+    calls: u64,
+    seconds: f64,
+    cpu: Option<f64>,
+}
+
+/// Both sides: the instrumented server and the other.
 #[derive(Default)]
 struct Totals {
-    on: (u64, f64),
-    off: (u64, f64),
+    on: Side,
+    off: Side,
 }
 
 impl Totals {
-    fn add(&mut self, instrumented: bool, (calls, seconds): (u64, f64)) {
+    fn add(&mut self, instrumented: bool, (calls, seconds): (u64, f64), cpu: Option<f64>) {
         let side = if instrumented {
             &mut self.on
         } else {
             &mut self.off
         };
-        side.0 += calls;
-        side.1 += seconds;
+        side.calls += calls;
+        side.seconds += seconds;
+        side.cpu = match (side.cpu, cpu) {
+            (Some(total), Some(more)) => Some(total + more),
+            (None, Some(more)) if side.calls == calls => Some(more),
+            _ => None,
+        };
     }
 
     fn rates(&self) -> (f64, f64) {
-        (self.on.0 as f64 / self.on.1, self.off.0 as f64 / self.off.1)
+        (
+            self.on.calls as f64 / self.on.seconds,
+            self.off.calls as f64 / self.off.seconds,
+        )
+    }
+
+    /// Server CPU microseconds per call, on and off.
+    fn cpu_per_call(&self) -> Option<(f64, f64)> {
+        let per_call = |side: &Side| Some(side.cpu? * 1e6 / side.calls.max(1) as f64);
+        Some((per_call(&self.on)?, per_call(&self.off)?))
     }
 }
 
 /// Alternates the two targets over `rounds` rounds at each level and prints one row per level.
-async fn compare(name: &str, targets: [Target; 2], args: &Args, tag: &str) -> anyhow::Result<()> {
+async fn compare(
+    name: &str,
+    targets: [Target; 2],
+    pids: [Option<u32>; 2],
+    args: &Args,
+    tag: &str,
+) -> anyhow::Result<()> {
     for target in &targets {
         load(
             &target.with_new_run(format!("warm-{tag}")).await?,
@@ -216,23 +277,43 @@ async fn compare(name: &str, targets: [Target; 2], args: &Args, tag: &str) -> an
     let duration = Duration::from_secs_f64(args.seconds);
     for callers in &args.callers {
         let mut totals = Totals::default();
+        let mut ratios = Vec::new();
         for round in 0..args.rounds {
             // on, off in even rounds; off, on in odd ones.
+            let mut rates = [0.0; 2];
             for side in [round % 2, 1 - round % 2] {
                 let run = format!("{tag}-{callers}-{round}-{side}");
                 let target = targets[side].with_new_run(run).await?;
-                totals.add(side == 0, load(&target, *callers, duration).await?);
+                let before = cpu_seconds(pids[side]);
+                let done = load(&target, *callers, duration).await?;
+                let used = cpu_seconds(pids[side]).zip(before).map(|(a, b)| a - b);
+                rates[side] = done.0 as f64 / done.1;
+                totals.add(side == 0, done, used);
             }
+            ratios.push(rates[0] / rates[1]);
         }
         let (on, off) = totals.rates();
+        // The median of the rounds' on/off ratios: a round that a checkpoint or another
+        // process disturbed moves it less than it moves the totals.
+        ratios.sort_by(f64::total_cmp);
+        let median = match ratios.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => ratios[n / 2],
+            n => (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0,
+        };
+        let cpu = totals.cpu_per_call().map_or_else(
+            || format!("{:>10} {:>10} {:>9}", "-", "-", "-"),
+            |(on, off)| format!("{on:>10.1} {off:>10.1} {:>8.1}%", (on / off - 1.0) * 100.0),
+        );
         println!(
-            "{:<10} {:>8} {:>14.0} {:>14.0} {:>8.3} {:>8.1}%",
+            "{:<10} {:>8} {:>14.0} {:>14.0} {:>8.3} {:>8.1}% {:>8.1}% {cpu}",
             name,
             callers,
             on,
             off,
             on / off,
-            (1.0 - on / off) * 100.0
+            (1.0 - on / off) * 100.0,
+            (1.0 - median) * 100.0
         );
     }
     Ok(())
@@ -261,22 +342,33 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     println!(
-        "{} rounds of {} s per level and side, alternating; cost = 1 - on/off",
+        "{} rounds of {} s per level and side, alternating; cost = 1 - on/off of the totals, \
+         median = 1 - the median of the rounds' on/off",
         args.rounds, args.seconds
     );
     println!(
-        "{:<10} {:>8} {:>14} {:>14} {:>8} {:>9}",
-        "rpc", "callers", "on calls/s", "off calls/s", "on/off", "cost"
+        "{:<10} {:>8} {:>14} {:>14} {:>8} {:>9} {:>9} {:>10} {:>10} {:>9}",
+        "rpc",
+        "callers",
+        "on calls/s",
+        "off calls/s",
+        "on/off",
+        "cost",
+        "median",
+        "on µs CPU",
+        "off µs CPU",
+        "CPU cost"
     );
+    let pid = |i: usize| args.pids.get(i).copied();
     let targets = [
         predict(&args.predict[0]).await?,
         predict(&args.predict[1]).await?,
     ];
-    compare("Predict", targets, &args, &tag).await?;
+    compare("Predict", targets, [pid(0), pid(1)], &args, &tag).await?;
     let targets = [
         log_epoch(&args.metadata[0]).await?,
         log_epoch(&args.metadata[1]).await?,
     ];
-    compare("LogEpoch", targets, &args, &tag).await?;
+    compare("LogEpoch", targets, [pid(2), pid(3)], &args, &tag).await?;
     Ok(())
 }
