@@ -841,12 +841,30 @@ impl Training {
     /// Applies what the Kubernetes backend observed.
     async fn handle_observed(self: Arc<Self>, mut observed: mpsc::UnboundedReceiver<Observed>) {
         while let Some(item) = observed.recv().await {
-            let result = match &item {
-                Observed::Running(job) | Observed::Exited(job, _) | Observed::Gone(job) => {
-                    let (id, span) = self.job_scope(job.job_id).await;
-                    request_id::scope(id, self.apply_observed(item).instrument(span)).await
+            let result = match item {
+                Observed::Listed(present) => self.settle_missing(&present).await,
+                Observed::Running(found) | Observed::Gone(found) | Observed::Exited(found, _)
+                    if !self.is_current(&found).await =>
+                {
+                    // A Job of another job with the same id (or of a job not in this database).
+                    Ok(())
                 }
-                Observed::Listed(_) => self.apply_observed(item).await,
+                item => {
+                    let job_id = match &item {
+                        Observed::Running(found)
+                        | Observed::Gone(found)
+                        | Observed::Exited(found, _) => found.job_id,
+                        Observed::Listed(_) => continue,
+                    };
+                    let stored = self.store.get_by_id(job_id).await;
+                    let (tenant, id) = stored.map_or_else(
+                        |_| (DEFAULT_TENANT.to_string(), String::new()),
+                        |job| (job.tenant, job.spec.request_id),
+                    );
+                    let (id, span) = job_scope(job_id, &id);
+                    let applied = self.apply_observed(job_id, &tenant, item);
+                    request_id::scope(id, applied.instrument(span)).await
+                }
             };
             if let Err(err) = result {
                 tracing::error!(error = %error_chain(&err), "cannot record what Kubernetes reported");
@@ -854,35 +872,22 @@ impl Training {
         }
     }
 
-    async fn apply_observed(&self, item: Observed) -> Result<(), TrainingError> {
+    /// What a Job of this database's job `job_id` (of `tenant`) reported.
+    async fn apply_observed(
+        &self,
+        job_id: i64,
+        tenant: &str,
+        item: Observed,
+    ) -> Result<(), TrainingError> {
         match item {
+            Observed::Running(_) => self.running(job_id).await,
+            Observed::Exited(_, exit) => self.record_exit(job_id, tenant, exit).await,
+            Observed::Gone(_) => {
+                self.settle(job_id, "the Kubernetes Job was deleted before it finished")
+                    .await
+            }
             Observed::Listed(present) => self.settle_missing(&present).await,
-            Observed::Running(job) if self.is_current(&job).await => self.running(job.job_id).await,
-            Observed::Exited(job, exit) if self.is_current(&job).await => {
-                self.record_exit(job.job_id, exit).await
-            }
-            Observed::Gone(job) if self.is_current(&job).await => {
-                self.settle(
-                    job.job_id,
-                    "the Kubernetes Job was deleted before it finished",
-                )
-                .await
-            }
-            // A Job of another job with the same id (or of a job not in this database).
-            Observed::Running(_) | Observed::Exited(..) | Observed::Gone(_) => Ok(()),
         }
-    }
-
-    /// The request id and log span of a job's background work (launch, exit, settling): the
-    /// id of the `Train` call that queued it, so one run reads as one request in the logs.
-    async fn job_scope(&self, job_id: i64) -> (String, tracing::Span) {
-        let id = self
-            .store
-            .get_by_id(job_id)
-            .await
-            .map(|job| job.spec.request_id)
-            .unwrap_or_default();
-        job_scope(job_id, &id)
     }
 
     /// Whether a Job the backend saw belongs to the job of that id in this database.
@@ -1002,28 +1007,37 @@ impl Training {
     async fn handle_exits(self: Arc<Self>, mut exits: mpsc::UnboundedReceiver<(i64, Exit)>) {
         while let Some((job_id, exit)) = exits.recv().await {
             self.backend.finished(job_id);
-            let (id, span) = self.job_scope(job_id).await;
-            let recorded = request_id::scope(id, self.record_exit(job_id, exit).instrument(span));
+            let (tenant, id) = self.store.get_by_id(job_id).await.map_or_else(
+                |_| (DEFAULT_TENANT.to_string(), String::new()),
+                |job| (job.tenant, job.spec.request_id),
+            );
+            let (id, span) = job_scope(job_id, &id);
+            let recorded = self.record_exit(job_id, &tenant, exit).instrument(span);
+            let recorded = request_id::scope(id, recorded);
             if let Err(err) = recorded.await {
                 tracing::error!(job_id, error = %error_chain(&err), "cannot record a trainer's exit");
             }
         }
     }
 
-    async fn record_exit(&self, job_id: i64, exit: Exit) -> Result<(), TrainingError> {
+    async fn record_exit(
+        &self,
+        job_id: i64,
+        tenant: &str,
+        exit: Exit,
+    ) -> Result<(), TrainingError> {
         let active = [JobStatus::Launch, JobStatus::Running];
-        let tenant = self.job_tenant(job_id).await;
         match exit {
             Exit::Success => {
                 let message = self
-                    .run_outcome(&tenant, job_id)
+                    .run_outcome(tenant, job_id)
                     .await
                     .map_or_else(|| "training succeeded".to_string(), |(_, message)| message);
                 self.finish(job_id, &active, JobStatus::Succeed, &message)
                     .await
             }
             Exit::Failed(reason) => {
-                self.end_run(&tenant, job_id, &reason).await;
+                self.end_run(tenant, job_id, &reason).await;
                 self.finish(job_id, &active, JobStatus::Failure, &reason)
                     .await
             }
