@@ -218,6 +218,13 @@ impl ServerOptions {
 }
 
 fn main() -> ExitCode {
+    // Before the runtime starts its threads: prediction-service's model runs on candle, which
+    // otherwise reads /proc/cpuinfo on every matrix product.
+    // SAFETY: first thing in main; no other thread exists yet.
+    #[allow(unsafe_code)]
+    unsafe {
+        automl_text_classification::device::fix_cpu_thread_count();
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

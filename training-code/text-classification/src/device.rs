@@ -45,6 +45,34 @@ pub fn select(choice: DeviceChoice) -> Result<Device> {
     }
 }
 
+/// Fixes the number of CPU threads candle computes with, once, and returns it.
+///
+/// candle's CPU matrix product asks for its thread count on every call, and unless
+/// `RAYON_NUM_THREADS` is set that means reading and parsing `/proc/cpuinfo` each time: for a
+/// small model that costs more than the arithmetic (a prediction does several products). This
+/// sets `RAYON_NUM_THREADS` to the count candle would have found (its physical cores), so
+/// every later call reads one variable instead. A value already set is kept.
+///
+/// # Safety
+///
+/// It writes the process environment, so no other thread may exist yet (reading or writing
+/// the environment concurrently is undefined behaviour): call it first thing in `main`, before
+/// an async runtime or anything else starts threads.
+#[allow(unsafe_code)]
+pub unsafe fn fix_cpu_thread_count() -> usize {
+    let set = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|value| value.trim().parse::<usize>().ok())
+        .filter(|threads| *threads > 0);
+    if let Some(threads) = set {
+        return threads;
+    }
+    let threads = candle_core::utils::get_num_threads();
+    // SAFETY: the caller guarantees that this process has no other thread yet.
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
+    threads
+}
+
 /// A short name for logs and manifests: `cpu` or `cuda:N`.
 pub fn describe(device: &Device) -> String {
     match device.location() {

@@ -68,6 +68,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: first thing in main; no other thread exists yet.
+    #[allow(unsafe_code)]
+    unsafe {
+        automl_text_classification::device::fix_cpu_thread_count();
+    }
     init_tracing();
     let cli = Cli::parse();
     let env: HashMap<String, String> = std::env::vars().collect();
