@@ -213,12 +213,23 @@ fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
     Some(nanos as f64 / 1e9)
 }
 
-/// Calls, seconds and server CPU seconds summed over the rounds, for one side.
-#[derive(Default, Clone, Copy)]
+/// Calls, seconds and server CPU seconds summed over the rounds, for one side (no CPU total
+/// once a round could not read it).
+#[derive(Clone, Copy)]
 struct Side {
     calls: u64,
     seconds: f64,
     cpu: Option<f64>,
+}
+
+impl Default for Side {
+    fn default() -> Self {
+        Self {
+            calls: 0,
+            seconds: 0.0,
+            cpu: Some(0.0),
+        }
+    }
 }
 
 /// Both sides: the instrumented server and the other.
@@ -237,11 +248,7 @@ impl Totals {
         };
         side.calls += calls;
         side.seconds += seconds;
-        side.cpu = match (side.cpu, cpu) {
-            (Some(total), Some(more)) => Some(total + more),
-            (None, Some(more)) if side.calls == calls => Some(more),
-            _ => None,
-        };
+        side.cpu = side.cpu.zip(cpu).map(|(total, more)| total + more);
     }
 
     fn rates(&self) -> (f64, f64) {

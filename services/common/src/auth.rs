@@ -625,7 +625,7 @@ where
 /// (and what clients retry on, or not) is RESOURCE_EXHAUSTED. No automl handler answers
 /// OUT_OF_RANGE itself, so every such status is that limit.
 fn too_large_is_resource_exhausted(headers: &mut http::HeaderMap) {
-    const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+    use crate::rpc::GRPC_STATUS;
     let out_of_range = headers
         .get(GRPC_STATUS)
         .is_some_and(|status| status.as_bytes() == b"11");

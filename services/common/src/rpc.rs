@@ -193,7 +193,7 @@ where
 /// The request id's header, parsed once.
 const REQUEST_ID_HEADER: http::HeaderName = http::HeaderName::from_static(request_id::HEADER);
 /// The status header of a trailers-only response, parsed once.
-const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+pub(crate) const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
 
 fn incoming_id<B>(request: &http::Request<B>) -> Option<String> {
     request

@@ -155,7 +155,8 @@ impl DataStore {
         .bind(reservation.dataset_id)
         .bind(reservation.commit_id)
         .bind(PENDING)
-        .execute(&self.db.pool).timed("update")
+        .execute(&self.db.pool)
+        .timed("update")
         .await?;
         Ok(())
     }
@@ -229,7 +230,8 @@ impl DataStore {
         )
         .bind(PENDING)
         .bind(now_ms)
-        .fetch_all(&self.db.pool).timed("select")
+        .fetch_all(&self.db.pool)
+        .timed("select")
         .await?;
         rows.iter()
             .map(|row| {
@@ -335,7 +337,8 @@ impl DataStore {
         .bind(tenant)
         .bind(dataset_id)
         .bind(version_hash)
-        .fetch_optional(&self.db.pool).timed("select")
+        .fetch_optional(&self.db.pool)
+        .timed("select")
         .await?;
         row.as_ref().map(decode_snapshot).transpose()
     }

@@ -841,29 +841,20 @@ impl Training {
     /// Applies what the Kubernetes backend observed.
     async fn handle_observed(self: Arc<Self>, mut observed: mpsc::UnboundedReceiver<Observed>) {
         while let Some(item) = observed.recv().await {
-            let result = match item {
-                Observed::Listed(present) => self.settle_missing(&present).await,
-                Observed::Running(found) | Observed::Gone(found) | Observed::Exited(found, _)
-                    if !self.is_current(&found).await =>
-                {
-                    // A Job of another job with the same id (or of a job not in this database).
-                    Ok(())
-                }
-                item => {
-                    let job_id = match &item {
-                        Observed::Running(found)
-                        | Observed::Gone(found)
-                        | Observed::Exited(found, _) => found.job_id,
-                        Observed::Listed(_) => continue,
-                    };
-                    let stored = self.store.get_by_id(job_id).await;
-                    let (tenant, id) = stored.map_or_else(
-                        |_| (DEFAULT_TENANT.to_string(), String::new()),
-                        |job| (job.tenant, job.spec.request_id),
-                    );
-                    let (id, span) = job_scope(job_id, &id);
-                    let applied = self.apply_observed(job_id, &tenant, item);
-                    request_id::scope(id, applied.instrument(span)).await
+            let result = match &item {
+                Observed::Listed(present) => self.settle_missing(present).await,
+                Observed::Running(found) | Observed::Gone(found) | Observed::Exited(found, _) => {
+                    // One read: whether the Job is this job's, and its tenant and request id.
+                    match self.store.get_by_id(found.job_id).await {
+                        Ok(job) if found.is_of(&job) => {
+                            let (id, span) = job_scope(job.job_id, &job.spec.request_id);
+                            let applied = self.apply_observed(&job, item);
+                            request_id::scope(id, applied.instrument(span)).await
+                        }
+                        // A Job of another job with the same id (or of a job not in this
+                        // database).
+                        _ => Ok(()),
+                    }
                 }
             };
             if let Err(err) = result {
@@ -872,30 +863,20 @@ impl Training {
         }
     }
 
-    /// What a Job of this database's job `job_id` (of `tenant`) reported.
-    async fn apply_observed(
-        &self,
-        job_id: i64,
-        tenant: &str,
-        item: Observed,
-    ) -> Result<(), TrainingError> {
+    /// What a Job of this database's `job` reported.
+    async fn apply_observed(&self, job: &Job, item: Observed) -> Result<(), TrainingError> {
         match item {
-            Observed::Running(_) => self.running(job_id).await,
-            Observed::Exited(_, exit) => self.record_exit(job_id, tenant, exit).await,
+            Observed::Running(_) => self.running(job.job_id).await,
+            Observed::Exited(_, exit) => self.record_exit(job.job_id, &job.tenant, exit).await,
             Observed::Gone(_) => {
-                self.settle(job_id, "the Kubernetes Job was deleted before it finished")
-                    .await
+                self.settle(
+                    job.job_id,
+                    "the Kubernetes Job was deleted before it finished",
+                )
+                .await
             }
             Observed::Listed(present) => self.settle_missing(&present).await,
         }
-    }
-
-    /// Whether a Job the backend saw belongs to the job of that id in this database.
-    async fn is_current(&self, job: &JobRef) -> bool {
-        self.store
-            .get_by_id(job.job_id)
-            .await
-            .is_ok_and(|stored| job.is_of(&stored))
     }
 
     async fn running(&self, job_id: i64) -> Result<(), TrainingError> {
@@ -1131,7 +1112,8 @@ impl Training {
     }
 }
 
-/// See [`Training::job_scope`].
+/// The request id and log span of a job's background work (launch, exit, settling): the id of
+/// the `Train` call that queued it, so one run reads as one request in the logs.
 fn job_scope(job_id: i64, request_id: &str) -> (String, tracing::Span) {
     let span = tracing::info_span!("job", job_id, request_id = %request_id);
     (request_id.to_string(), span)

@@ -105,7 +105,8 @@ impl JobStore {
         .bind(tenant)
         .bind(limit)
         .bind(offset)
-        .fetch_all(&self.db.pool).timed("select")
+        .fetch_all(&self.db.pool)
+        .timed("select")
         .await?;
         let jobs = rows.iter().map(decode).collect::<Result<_, _>>()?;
         Ok((jobs, total))
