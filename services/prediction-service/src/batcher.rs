@@ -13,6 +13,10 @@ use crate::error::PredictError;
 const MAX_BATCH: usize = 64;
 /// Requests waiting for the worker; senders wait (briefly) when it is full.
 const QUEUE: usize = 1024;
+/// Batches up to this size run on the worker task itself (tens of microseconds of CPU, less
+/// than handing them to a blocking thread and waking the worker again costs); larger ones run
+/// on a blocking thread.
+const INLINE_BATCH: usize = 4;
 
 type Reply = oneshot::Sender<Result<Prediction, PredictError>>;
 
@@ -58,9 +62,12 @@ async fn work(
             }
         }
         let (documents, replies): (Vec<String>, Vec<Reply>) = batch.into_iter().unzip();
-        let model = Arc::clone(&classifier);
-        let outcome =
-            tokio::task::spawn_blocking(move || model.predict_batch(&documents, top_k)).await;
+        let outcome = if documents.len() <= INLINE_BATCH {
+            Ok(classifier.predict_batch(&documents, top_k))
+        } else {
+            let model = Arc::clone(&classifier);
+            tokio::task::spawn_blocking(move || model.predict_batch(&documents, top_k)).await
+        };
         match outcome {
             Ok(Ok(predictions)) => {
                 for (reply, prediction) in replies.into_iter().zip(predictions) {
