@@ -6,8 +6,9 @@
 //! before its first response message (every unary error); a stream that fails later counts as
 //! OK here, its error is in its trailers.
 
+use std::cell::RefCell;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -20,18 +21,15 @@ use crate::metrics::{Counter, Histogram, metrics};
 use crate::request_id;
 
 /// Adds the span, the request id and the metrics to every call of the wrapped routes.
-#[derive(Debug, Clone, Default)]
-pub struct RpcLayer {
-    cache: Arc<SeriesCache>,
-}
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RpcLayer;
 
 /// How many distinct paths get their own series.
 const MAX_PATHS: usize = 512;
 
-/// The request counter and latency histogram per path, so a call costs no label lookup.
-#[derive(Debug, Default)]
-struct SeriesCache(RwLock<Vec<(String, Arc<PathSeries>)>>);
-
+/// The request counter and latency histogram of one path. Created once per path and never
+/// freed (at most [`MAX_PATHS`] of them, plus one shared by the paths beyond), so a call holds
+/// a plain reference: no reference count to touch.
 #[derive(Debug)]
 struct PathSeries {
     service: String,
@@ -40,37 +38,58 @@ struct PathSeries {
     duration: Arc<Histogram>,
 }
 
-impl SeriesCache {
-    fn get(&self, path: &str) -> Arc<PathSeries> {
-        if let Ok(known) = self.0.read()
-            && let Some((_, found)) = known.iter().find(|(key, _)| key == path)
-        {
-            return found.clone();
-        }
-        let full = self.0.read().map_or(true, |known| known.len() >= MAX_PATHS);
-        // Unknown paths (scanners, typos) beyond the cap share one series instead of growing
-        // the registry.
-        let (service, method) = if full {
-            ("other", "other")
-        } else {
-            split_path(path)
-        };
-        let rpc = &metrics().rpc;
-        let created = Arc::new(PathSeries {
-            requests: rpc.requests.with(&[service, method]),
-            duration: rpc.duration.with(&[service, method]),
-            service: service.to_string(),
-            method: method.to_string(),
-        });
-        let mut known = match self.0.write() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if known.len() < MAX_PATHS {
-            known.push((path.to_string(), created.clone()));
-        }
-        created
+/// The series of `path`. Each thread keeps the paths it has seen, so a call takes no lock and
+/// writes no memory that other threads read; a path new to the thread looks in the process's
+/// list, which creates it when new to the process.
+fn series(path: &str) -> &'static PathSeries {
+    thread_local! {
+        static SEEN: RefCell<Vec<(Box<str>, &'static PathSeries)>> = const { RefCell::new(Vec::new()) };
     }
+    SEEN.with(|seen| {
+        if let Ok(seen) = seen.try_borrow()
+            && let Some((_, found)) = seen.iter().find(|(key, _)| **key == *path)
+        {
+            return *found;
+        }
+        let found = shared_series(path);
+        if let Ok(mut seen) = seen.try_borrow_mut()
+            && seen.len() < MAX_PATHS
+        {
+            seen.push((path.into(), found));
+        }
+        found
+    })
+}
+
+fn shared_series(path: &str) -> &'static PathSeries {
+    static KNOWN: Mutex<Vec<(String, &'static PathSeries)>> = Mutex::new(Vec::new());
+    static OTHER: OnceLock<&'static PathSeries> = OnceLock::new();
+    let mut known = match KNOWN.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    if let Some((_, found)) = known.iter().find(|(key, _)| key == path) {
+        return found;
+    }
+    // Unknown paths (scanners, typos) beyond the cap share one series instead of growing the
+    // registry.
+    if known.len() >= MAX_PATHS {
+        return OTHER.get_or_init(|| create_series("other", "other"));
+    }
+    let (service, method) = split_path(path);
+    let created = create_series(service, method);
+    known.push((path.to_string(), created));
+    created
+}
+
+fn create_series(service: &str, method: &str) -> &'static PathSeries {
+    let rpc = &metrics().rpc;
+    Box::leak(Box::new(PathSeries {
+        requests: rpc.requests.with(&[service, method]),
+        duration: rpc.duration.with(&[service, method]),
+        service: service.to_string(),
+        method: method.to_string(),
+    }))
 }
 
 /// `/pkg.Service/Method` → (`pkg.Service`, `Method`); anything else → (`unknown`, `unknown`).
@@ -87,10 +106,7 @@ impl<S> Layer<S> for RpcLayer {
     type Service = RpcService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RpcService {
-            inner,
-            cache: self.cache.clone(),
-        }
+        RpcService { inner }
     }
 }
 
@@ -98,7 +114,6 @@ impl<S> Layer<S> for RpcLayer {
 #[derive(Debug, Clone)]
 pub struct RpcService<S> {
     inner: S,
-    cache: Arc<SeriesCache>,
 }
 
 impl<S, B, R> Service<http::Request<B>> for RpcService<S>
@@ -114,7 +129,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let series = self.cache.get(request.uri().path());
+        let series = series(request.uri().path());
         series.requests.inc();
         let id = incoming_id(&request).unwrap_or_else(request_id::generate);
         // Sensitive: HPACK then sends the value as a literal never indexed. Every id is new,
@@ -145,7 +160,7 @@ pin_project_lite::pin_project! {
     pub struct RpcFuture<F> {
         #[pin]
         call: tracing::instrument::Instrumented<tokio::task::futures::TaskLocalFuture<String, F>>,
-        series: Arc<PathSeries>,
+        series: &'static PathSeries,
         header: Option<http::HeaderValue>,
         start: Instant,
     }

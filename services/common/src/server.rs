@@ -127,7 +127,7 @@ pub async fn serve(
         if crate::telemetry::instrumented() {
             Box::pin(
                 builder
-                    .layer(RpcLayer::default())
+                    .layer(RpcLayer)
                     .layer(AuthLayer::new(service.auth.clone()))
                     .add_routes(routes)
                     .serve_with_incoming_shutdown(incoming, signal),
