@@ -14,10 +14,11 @@
 #              concurrent callers against the warm model and, in the same run, against a
 #              trivial tonic echo RPC (the ceiling); cold-load time; model compute per request.
 #   overhead   the throughput cost of metrics and tracing: Predict (the model of `predict`) and
-#              LogEpoch (SQLite) at 1, 16 and 64 concurrent callers against two servers each,
-#              one with the defaults and one with AUTOML__TELEMETRY__INSTRUMENT=false and
-#              METRICS_ENABLED=false, both at the default log level (info), in alternating
-#              rounds (on/off, off/on, …; BENCH_ROUNDS, default 4, of BENCH_SECONDS each).
+#              LogEpoch (SQLite) at 1, 16 and 64 concurrent callers against pairs of servers,
+#              in each one with the defaults and one with AUTOML__TELEMETRY__INSTRUMENT=false
+#              and METRICS_ENABLED=false, both at the default log level (info), in alternating
+#              rounds (on/off, off/on, …; BENCH_ROUNDS, default 4, of BENCH_SECONDS each),
+#              round r on pair r mod BENCH_PAIRS.
 #   schedule   training-service: time from Train to the trainer's start when the snapshot is
 #              READY, and jobs per second through the queue with 1,000 queued jobs of a trivial
 #              trainer (a script that records its start and exits).
@@ -25,7 +26,8 @@
 #              of the same model and data split; accuracy, wall time, examples/s
 #              (scripts/bench/train.sh says more).
 #
-# Environment: BENCH_SECONDS (per level, default 5), BENCH_MEGABYTES (dataset input sizes,
+# Environment: BENCH_SECONDS (per level, default 5), BENCH_CALLERS and BENCH_PAIRS (overhead:
+# the levels, default 1,16,64; how many on/off pairs of servers, default 3), BENCH_MEGABYTES (dataset input sizes,
 # default 10,100), AUTOML_BENCH_POSTGRES_URL (admin URL,
 # default postgres://postgres@127.0.0.1:5432/postgres; set it to "skip" to bench SQLite only).
 set -euo pipefail
@@ -192,24 +194,26 @@ bench_overhead() {
   serve_all_with_model
   local on=(AUTOML__TELEMETRY__INSTRUMENT=true AUTOML__TELEMETRY__METRICS_ENABLED=true)
   local off=(AUTOML__TELEMETRY__INSTRUMENT=false AUTOML__TELEMETRY__METRICS_ENABLED=false)
-  local predict_on predict_off store_on store_off pids=()
-  # Both prediction-services resolve run 1 through the metadata-store of `serve all` and
-  # download it from its S3 endpoint; each metadata-store has a SQLite database of its own.
-  start_extra predict-on prediction-service "${on[@]}" \
-    AUTOML__PREDICTION_SERVICE__METADATA_STORE="http://$ms" AUTOML__S3__ENDPOINT="http://$s3"
-  predict_on=$addr pids+=("${extra_pids[-1]}")
-  start_extra predict-off prediction-service "${off[@]}" \
-    AUTOML__PREDICTION_SERVICE__METADATA_STORE="http://$ms" AUTOML__S3__ENDPOINT="http://$s3"
-  predict_off=$addr pids+=("${extra_pids[-1]}")
-  start_extra store-on metadata-store "${on[@]}"
-  store_on=$addr pids+=("${extra_pids[-1]}")
-  start_extra store-off metadata-store "${off[@]}"
-  store_off=$addr pids+=("${extra_pids[-1]}")
-  log "Predict ($predict_on, $predict_off) and LogEpoch ($store_on, $store_off), on then off"
-  "$bench_bin" --predict "$predict_on,$predict_off" --run 1 \
+  local predict=() stores=() predict_pids=() store_pids=() pair side settings
+  # BENCH_PAIRS pairs of each (on, off), loaded in turn. Every prediction-service resolves run 1
+  # through the metadata-store of `serve all` and downloads it from its S3 endpoint; each
+  # metadata-store has a SQLite database of its own.
+  for pair in $(seq 1 "${BENCH_PAIRS:-3}"); do
+    for side in on off; do
+      if [ "$side" = on ]; then settings=("${on[@]}"); else settings=("${off[@]}"); fi
+      start_extra "predict-$side-$pair" prediction-service "${settings[@]}" \
+        AUTOML__PREDICTION_SERVICE__METADATA_STORE="http://$ms" AUTOML__S3__ENDPOINT="http://$s3"
+      predict+=("$addr") predict_pids+=("${extra_pids[-1]}")
+      start_extra "store-$side-$pair" metadata-store "${settings[@]}"
+      stores+=("$addr") store_pids+=("${extra_pids[-1]}")
+    done
+  done
+  log "Predict (${predict[*]}) and LogEpoch (${stores[*]}), pairs on then off"
+  "$bench_bin" --predict "$(IFS=,; echo "${predict[*]}")" --run 1 \
     --documents ../shared/data/clinc-intents-part1.csv \
-    --metadata "$store_on,$store_off" --pids "$(IFS=,; echo "${pids[*]}")" \
-    --seconds "$seconds" --rounds "${BENCH_ROUNDS:-4}"
+    --metadata "$(IFS=,; echo "${stores[*]}")" \
+    --pids "$(IFS=,; echo "${predict_pids[*]},${store_pids[*]}")" \
+    --seconds "$seconds" --rounds "${BENCH_ROUNDS:-4}" --callers "${BENCH_CALLERS:-1,16,64}"
   stop_server
 }
 

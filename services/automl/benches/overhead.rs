@@ -1,7 +1,10 @@
-//! The throughput cost of metrics and tracing: Predict and LogEpoch against two servers of each
-//! started by `scripts/bench.sh overhead`, one with telemetry on (the default) and one with
-//! `telemetry.instrument = false` and `metrics_enabled = false`, in alternating rounds
-//! (on/off, off/on, …) so that load from elsewhere on the machine hits both alike.
+//! The throughput cost of metrics and tracing: Predict and LogEpoch against pairs of servers
+//! started by `scripts/bench.sh overhead`, in each pair one with telemetry on (the default) and
+//! one with `telemetry.instrument = false` and `metrics_enabled = false`, in alternating rounds
+//! (on/off, off/on, …) so that load from elsewhere on the machine hits both alike. With more
+//! than one pair, round r loads pair r mod pairs: a process that happens to run faster or
+//! slower than its twin for the whole run (where its threads and memory landed) then weighs
+//! less in the result.
 //!
 //! Besides calls per second, each row gives the servers' own CPU time per call (the time the
 //! server's threads spent on a CPU over the round, from /proc/PID/task/*/schedstat, when
@@ -9,9 +12,11 @@
 //! on a machine whose cores the load generator shares, that is the steadier measure of what
 //! the instrumentation costs.
 //!
-//! Usage: `cargo bench -p automl --bench overhead -- --predict ON_ADDR,OFF_ADDR --run RUN_ID
-//!        --documents FILE.csv --metadata ON_ADDR,OFF_ADDR [--pids P_ON,P_OFF,M_ON,M_OFF]
-//!        [--seconds 3] [--rounds 4] [--callers 1,16,64]`
+//! Usage: `cargo bench -p automl --bench overhead -- --predict ON,OFF[,ON,OFF…] --run RUN_ID
+//!        --documents FILE.csv [--metadata ON,OFF[,ON,OFF…]]
+//!        [--pids PREDICT_ON,PREDICT_OFF[,…],METADATA_ON,METADATA_OFF[,…]]
+//!        [--seconds 3] [--rounds 4] [--callers 1,16,64]` (addresses; without `--metadata`,
+//!        Predict only)
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,16 +31,17 @@ use automl_proto::prediction::prediction_service_client::PredictionServiceClient
 use tonic::transport::Channel;
 
 struct Args {
-    /// prediction-service addresses, instrumented first.
+    /// prediction-service addresses in pairs, instrumented first.
     predict: Vec<String>,
-    /// metadata-store addresses, instrumented first.
+    /// metadata-store addresses in pairs, instrumented first.
     metadata: Vec<String>,
     run: String,
     documents: String,
     seconds: f64,
     rounds: usize,
     callers: Vec<usize>,
-    /// Server process ids: prediction on, off, metadata on, off.
+    /// Server process ids in the order of the addresses: prediction-services, then
+    /// metadata-stores.
     pids: Vec<u32>,
 }
 
@@ -77,8 +83,10 @@ fn parse_args() -> anyhow::Result<Args> {
         }
     }
     anyhow::ensure!(
-        args.predict.len() == 2 && args.metadata.len() == 2,
-        "--predict and --metadata each need ON_ADDR,OFF_ADDR"
+        !args.predict.is_empty()
+            && args.predict.len().is_multiple_of(2)
+            && args.metadata.len().is_multiple_of(2),
+        "--predict and --metadata each need pairs ON_ADDR,OFF_ADDR (--metadata may be left out)"
     );
     Ok(args)
 }
@@ -265,15 +273,16 @@ impl Totals {
     }
 }
 
-/// Alternates the two targets over `rounds` rounds at each level and prints one row per level.
-async fn compare(
-    name: &str,
+/// One instrumented server and its uninstrumented twin, with their process ids.
+struct Pair {
     targets: [Target; 2],
     pids: [Option<u32>; 2],
-    args: &Args,
-    tag: &str,
-) -> anyhow::Result<()> {
-    for target in &targets {
+}
+
+/// Alternates on and off over `rounds` rounds at each level, round r on pair r mod pairs, and
+/// prints one row per level.
+async fn compare(name: &str, pairs: &[Pair], args: &Args, tag: &str) -> anyhow::Result<()> {
+    for target in pairs.iter().flat_map(|pair| &pair.targets) {
         load(
             &target.with_new_run(format!("warm-{tag}")).await?,
             4,
@@ -286,9 +295,11 @@ async fn compare(
         let mut totals = Totals::default();
         let mut ratios = Vec::new();
         for round in 0..args.rounds {
-            // on, off in even rounds; off, on in odd ones.
+            let Pair { targets, pids } = &pairs[round % pairs.len()];
+            // Each pair: on, off in its even turns; off, on in its odd ones.
+            let turn = round / pairs.len();
             let mut rates = [0.0; 2];
-            for side in [round % 2, 1 - round % 2] {
+            for side in [turn % 2, 1 - turn % 2] {
                 let run = format!("{tag}-{callers}-{round}-{side}");
                 let target = targets[side].with_new_run(run).await?;
                 let before = cpu_seconds(pids[side]);
@@ -349,9 +360,12 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     println!(
-        "{} rounds of {} s per level and side, alternating; cost = 1 - on/off of the totals, \
-         median = 1 - the median of the rounds' on/off",
-        args.rounds, args.seconds
+        "{} rounds of {} s per level and side, alternating, over {} Predict and {} LogEpoch \
+         pairs; cost = 1 - on/off of the totals, median = 1 - the median of the rounds' on/off",
+        args.rounds,
+        args.seconds,
+        args.predict.len() / 2,
+        args.metadata.len() / 2
     );
     println!(
         "{:<10} {:>8} {:>14} {:>14} {:>8} {:>9} {:>9} {:>10} {:>10} {:>9}",
@@ -367,15 +381,25 @@ async fn main() -> anyhow::Result<()> {
         "CPU cost"
     );
     let pid = |i: usize| args.pids.get(i).copied();
-    let targets = [
-        predict(&args.predict[0]).await?,
-        predict(&args.predict[1]).await?,
-    ];
-    compare("Predict", targets, [pid(0), pid(1)], &args, &tag).await?;
-    let targets = [
-        log_epoch(&args.metadata[0]).await?,
-        log_epoch(&args.metadata[1]).await?,
-    ];
-    compare("LogEpoch", targets, [pid(2), pid(3)], &args, &tag).await?;
+    let mut pairs = Vec::new();
+    for (i, addrs) in args.predict.chunks(2).enumerate() {
+        pairs.push(Pair {
+            targets: [predict(&addrs[0]).await?, predict(&addrs[1]).await?],
+            pids: [pid(2 * i), pid(2 * i + 1)],
+        });
+    }
+    compare("Predict", &pairs, &args, &tag).await?;
+    if args.metadata.is_empty() {
+        return Ok(());
+    }
+    let first = args.predict.len();
+    let mut pairs = Vec::new();
+    for (i, addrs) in args.metadata.chunks(2).enumerate() {
+        pairs.push(Pair {
+            targets: [log_epoch(&addrs[0]).await?, log_epoch(&addrs[1]).await?],
+            pids: [pid(first + 2 * i), pid(first + 2 * i + 1)],
+        });
+    }
+    compare("LogEpoch", &pairs, &args, &tag).await?;
     Ok(())
 }
