@@ -27,9 +27,9 @@
 #              (scripts/bench/train.sh says more).
 #
 # Environment: BENCH_SECONDS (per level, default 5), BENCH_CALLERS and BENCH_PAIRS (overhead:
-# the levels, default 1,16,64; how many on/off pairs of servers, default 3), BENCH_MEGABYTES (dataset input sizes,
-# default 10,100), AUTOML_BENCH_POSTGRES_URL (admin URL,
-# default postgres://postgres@127.0.0.1:5432/postgres; set it to "skip" to bench SQLite only).
+# the levels, default 1,16,64; how many on/off pairs of servers, default 3), BENCH_MEGABYTES
+# (dataset input sizes, default 10,100), AUTOML_BENCH_POSTGRES_URL (admin URL, default
+# postgres://postgres@127.0.0.1:5432/postgres; set it to "skip" to bench SQLite only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/tools.sh

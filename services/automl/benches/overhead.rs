@@ -279,6 +279,27 @@ struct Pair {
     pids: [Option<u32>; 2],
 }
 
+/// `addrs` (on, off, on, off, …) as pairs, with the process ids in the same order, if given.
+async fn connect_pairs<F, Fut>(
+    addrs: &[String],
+    pids: &[u32],
+    connect: F,
+) -> anyhow::Result<Vec<Pair>>
+where
+    F: Fn(&str) -> Fut,
+    Fut: Future<Output = anyhow::Result<Target>>,
+{
+    let pid = |i: usize| pids.get(i).copied();
+    let mut pairs = Vec::new();
+    for (i, pair) in addrs.chunks(2).enumerate() {
+        pairs.push(Pair {
+            targets: [connect(&pair[0]).await?, connect(&pair[1]).await?],
+            pids: [pid(2 * i), pid(2 * i + 1)],
+        });
+    }
+    Ok(pairs)
+}
+
 /// Alternates on and off over `rounds` rounds at each level, round r on pair r mod pairs, and
 /// prints one row per level.
 async fn compare(name: &str, pairs: &[Pair], args: &Args, tag: &str) -> anyhow::Result<()> {
@@ -380,26 +401,13 @@ async fn main() -> anyhow::Result<()> {
         "off µs CPU",
         "CPU cost"
     );
-    let pid = |i: usize| args.pids.get(i).copied();
-    let mut pairs = Vec::new();
-    for (i, addrs) in args.predict.chunks(2).enumerate() {
-        pairs.push(Pair {
-            targets: [predict(&addrs[0]).await?, predict(&addrs[1]).await?],
-            pids: [pid(2 * i), pid(2 * i + 1)],
-        });
-    }
+    let pairs = connect_pairs(&args.predict, &args.pids, predict).await?;
     compare("Predict", &pairs, &args, &tag).await?;
     if args.metadata.is_empty() {
         return Ok(());
     }
-    let first = args.predict.len();
-    let mut pairs = Vec::new();
-    for (i, addrs) in args.metadata.chunks(2).enumerate() {
-        pairs.push(Pair {
-            targets: [log_epoch(&addrs[0]).await?, log_epoch(&addrs[1]).await?],
-            pids: [pid(first + 2 * i), pid(first + 2 * i + 1)],
-        });
-    }
+    let pids = args.pids.get(args.predict.len()..).unwrap_or_default();
+    let pairs = connect_pairs(&args.metadata, pids, log_epoch).await?;
     compare("LogEpoch", &pairs, &args, &tag).await?;
     Ok(())
 }

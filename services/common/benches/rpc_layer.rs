@@ -45,7 +45,7 @@ fn request() -> http::Request<()> {
 /// (as hyper does for every HTTP/2 stream).
 async fn per_call<S>(mut service: S, calls: usize) -> f64
 where
-    S: Service<http::Request<()>, Response = http::Response<()>> + Clone,
+    S: Service<http::Request<()>, Response = http::Response<()>>,
     S::Future: Future<Output = Result<http::Response<()>, S::Error>> + Send + 'static,
     S::Error: Send + 'static,
 {
