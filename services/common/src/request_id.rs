@@ -6,6 +6,10 @@
 //! headers. While a handler runs, [`current`] returns it, so outgoing calls carry it
 //! ([`attach`], or [`propagate`] as a client interceptor). A training job carries it to its
 //! trainer in the environment variable [`ENV_VAR`]; the trainer reads it with [`from_env`].
+//!
+//! The id lives in a task-local [`Scope`], which also names the call's RPC when the call has no
+//! `tracing` span of its own (see [`crate::rpc`]): the log formatters then write that RPC as the
+//! call's `rpc{…}` span ([`with_scope`]).
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::OnceLock;
@@ -23,7 +27,27 @@ pub const ENV_VAR: &str = "AUTOML_REQUEST_ID";
 pub const MAX_LEN: usize = 128;
 
 tokio::task_local! {
-    static CURRENT: String;
+    static CURRENT: Scope;
+}
+
+/// What the task-local holds while a call or a job runs.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    /// The request id.
+    pub id: String,
+    /// The RPC being served, when its `rpc` span is kept here rather than in `tracing`: the log
+    /// formatters write it as that span. `None` for a job's work, and for a call that has a
+    /// real span.
+    pub rpc: Option<&'static RpcName>,
+}
+
+/// An RPC's service and method, as its span and its metrics name them.
+#[derive(Debug)]
+pub struct RpcName {
+    /// `pkg.Service`.
+    pub service: String,
+    /// `Method`.
+    pub method: String,
 }
 
 /// Whether `id` is usable as is: 1 to [`MAX_LEN`] characters of letters, digits, `-`, `_`,
@@ -87,20 +111,26 @@ fn splitmix64(mut z: u64) -> u64 {
 
 /// The id of the request being handled by the current task, if any.
 pub fn current() -> Option<String> {
-    CURRENT.try_with(Clone::clone).ok()
+    CURRENT.try_with(|scope| scope.id.clone()).ok()
+}
+
+/// `f` of the current task's [`Scope`], without copying it (for log formatters); `None`
+/// outside a scope.
+pub fn with_scope<T>(f: impl FnOnce(&Scope) -> T) -> Option<T> {
+    CURRENT.try_with(f).ok()
 }
 
 /// Runs `future` with `id` as the [`current`] request id.
 pub async fn scope<F: Future>(id: String, future: F) -> F::Output {
-    CURRENT.scope(id, future).await
+    CURRENT.scope(Scope { id, rpc: None }, future).await
 }
 
-/// [`scope`] as a nameable future type, for futures stored in structs.
-pub fn scoped<F: Future>(
-    id: String,
-    future: F,
-) -> tokio::task::futures::TaskLocalFuture<String, F> {
-    CURRENT.scope(id, future)
+/// A future running in a [`Scope`].
+pub type Scoped<F> = tokio::task::futures::TaskLocalFuture<Scope, F>;
+
+/// Runs `future` in `scope`, as a nameable future type, for futures stored in structs.
+pub fn scoped<F: Future>(scope: Scope, future: F) -> Scoped<F> {
+    CURRENT.scope(scope, future)
 }
 
 /// Puts `id` on an outgoing request (replacing any id already there); ignores invalid ids.

@@ -2,6 +2,10 @@
 //! request id ([`crate::request_id`]) and the method, the id answered in the response headers,
 //! and the per-RPC metrics ([`crate::metrics::RpcMetrics`]).
 //!
+//! The span is a `tracing` span where spans are consumed ([`crate::telemetry::rpc_spans`]);
+//! otherwise it is the call's task-local [`Scope`], which the log formatters write as the same
+//! `rpc{…}` span.
+//!
 //! The status code is read from the response headers, where tonic puts it for a call that fails
 //! before its first response message (every unary error); a stream that fails later counts as
 //! OK here, its error is in its trailers.
@@ -16,9 +20,10 @@ use tonic::codegen::http;
 use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Instrument;
+use tracing::instrument::Instrumented;
 
 use crate::metrics::{Counter, Histogram, metrics};
-use crate::request_id;
+use crate::request_id::{self, RpcName, Scope};
 
 /// Adds the span, the request id and the metrics to every call of the wrapped routes.
 #[derive(Debug, Clone, Copy, Default)]
@@ -32,8 +37,7 @@ const MAX_PATHS: usize = 512;
 /// a plain reference: no reference count to touch.
 #[derive(Debug)]
 struct PathSeries {
-    service: String,
-    method: String,
+    name: RpcName,
     requests: Arc<Counter>,
     duration: Arc<Histogram>,
 }
@@ -87,8 +91,10 @@ fn create_series(service: &str, method: &str) -> &'static PathSeries {
     Box::leak(Box::new(PathSeries {
         requests: rpc.requests.with(&[service, method]),
         duration: rpc.duration.with(&[service, method]),
-        service: service.to_string(),
-        method: method.to_string(),
+        name: RpcName {
+            service: service.to_string(),
+            method: method.to_string(),
+        },
     }))
 }
 
@@ -122,7 +128,7 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = RpcFuture<S::Future>;
+    type Future = request_id::Scoped<Instrumented<RpcFuture<S::Future>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -138,28 +144,34 @@ where
             value.set_sensitive(true);
             value
         });
-        let span = tracing::info_span!(
-            "rpc",
-            request_id = id.as_str(),
-            method = series.method.as_str(),
-            service = series.service.as_str(),
-        );
-        RpcFuture {
-            call: request_id::scoped(id, self.inner.call(request)).instrument(span),
+        let (span, rpc) = if crate::telemetry::rpc_spans() {
+            let span = tracing::info_span!(
+                "rpc",
+                request_id = id.as_str(),
+                method = series.name.method.as_str(),
+                service = series.name.service.as_str(),
+            );
+            (span, None)
+        } else {
+            (tracing::Span::none(), Some(&series.name))
+        };
+        let call = RpcFuture {
+            call: self.inner.call(request),
             series,
             header,
             start: Instant::now(),
-        }
+        };
+        request_id::scoped(Scope { id, rpc }, call.instrument(span))
     }
 }
 
 pin_project_lite::pin_project! {
-    /// A call through [`RpcService`]: the inner call in its span and with its request id, then
-    /// its latency and status recorded and the id added to the response headers. (A named
+    /// A call through [`RpcService`] (in its span and its request id's scope): the inner call,
+    /// then its latency and status recorded and the id added to the response headers. (A named
     /// future rather than a boxed one: one allocation less per call.)
     pub struct RpcFuture<F> {
         #[pin]
-        call: tracing::instrument::Instrumented<tokio::task::futures::TaskLocalFuture<String, F>>,
+        call: F,
         series: &'static PathSeries,
         header: Option<http::HeaderValue>,
         start: Instant,
@@ -173,18 +185,14 @@ where
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        let Poll::Ready(mut result) = this.call.as_mut().poll(cx) else {
+        let this = self.project();
+        let Poll::Ready(mut result) = this.call.poll(cx) else {
             return Poll::Pending;
         };
         this.series.duration.observe_duration(this.start.elapsed());
         match &mut result {
             Ok(response) => {
-                record_status(
-                    this.series,
-                    response.headers(),
-                    this.call.as_ref().get_ref().span(),
-                );
+                record_status(this.series, response.headers());
                 if let Some(header) = this.header.take() {
                     response.headers_mut().insert(REQUEST_ID_HEADER, header);
                 }
@@ -194,8 +202,8 @@ where
                     .rpc
                     .errors
                     .with(&[
-                        &this.series.service,
-                        &this.series.method,
+                        &this.series.name.service,
+                        &this.series.name.method,
                         code_name(tonic::Code::Unknown),
                     ])
                     .inc();
@@ -219,8 +227,9 @@ fn incoming_id<B>(request: &http::Request<B>) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Counts a non-OK `grpc-status` in the headers, and logs it at debug level in the call's span.
-fn record_status(series: &PathSeries, headers: &http::HeaderMap, span: &tracing::Span) {
+/// Counts a non-OK `grpc-status` in the headers, and logs it at debug level (in the call's
+/// span).
+fn record_status(series: &PathSeries, headers: &http::HeaderMap) {
     let Some(code) = headers
         .get(GRPC_STATUS)
         .and_then(|value| value.to_str().ok())
@@ -236,9 +245,9 @@ fn record_status(series: &PathSeries, headers: &http::HeaderMap, span: &tracing:
     metrics()
         .rpc
         .errors
-        .with(&[&series.service, &series.method, name])
+        .with(&[&series.name.service, &series.name.method, name])
         .inc();
-    span.in_scope(|| tracing::debug!(code = name, "call failed"));
+    tracing::debug!(code = name, "call failed");
 }
 
 /// The code's name as in the gRPC spec (`NOT_FOUND`), the label value of the error counter.

@@ -4,6 +4,13 @@
 //!
 //! [`instrumented`] says whether servers add the per-RPC layer ([`crate::rpc::RpcLayer`]);
 //! `telemetry.instrument = false` turns it off to measure its cost.
+//!
+//! A call's `rpc` span is a `tracing` span only where something consumes spans: an OTLP
+//! exporter, a filter on span fields, or a subscriber other than the one [`init`] installs.
+//! Otherwise the call's request id, service and method stay in its task-local
+//! [`crate::request_id::Scope`], and both formatters here write them as the outermost
+//! `rpc{…}` span of every line logged in the call: the same lines, without creating, entering
+//! and closing a span on every call, logged or not ([`rpc_spans`]).
 
 use std::fmt::Write as _;
 use std::io::IsTerminal;
@@ -13,6 +20,7 @@ use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::FormatTime;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
@@ -23,9 +31,18 @@ use crate::config::{LogFormat, TelemetryConfig};
 
 static INSTRUMENT: AtomicBool = AtomicBool::new(true);
 
+/// Whether the installed subscriber writes the task-local RPC scope as the `rpc` span.
+static SCOPE_LOGGED: AtomicBool = AtomicBool::new(false);
+
 /// Whether servers started from now on wrap their calls in [`crate::rpc::RpcLayer`].
 pub fn instrumented() -> bool {
     INSTRUMENT.load(Ordering::Relaxed)
+}
+
+/// Whether each call needs a `tracing` span of its own: true unless [`init`] installed its
+/// subscriber with nothing that consumes spans (see the module docs).
+pub fn rpc_spans() -> bool {
+    !SCOPE_LOGGED.load(Ordering::Relaxed)
 }
 
 /// Installs the global subscriber and applies `telemetry.instrument`. Calling it twice is
@@ -46,19 +63,22 @@ pub fn init_as(config: &TelemetryConfig, service_name: &str) {
         .unwrap_or_else(|| config.log_filter.clone());
     // Static directives (the usual `info,automl=debug`) need no per-span bookkeeping: Targets.
     // Span-field directives need EnvFilter.
-    let filter = match directives.parse::<Targets>() {
-        Ok(targets) => targets.boxed(),
-        Err(_) => EnvFilter::try_new(&directives)
-            .unwrap_or_else(|_| EnvFilter::new("info"))
-            .boxed(),
+    let (filter, span_filter) = match directives.parse::<Targets>() {
+        Ok(targets) => (targets.boxed(), false),
+        Err(_) => (
+            EnvFilter::try_new(&directives)
+                .unwrap_or_else(|_| EnvFilter::new("info"))
+                .boxed(),
+            true,
+        ),
     };
     let ansi = std::io::stderr().is_terminal();
     let logs = match config.log_format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
-            .with_target(true)
             .with_ansi(ansi)
             .fmt_fields(TextFields)
+            .event_format(TextFormat)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
@@ -70,13 +90,103 @@ pub fn init_as(config: &TelemetryConfig, service_name: &str) {
         .then(|| crate::otlp::OtlpLayer::start(&config.otlp_endpoint, service_name))
         .flatten()
         .map(|layer| layer.with_filter(tracing_subscriber::filter::LevelFilter::INFO));
+    let exporting = otlp.is_some();
     let subscriber = tracing_subscriber::registry().with(filter).with(logs);
     // Without an exporter the stack has no layer for it at all: every span operation passes
     // through each layer of the stack.
-    let _ = match otlp {
+    let installed = match otlp {
         Some(otlp) => subscriber.with(otlp).try_init(),
         None => subscriber.try_init(),
     };
+    if installed.is_ok() {
+        SCOPE_LOGGED.store(!exporting && !span_filter, Ordering::Relaxed);
+    }
+}
+
+/// Writes the call's RPC from the task-local scope as an `rpc{…}` span, when the call keeps it
+/// there instead of in a `tracing` span; returns whether it wrote one.
+fn write_scope_span(mut write: impl FnMut(&str, &[(&str, &str)])) -> bool {
+    crate::request_id::with_scope(|scope| match scope.rpc {
+        Some(rpc) => {
+            write(
+                "rpc",
+                &[
+                    ("request_id", scope.id.as_str()),
+                    ("method", rpc.method.as_str()),
+                    ("service", rpc.service.as_str()),
+                ],
+            );
+            true
+        }
+        None => false,
+    })
+    .unwrap_or(false)
+}
+
+/// `2026-12-02T11:34:33.123456Z  INFO rpc{request_id=… method=… service=…}:job{…}: target:
+/// message key=value`: tracing-subscriber's full format, with the call's scope as its
+/// outermost span ([`write_scope_span`]).
+struct TextFormat;
+
+/// ANSI styles, when the writer takes them.
+const BOLD: &str = "\x1b[1m";
+const DIMMED: &str = "\x1b[2m";
+const RESET: &str = "\x1b[0m";
+
+impl<S, N> FormatEvent<S, N> for TextFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        let ansi = writer.has_ansi_escapes();
+        let style = |style: &'static str| if ansi { style } else { "" };
+        let (bold, dimmed, reset) = (style(BOLD), style(DIMMED), style(RESET));
+        let meta = event.metadata();
+        write!(writer, "{dimmed}")?;
+        tracing_subscriber::fmt::time::SystemTime.format_time(&mut writer)?;
+        let level = *meta.level();
+        let colour = match level {
+            tracing::Level::TRACE => "\x1b[35m",
+            tracing::Level::DEBUG => "\x1b[34m",
+            tracing::Level::INFO => "\x1b[32m",
+            tracing::Level::WARN => "\x1b[33m",
+            tracing::Level::ERROR => "\x1b[31m",
+        };
+        write!(writer, "{reset} {}{level:>5}{reset} ", style(colour))?;
+        let mut seen = write_scope_span(|name, fields| {
+            let _ = write!(writer, "{bold}{name}{{{reset}");
+            for (i, (key, value)) in fields.iter().enumerate() {
+                let space = if i == 0 { "" } else { " " };
+                let _ = write!(writer, "{space}{key}={value}");
+            }
+            let _ = write!(writer, "{bold}}}{reset}{dimmed}:{reset}");
+        });
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                write!(writer, "{bold}{}{reset}", span.name())?;
+                let extensions = span.extensions();
+                if let Some(fields) = extensions.get::<FormattedFields<N>>()
+                    && !fields.is_empty()
+                {
+                    write!(writer, "{bold}{{{reset}{fields}{bold}}}{reset}")?;
+                }
+                write!(writer, "{dimmed}:{reset}")?;
+                seen = true;
+            }
+        }
+        if seen {
+            writer.write_char(' ')?;
+        }
+        write!(writer, "{dimmed}{}:{reset} ", meta.target())?;
+        ctx.format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
 }
 
 /// Formats fields as `key=value` (strings and Display values as they are, others with
@@ -213,6 +323,20 @@ where
         let meta = event.metadata();
         let mut spans = String::new();
         let mut request_id = None;
+        write_scope_span(|name, fields| {
+            spans.push_str("{\"name\":");
+            push_json_string(&mut spans, name);
+            for (key, value) in fields {
+                spans.push(',');
+                push_json_string(&mut spans, key);
+                spans.push(':');
+                push_json_string(&mut spans, value);
+                if *key == "request_id" {
+                    request_id = Some(value.to_string());
+                }
+            }
+            spans.push('}');
+        });
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {
                 if !spans.is_empty() {
@@ -374,6 +498,109 @@ fn push_json_string(out: &mut String, value: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::request_id::{RpcName, Scope};
+    use std::sync::{Arc, Mutex};
+
+    /// A writer collecting what a subscriber writes.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().expect("lock").clone()).expect("utf-8")
+        }
+    }
+
+    /// One event inside a `job` span inside a call whose RPC is kept in its scope, and one
+    /// outside any call, logged through `subscriber`.
+    fn log_in_scope(subscriber: impl Subscriber + Send + Sync + 'static) {
+        let rpc: &'static RpcName = Box::leak(Box::new(RpcName {
+            service: "training.TrainingService".into(),
+            method: "Train".into(),
+        }));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        tracing::subscriber::with_default(subscriber, || {
+            runtime.block_on(crate::request_id::scoped(
+                Scope {
+                    id: "req-1".into(),
+                    rpc: Some(rpc),
+                },
+                async {
+                    let span = tracing::info_span!("job", job_id = 7);
+                    span.in_scope(|| tracing::info!(dataset = "1", "job queued"));
+                },
+            ));
+            tracing::info!("outside");
+        });
+    }
+
+    #[test]
+    fn text_lines_show_the_scope_as_the_outermost_span() {
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(move || writer.clone())
+                .with_ansi(false)
+                .fmt_fields(TextFields)
+                .event_format(TextFormat),
+        );
+        log_in_scope(subscriber);
+        let text = out.text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        let (_, rest) = lines[0].split_once(' ').expect("timestamp");
+        assert_eq!(
+            rest,
+            " INFO rpc{request_id=req-1 method=Train service=training.TrainingService}:\
+             job{job_id=7}: automl_common::telemetry::tests: job queued dataset=1"
+        );
+        let (_, rest) = lines[1].split_once(' ').expect("timestamp");
+        assert_eq!(rest, " INFO automl_common::telemetry::tests: outside");
+    }
+
+    #[test]
+    fn json_lines_show_the_scope_as_the_outermost_span() {
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(move || writer.clone())
+                .fmt_fields(JsonFields)
+                .event_format(JsonFormat),
+        );
+        log_in_scope(subscriber);
+        let text = out.text();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("json"))
+            .collect();
+        assert_eq!(lines[0]["request_id"], "req-1");
+        assert_eq!(lines[0]["message"], "job queued");
+        assert_eq!(
+            lines[0]["spans"],
+            serde_json::json!([
+                {"name": "rpc", "request_id": "req-1", "method": "Train",
+                 "service": "training.TrainingService"},
+                {"name": "job", "job_id": 7},
+            ])
+        );
+        assert_eq!(lines[1]["spans"], serde_json::json!([]));
+        assert!(lines[1].get("request_id").is_none());
+    }
 
     #[test]
     fn staged_text_spills_to_the_heap_whole() {
