@@ -26,8 +26,9 @@
 #              of the same model and data split; accuracy, wall time, examples/s
 #              (scripts/bench/train.sh says more).
 #
-# Environment: BENCH_SECONDS (per level, default 5), BENCH_CALLERS and BENCH_PAIRS (overhead:
-# the levels, default 1,16,64; how many on/off pairs of servers, default 3), BENCH_MEGABYTES
+# Environment: BENCH_SECONDS (per level, default 5), BENCH_CALLERS, BENCH_PAIRS and BENCH_AA
+# (overhead: the levels, default 1,16,64; how many on/off pairs of servers, default 3; set to 1
+# to run both servers of each pair uninstrumented, the noise floor), BENCH_MEGABYTES
 # (dataset input sizes, default 10,100), AUTOML_BENCH_POSTGRES_URL (admin URL, default
 # postgres://postgres@127.0.0.1:5432/postgres; set it to "skip" to bench SQLite only).
 set -euo pipefail
@@ -194,6 +195,11 @@ bench_overhead() {
   serve_all_with_model
   local on=(AUTOML__TELEMETRY__INSTRUMENT=true AUTOML__TELEMETRY__METRICS_ENABLED=true)
   local off=(AUTOML__TELEMETRY__INSTRUMENT=false AUTOML__TELEMETRY__METRICS_ENABLED=false)
+  # BENCH_AA=1: both servers of each pair uninstrumented, to see the method's own noise.
+  if [ -n "${BENCH_AA:-}" ]; then
+    on=("${off[@]}")
+    log "A/A: both sides of every pair uninstrumented"
+  fi
   local predict=() stores=() predict_pids=() store_pids=() pair side settings
   # BENCH_PAIRS pairs of each (on, off), loaded in turn. Every prediction-service resolves run 1
   # through the metadata-store of `serve all` and downloads it from its S3 endpoint; each
