@@ -28,6 +28,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{LogFormat, TelemetryConfig};
+use crate::request_id::RpcName;
 
 static INSTRUMENT: AtomicBool = AtomicBool::new(true);
 
@@ -103,29 +104,15 @@ pub fn init_as(config: &TelemetryConfig, service_name: &str) {
     }
 }
 
-/// Writes the call's RPC from the task-local scope as an `rpc{…}` span, when the call keeps it
-/// there instead of in a `tracing` span; returns whether it wrote one.
-fn write_scope_span(mut write: impl FnMut(&str, &[(&str, &str)])) -> bool {
-    crate::request_id::with_scope(|scope| match scope.rpc {
-        Some(rpc) => {
-            write(
-                "rpc",
-                &[
-                    ("request_id", scope.id.as_str()),
-                    ("method", rpc.method.as_str()),
-                    ("service", rpc.service.as_str()),
-                ],
-            );
-            true
-        }
-        None => false,
-    })
-    .unwrap_or(false)
+/// `f` of the call's request id and RPC from the task-local scope, when the call keeps its
+/// `rpc` span there instead of in `tracing`; `None` otherwise.
+fn scope_span<T>(f: impl FnOnce(&str, &RpcName) -> T) -> Option<T> {
+    crate::request_id::with_scope(|scope| scope.rpc.map(|rpc| f(&scope.id, rpc))).flatten()
 }
 
 /// `2026-12-02T11:34:33.123456Z  INFO rpc{request_id=… method=… service=…}:job{…}: target:
 /// message key=value`: tracing-subscriber's full format, with the call's scope as its
-/// outermost span ([`write_scope_span`]).
+/// outermost span ([`scope_span`]).
 struct TextFormat;
 
 /// ANSI styles, when the writer takes them.
@@ -159,14 +146,15 @@ where
             tracing::Level::ERROR => "\x1b[31m",
         };
         write!(writer, "{reset} {}{level:>5}{reset} ", style(colour))?;
-        let mut seen = write_scope_span(|name, fields| {
-            let _ = write!(writer, "{bold}{name}{{{reset}");
-            for (i, (key, value)) in fields.iter().enumerate() {
-                let space = if i == 0 { "" } else { " " };
-                let _ = write!(writer, "{space}{key}={value}");
-            }
-            let _ = write!(writer, "{bold}}}{reset}{dimmed}:{reset}");
-        });
+        let mut seen = scope_span(|id, rpc| {
+            write!(
+                writer,
+                "{bold}rpc{{{reset}request_id={id} method={} service={}{bold}}}{reset}{dimmed}:{reset}",
+                rpc.method, rpc.service
+            )
+        })
+        .transpose()?
+        .is_some();
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {
                 write!(writer, "{bold}{}{reset}", span.name())?;
@@ -323,19 +311,15 @@ where
         let meta = event.metadata();
         let mut spans = String::new();
         let mut request_id = None;
-        write_scope_span(|name, fields| {
-            spans.push_str("{\"name\":");
-            push_json_string(&mut spans, name);
-            for (key, value) in fields {
-                spans.push(',');
-                push_json_string(&mut spans, key);
-                spans.push(':');
-                push_json_string(&mut spans, value);
-                if *key == "request_id" {
-                    request_id = Some(value.to_string());
-                }
-            }
+        scope_span(|id, rpc| {
+            spans.push_str("{\"name\":\"rpc\",\"request_id\":");
+            push_json_string(&mut spans, id);
+            spans.push_str(",\"method\":");
+            push_json_string(&mut spans, &rpc.method);
+            spans.push_str(",\"service\":");
+            push_json_string(&mut spans, &rpc.service);
             spans.push('}');
+            request_id = Some(id.to_string());
         });
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {
@@ -498,7 +482,7 @@ fn push_json_string(out: &mut String, value: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request_id::{RpcName, Scope};
+    use crate::request_id::Scope;
     use std::sync::{Arc, Mutex};
 
     /// A writer collecting what a subscriber writes.
