@@ -87,6 +87,7 @@ impl MetadataStoreService for MetadataStoreGrpc {
                 version_hash: tracing_info.version_hash,
                 code_version: tracing_info.code_version,
                 base_run_id: tracing_info.base_run_id,
+                pretrained_model: tracing_info.pretrained_model,
             },
         };
         let (run, location) = self
@@ -313,6 +314,7 @@ fn run_info(run: Run) -> pb::RunInfo {
             version_hash: run.lineage.version_hash,
             code_version: run.lineage.code_version,
             base_run_id: run.lineage.base_run_id,
+            pretrained_model: run.lineage.pretrained_model,
         }),
         epochs,
     }

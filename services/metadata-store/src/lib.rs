@@ -28,12 +28,20 @@ pub use config::MetadataStoreConfig;
 pub const SERVICE: &str = "metadata_store";
 
 /// The service's migrations, per backend.
-pub const MIGRATIONS: &[MigrationSource] = &[MigrationSource {
-    version: 1,
-    description: "runs, epochs, artifacts",
-    sqlite: include_str!("../migrations/sqlite/0001_init.sql"),
-    postgres: include_str!("../migrations/postgres/0001_init.sql"),
-}];
+pub const MIGRATIONS: &[MigrationSource] = &[
+    MigrationSource {
+        version: 1,
+        description: "runs, epochs, artifacts",
+        sqlite: include_str!("../migrations/sqlite/0001_init.sql"),
+        postgres: include_str!("../migrations/postgres/0001_init.sql"),
+    },
+    MigrationSource {
+        version: 2,
+        description: "runs.pretrained_model",
+        sqlite: include_str!("../migrations/sqlite/0002_pretrained_model.sql"),
+        postgres: include_str!("../migrations/postgres/0002_pretrained_model.sql"),
+    },
+];
 
 /// Opens the database, and returns the routes to serve plus the database handle (closed by the
 /// caller after the server stops).

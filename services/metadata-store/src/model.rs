@@ -28,6 +28,8 @@ pub struct Lineage {
     pub code_version: String,
     /// The run whose weights this run started from, when fine-tuning.
     pub base_run_id: String,
+    /// The pretrained model the run built on (`<name>@<digest>`), empty for none.
+    pub pretrained_model: String,
 }
 
 /// A run as LogRunStart records it.

@@ -69,6 +69,7 @@ impl MetadataStore {
             ("tracing.dataset_id", &run.lineage.dataset_id),
             ("tracing.version_hash", &run.lineage.version_hash),
             ("tracing.code_version", &run.lineage.code_version),
+            ("tracing.pretrained_model", &run.lineage.pretrained_model),
         ] {
             check_text(field, value)?;
         }

@@ -23,7 +23,8 @@ pub struct RunStore {
 
 /// The run columns every read selects.
 const RUN_COLUMNS: &str = "run_id, run_name, start_time, end_time, success, ended, message, \
-                           dataset_id, version_hash, code_version, base_run_id";
+                           dataset_id, version_hash, code_version, base_run_id, \
+                           pretrained_model";
 
 impl RunStore {
     /// A store over an open, migrated database.
@@ -35,7 +36,8 @@ impl RunStore {
     pub async fn start_run(&self, tenant: &str, run: &NewRun) -> Result<Run, MetadataError> {
         let result = sqlx::query(
             "INSERT INTO runs (tenant, run_id, run_name, start_time, message, dataset_id, \
-             version_hash, code_version, base_run_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             version_hash, code_version, base_run_id, pretrained_model) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(tenant)
         .bind(&run.run_id)
@@ -46,6 +48,7 @@ impl RunStore {
         .bind(&run.lineage.version_hash)
         .bind(&run.lineage.code_version)
         .bind(&run.lineage.base_run_id)
+        .bind(&run.lineage.pretrained_model)
         .execute(&self.db.pool)
         .timed("insert")
         .await;
@@ -358,6 +361,7 @@ fn decode_run(row: &AnyRow) -> Result<Run, MetadataError> {
             version_hash: row.try_get("version_hash")?,
             code_version: row.try_get("code_version")?,
             base_run_id: row.try_get("base_run_id")?,
+            pretrained_model: row.try_get("pretrained_model")?,
         },
         epochs: Vec::new(),
     })

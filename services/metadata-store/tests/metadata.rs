@@ -57,9 +57,14 @@ fn start_request(run_id: &str, name: &str) -> pb::LogRunStartRequest {
             version_hash: "hashBA==".into(),
             code_version: "12a3bfd".into(),
             base_run_id: String::new(),
+            pretrained_model: PRETRAINED.into(),
         }),
     }
 }
+
+/// The lineage every test run names as its pretrained model.
+const PRETRAINED: &str =
+    "all-minilm-l6-v2@53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db";
 
 fn epoch_request(run_id: &str, epoch_id: &str, accuracy: &str) -> pb::LogEpochRequest {
     pb::LogEpochRequest {
@@ -134,7 +139,9 @@ async fn run_lifecycle_as_the_contract_describes() {
 
         let info = status(client, "1").await.expect("status");
         assert_eq!(info.epochs["1"].metrics["accuracy"], "0.5");
-        assert_eq!(info.tracing.expect("tracing").version_hash, "hashBA==");
+        let tracing = info.tracing.expect("tracing");
+        assert_eq!(tracing.version_hash, "hashBA==");
+        assert_eq!(tracing.pretrained_model, PRETRAINED);
 
         let ended = client
             .log_run_end(end_request("1", true, "done"))
@@ -556,6 +563,8 @@ async fn list_runs_filters_and_pages() {
         assert_eq!(ids, ["1", "2", "3", "4", "5"]);
         assert_eq!(all.total, 5);
         assert_eq!(all.runs[1].epochs.len(), 1);
+        let tracing = all.runs[4].tracing.as_ref().expect("tracing");
+        assert_eq!(tracing.pretrained_model, PRETRAINED);
 
         let page = client
             .list_runs(pb::ListRunsRequest {
