@@ -3,9 +3,11 @@
 //! - `model.safetensors`: f32 tensors `embedding.weight` (vocab × embed_dim), `fc1.weight`
 //!   (fc × embed_dim), `fc1.bias`, `fc2.weight` (fc × fc), `fc2.bias`, `fc3.weight`
 //!   (classes × fc), `fc3.bias`; weights are `out × in` as in PyTorch.
-//! - `vocab.json`: the tokenizer's name and the tokens in id order (see [`crate::tokenizer`]).
+//! - `vocab.json`: the tokenizer's name, the n-gram length (`ngrams`, absent for words only) and
+//!   the features in id order (see [`crate::tokenizer`]).
 //! - `manifest.json`: [`Manifest`]: algorithm, framework, classes, sizes, parameters, code
-//!   version, dataset lineage and final metrics.
+//!   version, dataset lineage and final metrics. `params.ngrams` repeats the vocabulary's n-gram
+//!   length; manifests written before it existed lack it and read as 1.
 //!
 //! Loading checks every file against the others; an inconsistent artifact is an
 //! [`Error::Artifact`], never a panic.
@@ -105,7 +107,11 @@ impl Manifest {
             tokenizer: TOKENIZER_NAME.to_string(),
             classes: trained.classes.clone(),
             model: trained.model.config,
-            params: params.clone(),
+            // The vocabulary decides the features (a fine-tuned model keeps its base model's).
+            params: TrainParams {
+                ngrams: trained.vocab.ngrams(),
+                ..params.clone()
+            },
             code_version: code_version.to_string(),
             lineage,
             metrics,
@@ -199,6 +205,13 @@ pub fn decode(weights: &[u8], vocab: &[u8], manifest: &[u8], device: &Device) ->
         )));
     }
     let vocab = Vocab::from_json(vocab)?;
+    if vocab.ngrams() != manifest.params.ngrams {
+        return Err(Error::Artifact(format!(
+            "{VOCAB_FILE} holds {}-grams, the manifest says {}",
+            vocab.ngrams(),
+            manifest.params.ngrams
+        )));
+    }
     let config = manifest.model;
     if vocab.len() != config.vocab_size {
         return Err(Error::Artifact(format!(

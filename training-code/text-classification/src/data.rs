@@ -80,6 +80,19 @@ impl Dataset {
     /// Splits the examples: a seeded shuffle, then [`TEST_SHARE`] for test, [`VALIDATION_SHARE`]
     /// of the rest for validation (each at least one example when there are at least three).
     pub fn split(&self, seed: u64) -> Result<Split> {
+        let [test, validation, train] = self.split_indices(seed)?;
+        let pick = |range: &[usize]| -> Vec<Example> {
+            range.iter().map(|&i| self.examples[i].clone()).collect()
+        };
+        Ok(Split {
+            test: pick(&test),
+            validation: pick(&validation),
+            train: pick(&train),
+        })
+    }
+
+    /// The indices into `examples` of [`Dataset::split`]'s test, validation and train sets.
+    pub fn split_indices(&self, seed: u64) -> Result<[Vec<usize>; 3]> {
         let n = self.examples.len();
         if n < 3 {
             return Err(Error::Dataset(format!(
@@ -90,14 +103,11 @@ impl Dataset {
         SplitMix64::new(seed, Stream::Split).shuffle(&mut order);
         let n_test = ((n as f64 * TEST_SHARE).round() as usize).max(1);
         let n_val = (((n - n_test) as f64 * VALIDATION_SHARE).round() as usize).max(1);
-        let pick = |range: &[usize]| -> Vec<Example> {
-            range.iter().map(|&i| self.examples[i].clone()).collect()
-        };
-        Ok(Split {
-            test: pick(&order[..n_test]),
-            validation: pick(&order[n_test..n_test + n_val]),
-            train: pick(&order[n_test + n_val..]),
-        })
+        Ok([
+            order[..n_test].to_vec(),
+            order[n_test..n_test + n_val].to_vec(),
+            order[n_test + n_val..].to_vec(),
+        ])
     }
 }
 

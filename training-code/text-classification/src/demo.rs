@@ -83,6 +83,19 @@ fn quote(field: &str) -> String {
     format!("\"{}\"", field.replace('"', "\"\""))
 }
 
+/// Every word the generated sentences use (the vocabulary of a tiny test encoder).
+pub fn words() -> Vec<&'static str> {
+    let mut words: Vec<&'static str> = INTENTS
+        .iter()
+        .flat_map(|(_, keywords)| keywords.iter().copied())
+        .chain(FILLERS)
+        .chain(["thanks", "she", "said"])
+        .collect();
+    words.sort_unstable();
+    words.dedup();
+    words
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,7 @@
-//! Which device the dense layers run on: CPU by default; with the `cuda` cargo feature the GPU
-//! when one is present. `DEVICE=cpu|cuda|auto` overrides.
+//! Which device the model runs on: CPU by default; with the `cuda` cargo feature the GPU when one
+//! is present. `DEVICE=cpu|cuda|auto` overrides: `cuda` without a usable GPU (or without the
+//! feature) is an error, never a silent fallback; `auto` falls back to the CPU and says so at
+//! info level. training-service sets `DEVICE=cuda` for jobs that ask for GPUs.
 
 use candle_core::Device;
 
@@ -39,7 +41,7 @@ pub fn select(choice: DeviceChoice) -> Result<Device> {
         DeviceChoice::Cpu => Ok(Device::Cpu),
         DeviceChoice::Cuda => cuda(),
         DeviceChoice::Auto => Ok(cuda().unwrap_or_else(|err| {
-            tracing::debug!(%err, "using the cpu");
+            tracing::info!(%err, "DEVICE=auto: no usable GPU, training on the cpu");
             Device::Cpu
         })),
     }

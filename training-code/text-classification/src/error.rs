@@ -46,6 +46,12 @@ pub enum Error {
     /// Training was stopped by its caller (e.g. progress could not be recorded).
     #[error("training stopped: {0}")]
     Stopped(String),
+    /// A pretrained model is missing, incomplete or does not match its digest.
+    #[error("pretrained model: {0}")]
+    Pretrained(String),
+    /// An object-store call failed.
+    #[error("{0}")]
+    Store(#[from] automl_common::s3::S3Error),
     /// A tensor operation failed.
     #[error("tensor operation failed: {0}")]
     Tensor(#[from] candle_core::Error),

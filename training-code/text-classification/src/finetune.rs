@@ -2,7 +2,8 @@
 //!
 //! The base model's vocabulary is extended with the new training split's unknown tokens (existing
 //! ids keep their rows, new rows are initialized like a fresh model's), and labels the base model
-//! does not know get new output rows. The model sizes are the base model's.
+//! does not know get new output rows. The model sizes and the features (`NGRAMS`) are the base
+//! model's.
 
 use candle_core::DType;
 
@@ -52,6 +53,12 @@ impl BaseModel {
                 embed_dim = model.config.embed_dim,
                 fc_size = model.config.fc_size,
                 "fine-tuning keeps the base model's sizes"
+            );
+        }
+        if vocab.ngrams() != params.ngrams {
+            tracing::warn!(
+                ngrams = vocab.ngrams(),
+                "fine-tuning keeps the base model's features"
             );
         }
         let mut rng = SplitMix64::new(params.seed, Stream::Init);

@@ -1,7 +1,8 @@
 //! Serving: a [`Classifier`] loaded from an artifact directory answers the best label, its
 //! score and the top-k labels for one text or a batch. Calls are blocking (CPU matrix work):
 //! async callers run them on blocking threads (`tokio::task::spawn_blocking`); a classifier is
-//! `Send + Sync` and is shared behind an `Arc`.
+//! `Send + Sync` and is shared behind an `Arc`. Texts are encoded by the artifact's vocabulary
+//! with the features it was trained with (words, or words and pairs: `vocab.json`'s `ngrams`).
 
 use std::path::Path;
 

@@ -15,6 +15,11 @@
 //! - [`device`]: CPU, or CUDA with the `cuda` feature.
 //! - [`rng`]: the seeded generator behind splits, shuffles and initial weights.
 //! - [`demo`]: a small generated dataset for demos and tests.
+//! - [`encoder`]: the second algorithm, `intent-classification-encoder`: a pretrained sentence
+//!   encoder (all-MiniLM-L6-v2 on candle-transformers' BERT) with a classification head.
+//! - [`pretrained`]: pretrained models as objects in the models bucket, imported once.
+//! - [`serving`]: either kind of model behind one interface.
+//! - [`program`]: the training program (`automl-train`, `automl trainer`).
 
 pub mod artifact;
 pub mod backprop;
@@ -22,13 +27,17 @@ pub mod csv;
 pub mod data;
 pub mod demo;
 pub mod device;
+pub mod encoder;
 pub mod error;
 pub mod finetune;
 pub mod inference;
 pub mod model;
 pub mod optim;
 pub mod params;
+pub mod pretrained;
+pub mod program;
 pub mod rng;
+pub mod serving;
 pub mod tokenizer;
 pub mod train;
 

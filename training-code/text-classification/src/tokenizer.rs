@@ -2,8 +2,13 @@
 //!
 //! Tokenization (`basic_english_v1`): lowercase; runs of letters and digits are words; a `.` or
 //! `,` between two digits stays inside the number (`3.5`, `1,000`); every other non-space
-//! character is a token of its own (`don't` → `don`, `'`, `t`). The vocabulary holds `<unk>` at
-//! id 0, then the training split's tokens by descending frequency, ties in byte order.
+//! character is a token of its own (`don't` → `don`, `'`, `t`).
+//!
+//! Features: the tokens, and with `NGRAMS=2` also each pair of adjacent tokens, written as the two
+//! tokens joined by a space (a token never holds a space, so a pair never collides with a word).
+//! The vocabulary holds `<unk>` at id 0, then the training split's features by descending
+//! frequency, ties in byte order. An unknown word maps to `<unk>`; an unknown pair is left out
+//! (most pairs of a new text are unseen, and a bag full of `<unk>` says little about it).
 
 use std::collections::HashMap;
 
@@ -47,28 +52,60 @@ pub fn tokenize(text: &str) -> Vec<String> {
     tokens
 }
 
-/// Token ↔ id mapping of a trained model.
+/// The longest n-grams a vocabulary may hold (`NGRAMS`).
+pub const MAX_NGRAMS: usize = 2;
+
+/// The features of `text`: its tokens, then (with `ngrams` 2) its pairs of adjacent tokens.
+pub fn features(text: &str, ngrams: usize) -> Vec<String> {
+    let tokens = tokenize(text);
+    if ngrams < 2 {
+        return tokens;
+    }
+    let pairs: Vec<String> = tokens
+        .windows(2)
+        .map(|w| format!("{} {}", w[0], w[1]))
+        .collect();
+    let mut all = tokens;
+    all.extend(pairs);
+    all
+}
+
+/// Feature ↔ id mapping of a trained model.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Vocab {
     tokens: Vec<String>,
     ids: HashMap<String, u32>,
+    ngrams: usize,
 }
 
-/// `vocab.json`: the tokenizer's name and the tokens in id order.
+/// `vocab.json`: the tokenizer's name, the n-gram length (absent, as in files written before
+/// n-grams existed, means 1) and the features in id order.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct VocabFile {
     tokenizer: String,
+    #[serde(default = "unigrams", skip_serializing_if = "is_unigrams")]
+    ngrams: usize,
     tokens: Vec<String>,
 }
 
+fn unigrams() -> usize {
+    1
+}
+
+fn is_unigrams(ngrams: &usize) -> bool {
+    *ngrams == 1
+}
+
 impl Vocab {
-    /// The vocabulary of `texts`: `<unk>`, then every token by descending count.
-    pub fn build<'a>(texts: impl IntoIterator<Item = &'a str>) -> Self {
+    /// The vocabulary of `texts` with n-grams up to `ngrams` (1 or 2): `<unk>`, then every
+    /// feature by descending count.
+    pub fn build<'a>(texts: impl IntoIterator<Item = &'a str>, ngrams: usize) -> Self {
+        let ngrams = ngrams.clamp(1, MAX_NGRAMS);
         let mut counts: HashMap<String, usize> = HashMap::new();
         for text in texts {
-            for token in tokenize(text) {
-                *counts.entry(token).or_default() += 1;
+            for feature in features(text, ngrams) {
+                *counts.entry(feature).or_default() += 1;
             }
         }
         counts.remove(UNK);
@@ -77,23 +114,27 @@ impl Vocab {
         let tokens = std::iter::once(UNK.to_string())
             .chain(by_count.into_iter().map(|(token, _)| token))
             .collect();
-        Self::from_tokens(tokens)
+        Self::from_tokens(tokens, ngrams)
     }
 
-    fn from_tokens(tokens: Vec<String>) -> Self {
+    fn from_tokens(tokens: Vec<String>, ngrams: usize) -> Self {
         let ids = tokens
             .iter()
             .enumerate()
             .map(|(id, token)| (token.clone(), id as u32))
             .collect();
-        Self { tokens, ids }
+        Self {
+            tokens,
+            ids,
+            ngrams,
+        }
     }
 
-    /// Adds the tokens of `texts` that are not known yet, after the existing ones (existing ids
-    /// never change, so a fine-tuned model keeps its base model's embedding rows). Returns how
-    /// many were added.
+    /// Adds the features of `texts` that are not known yet, after the existing ones (existing
+    /// ids never change, so a fine-tuned model keeps its base model's embedding rows), with this
+    /// vocabulary's n-gram length. Returns how many were added.
     pub fn extend<'a>(&mut self, texts: impl IntoIterator<Item = &'a str>) -> usize {
-        let fresh = Self::build(texts);
+        let fresh = Self::build(texts, self.ngrams);
         let before = self.tokens.len();
         for token in fresh.tokens.into_iter().skip(1) {
             if !self.ids.contains_key(&token) {
@@ -114,17 +155,31 @@ impl Vocab {
         self.tokens.len() <= 1
     }
 
+    /// The longest n-grams among the features (1: words only, 2: words and pairs).
+    pub fn ngrams(&self) -> usize {
+        self.ngrams
+    }
+
     /// The id of `token`, `<unk>`'s (0) when unknown.
     pub fn id(&self, token: &str) -> u32 {
         self.ids.get(token).copied().unwrap_or(0)
     }
 
-    /// The token ids of `text`.
+    /// The feature ids of `text`: each word's (`<unk>` when unknown), then each known pair's.
     pub fn encode(&self, text: &str) -> Vec<u32> {
-        tokenize(text).iter().map(|t| self.id(t)).collect()
+        let tokens = tokenize(text);
+        let mut ids: Vec<u32> = tokens.iter().map(|t| self.id(t)).collect();
+        if self.ngrams >= 2 {
+            let pairs = tokens.windows(2).filter_map(|w| {
+                let pair = format!("{} {}", w[0], w[1]);
+                self.ids.get(&pair).copied()
+            });
+            ids.extend(pairs);
+        }
+        ids
     }
 
-    /// The tokens in id order.
+    /// The features in id order.
     pub fn tokens(&self) -> &[String] {
         &self.tokens
     }
@@ -133,12 +188,14 @@ impl Vocab {
     pub fn to_json(&self) -> Result<Vec<u8>> {
         let file = VocabFile {
             tokenizer: TOKENIZER_NAME.to_string(),
+            ngrams: self.ngrams,
             tokens: self.tokens.clone(),
         };
         serde_json::to_vec(&file).map_err(|e| Error::Artifact(format!("vocab.json: {e}")))
     }
 
-    /// Parses `vocab.json`, checking the tokenizer name, `<unk>` at id 0 and unique tokens.
+    /// Parses `vocab.json`, checking the tokenizer name, the n-gram length, `<unk>` at id 0 and
+    /// unique features.
     pub fn from_json(bytes: &[u8]) -> Result<Self> {
         let file: VocabFile = serde_json::from_slice(bytes)
             .map_err(|e| Error::Artifact(format!("vocab.json: {e}")))?;
@@ -148,10 +205,16 @@ impl Vocab {
                 file.tokenizer
             )));
         }
+        if !(1..=MAX_NGRAMS).contains(&file.ngrams) {
+            return Err(Error::Artifact(format!(
+                "vocab.json: ngrams {} is not 1 or 2",
+                file.ngrams
+            )));
+        }
         if file.tokens.first().map(String::as_str) != Some(UNK) {
             return Err(Error::Artifact("vocab.json: token 0 must be <unk>".into()));
         }
-        let vocab = Self::from_tokens(file.tokens);
+        let vocab = Self::from_tokens(file.tokens, file.ngrams);
         if vocab.ids.len() != vocab.tokens.len() {
             return Err(Error::Artifact("vocab.json: duplicate tokens".into()));
         }
@@ -208,19 +271,53 @@ mod tests {
 
     #[test]
     fn vocab_orders_by_count_and_maps_unknown_to_zero() {
-        let vocab = Vocab::build(["b a a", "c b a"]);
+        let vocab = Vocab::build(["b a a", "c b a"], 1);
         assert_eq!(vocab.tokens(), ["<unk>", "a", "b", "c"]);
         assert_eq!(vocab.encode("A c zebra"), [1, 3, 0]);
-        let reloaded = Vocab::from_json(&vocab.to_json().expect("json")).expect("parse");
+        let json = vocab.to_json().expect("json");
+        assert!(!String::from_utf8_lossy(&json).contains("ngrams"));
+        let reloaded = Vocab::from_json(&json).expect("parse");
         assert_eq!(reloaded, vocab);
     }
 
     #[test]
+    fn bigrams_are_features_and_unknown_pairs_are_left_out() {
+        assert_eq!(
+            features("Hi there, you", 2)[4..],
+            ["hi there", "there ,", ", you"]
+        );
+        let vocab = Vocab::build(["b a a", "c b a"], 2);
+        assert_eq!(vocab.ngrams(), 2);
+        assert_eq!(
+            vocab.tokens(),
+            ["<unk>", "a", "b", "b a", "a a", "c", "c b"]
+        );
+        assert_eq!(vocab.encode("c b zebra a a"), [5, 2, 0, 1, 1, 6, 4]);
+        let json = vocab.to_json().expect("json");
+        let reloaded = Vocab::from_json(&json).expect("parse");
+        assert_eq!(reloaded, vocab);
+        assert_eq!(reloaded.encode("b a"), [2, 1, 3]);
+    }
+
+    #[test]
+    fn files_without_ngrams_are_unigram_vocabularies() {
+        let old = br#"{"tokenizer":"basic_english_v1","tokens":["<unk>","a","b"]}"#;
+        let vocab = Vocab::from_json(old).expect("parse");
+        assert_eq!(vocab.ngrams(), 1);
+        assert_eq!(vocab.encode("a b c"), [1, 2, 0]);
+        let three = br#"{"tokenizer":"basic_english_v1","ngrams":3,"tokens":["<unk>"]}"#;
+        assert!(Vocab::from_json(three).is_err());
+    }
+
+    #[test]
     fn extend_keeps_existing_ids() {
-        let mut vocab = Vocab::build(["a b"]);
+        let mut vocab = Vocab::build(["a b"], 1);
         let added = vocab.extend(["b c d d"]);
         assert_eq!(added, 2);
         assert_eq!(vocab.tokens(), ["<unk>", "a", "b", "d", "c"]);
+        let mut pairs = Vocab::build(["a b"], 2);
+        assert_eq!(pairs.extend(["b c"]), 2);
+        assert_eq!(pairs.tokens()[4..], ["b c", "c"]);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The training loop: vocabulary from the training split, seeded shuffles, SGD or AdamW with
+//! The training loop: vocabulary from the training split, seeded shuffles, word dropout
+//! (`WORD_DROPOUT`: features left out of training bags at random), SGD or AdamW with
 //! gradient clipping by global norm, learning-rate decay when validation accuracy stops
 //! improving, one [`EpochReport`] per epoch, and the test accuracy at the end.
 
@@ -115,6 +116,7 @@ pub fn train(
             params,
             &mut optimizer,
             &mut sparse,
+            &mut shuffle,
         )?;
         let train_seconds = started.elapsed().as_secs_f64();
         let val_accuracy = accuracy_of(&model, &val_set)?;
@@ -159,7 +161,7 @@ fn initial_model(
     if let Some(base) = base {
         return base.extend(texts, &data.labels, params);
     }
-    let vocab = Vocab::build(texts);
+    let vocab = Vocab::build(texts, params.ngrams);
     let config = ModelConfig {
         vocab_size: vocab.len(),
         embed_dim: params.embed_dim,
@@ -192,10 +194,15 @@ fn train_epoch(
     params: &TrainParams,
     optimizer: &mut Optimizer,
     sparse: &mut SparseGrad,
+    rng: &mut SplitMix64,
 ) -> Result<(f64, f64)> {
     let (mut loss_sum, mut correct) = (0.0, 0usize);
     for batch in order.chunks(params.batch_size) {
-        let bags: Vec<&[u32]> = batch.iter().map(|&i| examples[i].ids.as_slice()).collect();
+        let kept: Vec<Vec<u32>> = batch
+            .iter()
+            .map(|&i| drop_features(&examples[i].ids, params.word_dropout, rng))
+            .collect();
+        let bags: Vec<&[u32]> = kept.iter().map(Vec::as_slice).collect();
         let targets: Vec<u32> = batch.iter().map(|&i| examples[i].label).collect();
         let pooled = model.pool(&bags)?;
         let activations = model.forward_train(&pooled)?;
@@ -216,6 +223,24 @@ fn train_epoch(
     }
     let n = order.len().max(1) as f64;
     Ok((loss_sum / n, correct as f64 / n))
+}
+
+/// `ids` without each feature with probability `rate` (a bag keeps at least one); `rate` 0
+/// draws nothing from `rng`, so runs without dropout shuffle exactly as before it existed.
+fn drop_features(ids: &[u32], rate: f64, rng: &mut SplitMix64) -> Vec<u32> {
+    if rate <= 0.0 || ids.len() < 2 {
+        return ids.to_vec();
+    }
+    let threshold = (rate * (1u64 << 53) as f64) as u64;
+    let kept: Vec<u32> = ids
+        .iter()
+        .copied()
+        .filter(|_| rng.next_u64() >> 11 >= threshold)
+        .collect();
+    if kept.is_empty() {
+        return vec![ids[rng.below(ids.len())]];
+    }
+    kept
 }
 
 fn count_correct(logits: &Tensor, targets: &[u32]) -> Result<usize> {

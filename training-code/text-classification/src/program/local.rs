@@ -5,14 +5,18 @@ use std::time::Instant;
 
 use anyhow::Context;
 use automl_common::time::now_iso;
-use automl_text_classification::Classifier;
-use automl_text_classification::artifact::{self, Lineage, Manifest};
-use automl_text_classification::data::Dataset;
-use automl_text_classification::finetune::BaseModel;
-use automl_text_classification::params::TrainParams;
+use std::sync::Arc;
+
+use crate::Classifier;
+use crate::artifact::{self, Lineage, Manifest};
+use crate::data::Dataset;
+use crate::encoder::{Encoder, EncoderClassifier};
+use crate::finetune::BaseModel;
+use crate::params::TrainParams;
+use crate::serving::AnyClassifier;
 use candle_core::Device;
 
-use crate::{epoch_line, train_blocking};
+use super::{epoch_line, train_blocking};
 
 /// Trains on `examples`/`labels` and writes the artifact into `out`.
 pub fn train(
@@ -87,9 +91,9 @@ pub fn evaluate(
     examples: &Path,
     labels: &Path,
     exclude_label: Option<&str>,
+    encoder: Option<&Path>,
 ) -> anyhow::Result<()> {
-    let classifier =
-        Classifier::load(model).with_context(|| format!("model {}", model.display()))?;
+    let classifier = load_any(model, encoder)?;
     let data = read_dataset(examples, labels)?;
     let texts: Vec<&str> = data.examples.iter().map(|e| e.text.as_str()).collect();
     let started = Instant::now();
@@ -118,7 +122,26 @@ pub fn evaluate(
     Ok(())
 }
 
-fn read_dataset(examples: &Path, labels: &Path) -> anyhow::Result<Dataset> {
+/// The model in `dir`, of either algorithm (encoder models need their pretrained encoder).
+fn load_any(dir: &Path, encoder: Option<&Path>) -> anyhow::Result<AnyClassifier> {
+    let manifest = std::fs::read(dir.join(crate::artifact::MANIFEST_FILE))
+        .with_context(|| format!("model {}", dir.display()))?;
+    if !crate::encoder::artifact::is_encoder_manifest(&manifest) {
+        let model = Classifier::load(dir).with_context(|| format!("model {}", dir.display()))?;
+        return Ok(model.into());
+    }
+    let pretrained = encoder.context("--encoder DIR is required by encoder models")?;
+    let device = Device::Cpu;
+    let own = EncoderClassifier::read_manifest(dir)?.own_encoder;
+    let encoder = if own {
+        EncoderClassifier::own_encoder(dir, pretrained, &device)?
+    } else {
+        Encoder::load(pretrained, None, &device)?
+    };
+    Ok(EncoderClassifier::load(dir, Arc::new(encoder))?.into())
+}
+
+pub(super) fn read_dataset(examples: &Path, labels: &Path) -> anyhow::Result<Dataset> {
     let read = |path: &Path| {
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
     };

@@ -1,15 +1,23 @@
-//! `automl-train`: the training program of the intent classifier.
+//! The training program, `automl-train` (and `automl trainer`, the same program inside the
+//! `automl` binary, so that a system started from `automl` alone can train).
 //!
 //! - With no arguments it runs one training job from the trainer environment (`JOB_ID`,
 //!   `METADATA_STORE_SERVER`, `MINIO_SERVER`, `TRAINING_DATA_PATH`, …; see CONTRACT.md) and
 //!   records it in metadata-store ([`remote`]).
 //! - `--examples F --labels F --out DIR` trains on local snapshot files and writes the artifact
 //!   into DIR, without any service ([`local`]).
-//! - `evaluate --model DIR --examples F --labels F` reports a trained model's accuracy.
+//!   With `--algorithm intent-classification-encoder --encoder DIR` it trains the encoder
+//!   algorithm on the pretrained encoder in DIR ([`encoder_job`]).
+//! - `evaluate --model DIR --examples F --labels F [--encoder DIR]` reports a trained model's
+//!   accuracy.
+//! - `encoder-bench` measures the encoder's sentences per second; `encoder-steps` prints the
+//!   loss of each of N full fine-tuning steps (for comparing devices, `scripts/gpu-check.sh`).
 //!
 //! Parameters come from the environment in every mode (`EPOCHS`, `LR`, `BATCH_SIZE`, `FC_SIZE`,
-//! `EMBED_DIM`, `SEED`, `OPTIMIZER`, `DEVICE`). Progress goes to stdout, one line at a time.
+//! `EMBED_DIM`, `SEED`, `OPTIMIZER`, `DEVICE`; the encoder's `FINETUNE`, `ENCODER_LR`,
+//! `HIDDEN`, …). Progress goes to stdout, one line at a time.
 
+mod encoder_job;
 mod local;
 mod remote;
 mod trainer_env;
@@ -18,13 +26,13 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::data::Dataset;
+use crate::device::{self, DeviceChoice};
+use crate::finetune::BaseModel;
+use crate::params::TrainParams;
+use crate::train::{self, EpochReport, Trained};
+use crate::{Error, Result};
 use anyhow::Context;
-use automl_text_classification::data::Dataset;
-use automl_text_classification::device::{self, DeviceChoice};
-use automl_text_classification::finetune::BaseModel;
-use automl_text_classification::params::TrainParams;
-use automl_text_classification::train::{self, EpochReport, Trained};
-use automl_text_classification::{Error, Result};
 use candle_core::Device;
 use clap::{Parser, Subcommand};
 
@@ -44,6 +52,12 @@ struct Cli {
     /// Local mode: fine-tune the artifact in this directory instead of starting from scratch.
     #[arg(long, requires = "out")]
     base: Option<PathBuf>,
+    /// Local mode: the algorithm (default: `ALGORITHM_NAME`, else `intent-classification`).
+    #[arg(long)]
+    algorithm: Option<String>,
+    /// Local mode, encoder algorithm: the pretrained encoder's directory.
+    #[arg(long)]
+    encoder: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -64,17 +78,72 @@ enum Command {
         /// Also report the accuracy without this label (e.g. `oos`, out of scope).
         #[arg(long)]
         exclude_label: Option<String>,
+        /// Encoder models: the pretrained encoder's directory.
+        #[arg(long)]
+        encoder: Option<PathBuf>,
+    },
+    /// Measures the encoder's throughput (JSON lines: sentences per second per batch size).
+    EncoderBench {
+        /// The pretrained encoder's directory.
+        #[arg(long)]
+        encoder: PathBuf,
+        /// One sentence per line.
+        #[arg(long)]
+        sentences: PathBuf,
+        /// Comma-separated batch sizes.
+        #[arg(long, default_value = "32,1")]
+        batch_sizes: String,
+        /// Seconds to measure each batch size for.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+    },
+    /// Fine-tunes the whole encoder for a number of steps and prints each step's loss (JSON).
+    EncoderSteps {
+        /// The pretrained encoder's directory.
+        #[arg(long)]
+        encoder: PathBuf,
+        /// Examples file.
+        #[arg(long)]
+        examples: PathBuf,
+        /// Labels file.
+        #[arg(long)]
+        labels: PathBuf,
+        /// Steps to run.
+        #[arg(long, default_value_t = 200)]
+        steps: usize,
     },
 }
 
-fn main() -> ExitCode {
-    // SAFETY: first thing in main; no other thread exists yet.
-    #[allow(unsafe_code)]
-    unsafe {
-        automl_text_classification::device::fix_cpu_thread_count();
-    }
+/// What a run trains.
+#[derive(Debug, Clone)]
+pub enum Job {
+    /// `intent-classification`.
+    Bag(TrainParams),
+    /// `intent-classification-encoder`.
+    Encoder(crate::encoder::params::EncoderParams),
+}
+
+/// Runs the program with `args` (the first is the program name) and returns its exit code.
+///
+/// The caller must have fixed candle's thread count first
+/// ([`crate::device::fix_cpu_thread_count`], before any other thread exists).
+pub fn main_with<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
     init_tracing();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return if err.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     let env: HashMap<String, String> = std::env::vars().collect();
     match run(cli, &env) {
         Ok(()) => ExitCode::SUCCESS,
@@ -87,35 +156,91 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli, env: &HashMap<String, String>) -> anyhow::Result<()> {
-    if let Some(Command::Evaluate {
-        model,
-        examples,
-        labels,
-        exclude_label,
-    }) = cli.command
-    {
-        return local::evaluate(&model, &examples, &labels, exclude_label.as_deref());
+    let device = || -> anyhow::Result<Device> {
+        let choice: DeviceChoice = env
+            .get("DEVICE")
+            .map_or(Ok(DeviceChoice::Auto), |v| v.parse())?;
+        Ok(device::select(choice)?)
+    };
+    match cli.command {
+        Some(Command::Evaluate {
+            model,
+            examples,
+            labels,
+            exclude_label,
+            encoder,
+        }) => {
+            return local::evaluate(
+                &model,
+                &examples,
+                &labels,
+                exclude_label.as_deref(),
+                encoder.as_deref(),
+            );
+        }
+        Some(Command::EncoderBench {
+            encoder,
+            sentences,
+            batch_sizes,
+            seconds,
+        }) => return encoder_job::bench(&encoder, &sentences, &batch_sizes, seconds, &device()?),
+        Some(Command::EncoderSteps {
+            encoder,
+            examples,
+            labels,
+            steps,
+        }) => {
+            let params = crate::encoder::params::EncoderParams::from_map(env)?;
+            return encoder_job::steps(&encoder, &examples, &labels, steps, &params, &device()?);
+        }
+        None => {}
     }
-    let params = TrainParams::from_map(env)?;
-    let choice: DeviceChoice = env
-        .get("DEVICE")
-        .map_or(Ok(DeviceChoice::Auto), |v| v.parse())?;
-    let device = device::select(choice)?;
+    let algorithm = cli
+        .algorithm
+        .clone()
+        .or_else(|| env.get("ALGORITHM_NAME").cloned())
+        .filter(|a| !a.trim().is_empty())
+        .unwrap_or_else(|| "intent-classification".into());
+    let job = if algorithm.trim() == crate::encoder::ALGORITHM {
+        Job::Encoder(crate::encoder::params::EncoderParams::from_map(env)?)
+    } else {
+        Job::Bag(TrainParams::from_map(env)?)
+    };
+    let device = device()?;
+    let params_json = match &job {
+        Job::Bag(params) => serde_json::to_string(params)?,
+        Job::Encoder(params) => serde_json::to_string(params)?,
+    };
     println!(
-        "automl-train {}: device {}, params {}",
+        "automl-train {}: {algorithm}, device {}, params {params_json}",
         env!("CARGO_PKG_VERSION"),
         device::describe(&device),
-        serde_json::to_string(&params)?
     );
     if let (Some(examples), Some(labels), Some(out)) = (cli.examples, cli.labels, cli.out) {
-        return local::train(
-            &examples,
-            &labels,
-            &out,
-            cli.base.as_deref(),
-            &params,
-            &device,
-        );
+        return match &job {
+            Job::Bag(params) => local::train(
+                &examples,
+                &labels,
+                &out,
+                cli.base.as_deref(),
+                params,
+                &device,
+            ),
+            Job::Encoder(params) => {
+                let encoder = cli
+                    .encoder
+                    .context("--encoder DIR is required by the encoder algorithm")?;
+                encoder_job::train_local(
+                    &examples,
+                    &labels,
+                    &out,
+                    &encoder,
+                    cli.base.as_deref(),
+                    params,
+                    &device,
+                )
+            }
+        };
     }
     let trainer_env = trainer_env::TrainerEnv::from_map(env)
         .context("not a training job (use --examples/--labels/--out for the local mode)")?;
@@ -123,7 +248,7 @@ fn run(cli: Cli, env: &HashMap<String, String>) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(remote::run(trainer_env, params, device))
+    runtime.block_on(remote::run(trainer_env, job, device))
 }
 
 /// The library's training loop with a callback that returns `false` to stop.

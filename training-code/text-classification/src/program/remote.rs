@@ -4,6 +4,11 @@
 
 use std::collections::HashMap;
 
+use crate::artifact::{self, Lineage, Manifest};
+use crate::data::Dataset;
+use crate::finetune::BaseModel;
+use crate::params::TrainParams;
+use crate::train::{EpochReport, Trained};
 use anyhow::{Context, bail};
 use automl_common::auth::{Credentials, TOKEN_ENV};
 use automl_common::config::S3Config;
@@ -13,25 +18,20 @@ use automl_common::time::now_iso;
 use automl_proto::data_management::FileInfo;
 use automl_proto::metadata_store as pb;
 use automl_proto::metadata_store::metadata_store_service_client::MetadataStoreServiceClient;
-use automl_text_classification::artifact::{self, Lineage, Manifest};
-use automl_text_classification::data::Dataset;
-use automl_text_classification::finetune::BaseModel;
-use automl_text_classification::params::TrainParams;
-use automl_text_classification::train::{EpochReport, Trained};
 use candle_core::Device;
 use tonic::codegen::InterceptedService;
 use tonic::transport::Channel;
 
-use crate::trainer_env::{TrainerEnv, url};
-use crate::{epoch_line, train_blocking};
+use super::trainer_env::{TrainerEnv, url};
+use super::{epoch_line, train_blocking};
 
 /// Every call carries the request id of the `Train` call that queued the job, when known, and
 /// the job's token (AUTOML_TOKEN) when the deployment authenticates calls.
-type Client = MetadataStoreServiceClient<InterceptedService<Channel, Outgoing>>;
+pub(super) type Client = MetadataStoreServiceClient<InterceptedService<Channel, Outgoing>>;
 
 /// What every outgoing call carries.
 #[derive(Clone)]
-struct Outgoing {
+pub(super) struct Outgoing {
     request_id: request_id::Fixed,
     credentials: Credentials,
 }
@@ -45,7 +45,7 @@ impl tonic::service::Interceptor for Outgoing {
 
 /// Runs one training job; the error, if any, has been recorded with LogRunEnd when the run had
 /// started.
-pub async fn run(env: TrainerEnv, params: TrainParams, device: Device) -> anyhow::Result<()> {
+pub async fn run(env: TrainerEnv, job: super::Job, device: Device) -> anyhow::Result<()> {
     // training-service hands its CA to trainers when its services speak TLS: metadata-store
     // is then reached over https (the object store keeps its own scheme).
     let tls = automl_common::tls::TlsConfig {
@@ -88,6 +88,7 @@ pub async fn run(env: TrainerEnv, params: TrainParams, device: Device) -> anyhow
                 version_hash: env.version_hash.clone(),
                 code_version: env.code_version.clone(),
                 base_run_id: env.base_run_id.clone().unwrap_or_default(),
+                pretrained_model: env.pretrained_model.clone().unwrap_or_default(),
             }),
         })
         .await
@@ -96,7 +97,15 @@ pub async fn run(env: TrainerEnv, params: TrainParams, device: Device) -> anyhow
     println!("run {} started", env.job_id);
     let bucket = non_empty(started.bucket, &env.model_bucket);
     let path = non_empty(started.path, &format!("run_{}", env.job_id));
-    let outcome = train_and_publish(&env, &params, device, &mut client, &bucket, &path).await;
+    let outcome = match &job {
+        super::Job::Bag(params) => {
+            train_and_publish(&env, params, device, &mut client, &bucket, &path).await
+        }
+        super::Job::Encoder(params) => {
+            super::encoder_job::train_and_publish(&env, params, device, &mut client, &bucket, &path)
+                .await
+        }
+    };
     let (success, message) = match &outcome {
         Ok(test_accuracy) => (true, format!("test accuracy {test_accuracy:.3}")),
         Err(err) => (false, format!("{err:#}")),
@@ -188,7 +197,7 @@ async fn train_and_publish(
 }
 
 /// Trains on a blocking thread while this task records each epoch with LogEpoch.
-async fn train_logging_epochs(
+pub(super) async fn train_logging_epochs(
     env: &TrainerEnv,
     params: &TrainParams,
     device: Device,
@@ -222,7 +231,7 @@ async fn train_logging_epochs(
     Ok(training.await.context("training thread failed")??)
 }
 
-fn start_of(end_time: &str, seconds: f64) -> String {
+pub(super) fn start_of(end_time: &str, seconds: f64) -> String {
     let Ok(end) = chrono::DateTime::parse_from_rfc3339(end_time) else {
         return end_time.to_string();
     };
@@ -248,7 +257,7 @@ pub fn epoch_metrics(report: &EpochReport) -> HashMap<String, String> {
     ])
 }
 
-fn object_store(env: &TrainerEnv) -> ObjectStore {
+pub(super) fn object_store(env: &TrainerEnv) -> ObjectStore {
     let config = S3Config {
         access_key: env.access_key.clone(),
         secret_key: env.secret_key.clone(),
@@ -257,7 +266,11 @@ fn object_store(env: &TrainerEnv) -> ObjectStore {
     ObjectStore::new(&config, &url(&env.minio_server))
 }
 
-async fn download(store: &ObjectStore, bucket: &str, key: &str) -> anyhow::Result<Vec<u8>> {
+pub(super) async fn download(
+    store: &ObjectStore,
+    bucket: &str,
+    key: &str,
+) -> anyhow::Result<Vec<u8>> {
     let object = store
         .client()
         .get_object()
@@ -275,7 +288,11 @@ async fn download(store: &ObjectStore, bucket: &str, key: &str) -> anyhow::Resul
     Ok(body.into_bytes().to_vec())
 }
 
-async fn download_text(store: &ObjectStore, bucket: &str, key: &str) -> anyhow::Result<String> {
+pub(super) async fn download_text(
+    store: &ObjectStore,
+    bucket: &str,
+    key: &str,
+) -> anyhow::Result<String> {
     let bytes = download(store, bucket, key).await?;
     String::from_utf8(bytes).with_context(|| format!("{bucket}/{key} is not UTF-8"))
 }

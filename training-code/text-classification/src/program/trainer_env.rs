@@ -36,6 +36,8 @@ pub struct TrainerEnv {
     pub base_run_id: Option<String>,
     /// `CODE_VERSION`: recorded as lineage (default: this program's version).
     pub code_version: String,
+    /// `PRETRAINED_MODEL`: `<name>@<digest>` of the pretrained model the algorithm builds on.
+    pub pretrained_model: Option<String>,
 }
 
 impl std::fmt::Debug for TrainerEnv {
@@ -83,6 +85,7 @@ impl TrainerEnv {
             data_bucket: required("TRAINING_DATA_BUCKET")?,
             data_path: required("TRAINING_DATA_PATH")?,
             base_run_id: optional("BASE_RUN_ID"),
+            pretrained_model: optional("PRETRAINED_MODEL"),
             code_version: optional("CODE_VERSION")
                 .unwrap_or_else(|| format!("automl-train {}", env!("CARGO_PKG_VERSION"))),
             job_id,

@@ -30,6 +30,7 @@ fn params() -> TrainParams {
         seed: 11,
         optimizer: OptimizerKind::AdamW,
         lr_decay: 0.5,
+        word_dropout: 0.0,
         ..TrainParams::default()
     }
 }
@@ -100,12 +101,24 @@ fn adamw_trains_too() -> Result<()> {
         optimizer: OptimizerKind::AdamW,
         lr: 0.01,
         epochs: 4,
+        word_dropout: 0.2,
         ..params()
     };
     let (trained, seen) = run(&adamw)?;
     assert!(seen[3].loss < seen[0].loss, "{seen:?}");
     assert!(
         trained.test_accuracy >= 0.8,
+        "test accuracy {}",
+        trained.test_accuracy
+    );
+    Ok(())
+}
+
+#[test]
+fn the_defaults_learn_the_demo_data() -> Result<()> {
+    let (trained, _) = run(&TrainParams::default())?;
+    assert!(
+        trained.test_accuracy >= 0.9,
         "test accuracy {}",
         trained.test_accuracy
     );
@@ -238,6 +251,11 @@ fn malformed_artifacts_are_errors_not_panics() -> Result<()> {
         }),
         ("manifest", {
             let mut bad = manifest.clone();
+            bad.params.ngrams = 1;
+            serde_json::to_vec(&bad).unwrap_or_default()
+        }),
+        ("manifest", {
+            let mut bad = manifest.clone();
             bad.format_version = 99;
             serde_json::to_vec(&bad).unwrap_or_default()
         }),
@@ -249,6 +267,43 @@ fn malformed_artifacts_are_errors_not_panics() -> Result<()> {
     let empty = tempfile::tempdir().map_err(|e| crate::Error::io("tempdir", e))?;
     let err = Classifier::load(empty.path()).expect_err("no files");
     assert!(err.to_string().contains("model.safetensors"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn artifacts_written_before_ngrams_load_as_words_only() -> Result<()> {
+    let params = TrainParams {
+        ngrams: 1,
+        epochs: 2,
+        ..params()
+    };
+    let (trained, _) = run(&params)?;
+    assert_eq!(trained.vocab.ngrams(), 1);
+    let manifest = manifest(&trained, &params);
+    let files = artifact::encode(&trained.model, &trained.vocab, &manifest)?;
+    let good: BTreeMap<&str, Vec<u8>> = files.files.iter().cloned().collect();
+    let vocab_json = String::from_utf8_lossy(&good[artifact::VOCAB_FILE]).into_owned();
+    assert!(!vocab_json.contains("ngrams"), "{vocab_json}");
+    let mut old_manifest =
+        serde_json::to_value(&manifest).map_err(|e| crate::Error::Artifact(e.to_string()))?;
+    if let Some(params) = old_manifest["params"].as_object_mut() {
+        params.remove("ngrams");
+    }
+    let old_manifest =
+        serde_json::to_vec(&old_manifest).map_err(|e| crate::Error::Artifact(e.to_string()))?;
+    let loaded = artifact::decode(
+        &good[artifact::MODEL_FILE],
+        &good[artifact::VOCAB_FILE],
+        &old_manifest,
+        &Device::Cpu,
+    )?;
+    assert_eq!(loaded.manifest.params, params);
+    let texts = ["show my balance please", "will it rain today"];
+    let fresh = Classifier::new(trained.model, trained.vocab, manifest);
+    assert_eq!(
+        Classifier::from(loaded).predict_batch(&texts, 2)?,
+        fresh.predict_batch(&texts, 2)?
+    );
     Ok(())
 }
 

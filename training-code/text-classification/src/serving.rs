@@ -1,0 +1,58 @@
+//! Either kind of model behind one interface, for prediction-service: the embedding-bag
+//! [`Classifier`] or an [`EncoderClassifier`].
+
+use crate::encoder::EncoderClassifier;
+use crate::error::Result;
+use crate::inference::{Classifier, Prediction};
+
+/// A loaded model of any algorithm this crate trains.
+#[derive(Debug, Clone)]
+pub enum AnyClassifier {
+    /// `intent-classification`.
+    Bag(Classifier),
+    /// `intent-classification-encoder`.
+    Encoder(EncoderClassifier),
+}
+
+impl AnyClassifier {
+    /// Predictions for many texts, in order.
+    pub fn predict_batch<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+        top_k: usize,
+    ) -> Result<Vec<Prediction>> {
+        match self {
+            Self::Bag(model) => model.predict_batch(texts, top_k),
+            Self::Encoder(model) => model.predict_batch(texts, top_k),
+        }
+    }
+
+    /// Largest batch cheap enough to compute on an async task instead of a blocking thread:
+    /// a few embedding-bag documents are microseconds; an encoder pass is milliseconds.
+    pub fn inline_batch(&self) -> usize {
+        match self {
+            Self::Bag(_) => 4,
+            Self::Encoder(_) => 0,
+        }
+    }
+
+    /// Label names in output order.
+    pub fn classes(&self) -> &[String] {
+        match self {
+            Self::Bag(model) => model.classes(),
+            Self::Encoder(model) => model.classes(),
+        }
+    }
+}
+
+impl From<Classifier> for AnyClassifier {
+    fn from(model: Classifier) -> Self {
+        Self::Bag(model)
+    }
+}
+
+impl From<EncoderClassifier> for AnyClassifier {
+    fn from(model: EncoderClassifier) -> Self {
+        Self::Encoder(model)
+    }
+}
