@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use automl_text_classification::{Classifier, Prediction};
+use automl_text_classification::Prediction;
+use automl_text_classification::serving::AnyClassifier;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::PredictError;
@@ -13,10 +14,6 @@ use crate::error::PredictError;
 const MAX_BATCH: usize = 64;
 /// Requests waiting for the worker; senders wait (briefly) when it is full.
 const QUEUE: usize = 1024;
-/// Batches up to this size run on the worker task itself (tens of microseconds of CPU, less
-/// than handing them to a blocking thread and waking the worker again costs); larger ones run
-/// on a blocking thread.
-const INLINE_BATCH: usize = 4;
 
 type Reply = oneshot::Sender<Result<Prediction, PredictError>>;
 
@@ -29,7 +26,7 @@ pub struct Batcher {
 
 impl Batcher {
     /// Starts the worker of `classifier`, answering with the `top_k` best labels.
-    pub fn start(classifier: Arc<Classifier>, top_k: usize) -> Self {
+    pub fn start(classifier: Arc<AnyClassifier>, top_k: usize) -> Self {
         let (requests, receiver) = mpsc::channel(QUEUE);
         tokio::spawn(work(classifier, top_k, receiver));
         Self { requests }
@@ -49,7 +46,7 @@ impl Batcher {
 }
 
 async fn work(
-    classifier: Arc<Classifier>,
+    classifier: Arc<AnyClassifier>,
     top_k: usize,
     mut receiver: mpsc::Receiver<(String, Reply)>,
 ) {
@@ -62,7 +59,10 @@ async fn work(
             }
         }
         let (documents, replies): (Vec<String>, Vec<Reply>) = batch.into_iter().unzip();
-        let outcome = if documents.len() <= INLINE_BATCH {
+        // Small batches of a cheap model run on the worker task itself (tens of microseconds of
+        // CPU, less than handing them to a blocking thread and waking the worker again costs);
+        // the rest run on a blocking thread.
+        let outcome = if documents.len() <= classifier.inline_batch() {
             Ok(classifier.predict_batch(&documents, top_k))
         } else {
             let model = Arc::clone(&classifier);

@@ -10,6 +10,10 @@ use std::sync::{Arc, Mutex};
 use automl_common::metrics::{Counter, Gauge, Histogram, metrics};
 use automl_common::s3::ObjectStore;
 use automl_text_classification::Classifier;
+use automl_text_classification::encoder::artifact::is_encoder_manifest;
+use automl_text_classification::encoder::{Encoder, EncoderClassifier};
+use automl_text_classification::pretrained;
+use automl_text_classification::serving::AnyClassifier;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::OnceCell;
 
@@ -86,6 +90,9 @@ pub struct ModelCache {
     max_bytes: u64,
     top_k: usize,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
+    /// Pretrained encoders in memory by digest, shared by every model built on one; an
+    /// encoder stays loaded while a model holds it. Loads are serialised by the lock.
+    encoders: tokio::sync::Mutex<HashMap<String, std::sync::Weak<Encoder>>>,
     clock: AtomicU64,
     /// What it did so far.
     pub stats: CacheStats,
@@ -117,6 +124,7 @@ impl ModelCache {
             max_bytes,
             top_k,
             slots: Mutex::new(HashMap::new()),
+            encoders: tokio::sync::Mutex::new(HashMap::new()),
             clock: AtomicU64::new(0),
             stats: CacheStats::default(),
             exported: Exported::new(),
@@ -236,12 +244,9 @@ impl ModelCache {
             self.download(artifact, &dir).await?;
         }
         let started = std::time::Instant::now();
-        let load_dir = dir.clone();
-        let classifier = tokio::task::spawn_blocking(move || Classifier::load(&load_dir))
-            .await
-            .map_err(|err| PredictError::Internal(format!("load task: {err}")))?;
-        let classifier = match classifier {
-            Ok(classifier) => classifier,
+        let loaded = self.load_dir(&dir).await;
+        let (classifier, bytes) = match loaded {
+            Ok(loaded) => loaded,
             Err(err) => {
                 // Let a later request fetch the files again instead of failing forever.
                 let _ = tokio::fs::remove_dir_all(&dir).await;
@@ -251,10 +256,6 @@ impl ModelCache {
                 });
             }
         };
-        let bytes = tokio::fs::metadata(dir.join("model.safetensors"))
-            .await
-            .map(|m| m.len())
-            .unwrap_or(0);
         self.stats.loads.fetch_add(1, Ordering::Relaxed);
         self.exported.loads.inc();
         self.exported
@@ -272,6 +273,89 @@ impl ModelCache {
             bytes,
             version: artifact.version.clone(),
         })
+    }
+
+    /// Loads the model in `dir`, of either algorithm; returns it with the bytes of weights it
+    /// holds on its own (a shared pretrained encoder is not counted per model).
+    async fn load_dir(
+        &self,
+        dir: &Path,
+    ) -> Result<(AnyClassifier, u64), automl_text_classification::Error> {
+        let manifest = tokio::fs::read(dir.join("manifest.json"))
+            .await
+            .map_err(|e| automl_text_classification::Error::io(dir.join("manifest.json"), e))?;
+        let size = |name: &str| std::fs::metadata(dir.join(name)).map_or(0, |m| m.len());
+        if !is_encoder_manifest(&manifest) {
+            let load_dir = dir.to_path_buf();
+            let classifier = tokio::task::spawn_blocking(move || Classifier::load(&load_dir))
+                .await
+                .map_err(|err| {
+                    automl_text_classification::Error::Stopped(format!("load task: {err}"))
+                })??;
+            return Ok((classifier.into(), size("model.safetensors")));
+        }
+        let parsed = EncoderClassifier::read_manifest(dir)?;
+        let reference = parsed.pretrained.reference();
+        let pretrained_dir =
+            pretrained::fetch(&self.objects, &reference, &self.dir.join("pretrained")).await?;
+        let model_dir = dir.to_path_buf();
+        let (encoder, own_bytes) = if parsed.own_encoder {
+            let encoder = tokio::task::spawn_blocking(move || {
+                EncoderClassifier::own_encoder(
+                    &model_dir,
+                    &pretrained_dir,
+                    &candle_core::Device::Cpu,
+                )
+            })
+            .await
+            .map_err(|err| {
+                automl_text_classification::Error::Stopped(format!("load task: {err}"))
+            })??;
+            (Arc::new(encoder), size("encoder.safetensors"))
+        } else {
+            (
+                self.shared_encoder(&parsed.pretrained.digest, pretrained_dir)
+                    .await?,
+                0,
+            )
+        };
+        let model_dir = dir.to_path_buf();
+        let classifier =
+            tokio::task::spawn_blocking(move || EncoderClassifier::load(&model_dir, encoder))
+                .await
+                .map_err(|err| {
+                    automl_text_classification::Error::Stopped(format!("load task: {err}"))
+                })??;
+        Ok((classifier.into(), size("head.safetensors") + own_bytes))
+    }
+
+    /// The pretrained encoder `digest` from `dir`, loaded once while any model uses it.
+    async fn shared_encoder(
+        &self,
+        digest: &str,
+        dir: PathBuf,
+    ) -> Result<Arc<Encoder>, automl_text_classification::Error> {
+        let mut encoders = self.encoders.lock().await;
+        if let Some(encoder) = encoders.get(digest).and_then(std::sync::Weak::upgrade) {
+            return Ok(encoder);
+        }
+        let encoder = tokio::task::spawn_blocking(move || {
+            Encoder::load(&dir, None, &candle_core::Device::Cpu)
+        })
+        .await
+        .map_err(|err| automl_text_classification::Error::Stopped(format!("load task: {err}")))??;
+        let encoder = Arc::new(encoder);
+        encoders.retain(|_, weak| weak.strong_count() > 0);
+        encoders.insert(digest.to_string(), Arc::downgrade(&encoder));
+        tracing::info!(digest, "pretrained encoder loaded");
+        Ok(encoder)
+    }
+
+    /// Pretrained encoders in memory now.
+    pub fn encoders_loaded(&self) -> usize {
+        self.encoders
+            .try_lock()
+            .map_or(0, |e| e.values().filter(|w| w.strong_count() > 0).count())
     }
 
     /// Downloads every file of the artifact into a temp directory, then renames it to `dir`.

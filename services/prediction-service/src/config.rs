@@ -51,7 +51,10 @@ impl Default for PredictionConfig {
             max_in_flight: 256,
             max_document_bytes: 64 * 1024,
             top_k: 5,
-            builtin_algorithms: vec!["intent-classification".into()],
+            builtin_algorithms: vec![
+                "intent-classification".into(),
+                "intent-classification-encoder".into(),
+            ],
             external_predictors: BTreeMap::new(),
             predictor_timeout_ms: 5000,
         }
