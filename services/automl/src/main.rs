@@ -4,6 +4,10 @@
 //!   database migrations; `automl health` checks a server.
 //! - `automl dataset …` drives data-management (see [`datasets`]); `automl runs list|show|watch`
 //!   read metadata-store (see [`client`]).
+//! - `automl pretrained import|show` manages pretrained models in the models bucket (see
+//!   [`pretrained`]).
+//! - `automl trainer …` (hidden) is the training program, `automl-train`, so that a system
+//!   started from this binary alone can train.
 //!
 //! Configuration: [`config::AutomlConfig`], loaded from defaults, `--config FILE`,
 //! `AUTOML__SECTION__KEY` variables and flags, in that order.
@@ -11,6 +15,7 @@
 mod client;
 mod config;
 mod datasets;
+mod pretrained;
 mod serve;
 mod status;
 mod training;
@@ -160,11 +165,25 @@ enum Command {
         #[command(subcommand)]
         command: client::RunsCommand,
     },
+    /// Pretrained models (the sentence encoder) in the models bucket of the server
+    /// configuration's object store.
+    Pretrained {
+        #[command(subcommand)]
+        command: pretrained::PretrainedCommand,
+    },
+    /// The training program (`automl-train`), run by training-service's local backend when no
+    /// `automl-train` is installed beside this binary.
+    #[command(hide = true, disable_help_flag = true)]
+    Trainer {
+        /// The training program's arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 /// Options shared by the commands that load the server configuration.
 #[derive(Debug, clap::Args)]
-struct ServerOptions {
+pub(crate) struct ServerOptions {
     /// A TOML configuration file (see automl.example.toml); repeat it to layer files, later
     /// files overriding earlier ones key by key.
     #[arg(long, short = 'c')]
@@ -187,7 +206,7 @@ struct ServerOptions {
 }
 
 impl ServerOptions {
-    fn load(&self, service: Option<ServiceArg>) -> anyhow::Result<AutomlConfig> {
+    pub(crate) fn load(&self, service: Option<ServiceArg>) -> anyhow::Result<AutomlConfig> {
         let mut overrides = Vec::new();
         if let Some(dir) = &self.data_dir {
             overrides.push(("data_dir".to_string(), dir.display().to_string()));
@@ -225,7 +244,15 @@ fn main() -> ExitCode {
     unsafe {
         automl_text_classification::device::fix_cpu_thread_count();
     }
+    // The trainer parses its own arguments (and starts its own runtime).
+    let mut raw = std::env::args_os();
+    if raw.nth(1).is_some_and(|first| first == "trainer") {
+        return trainer(raw.collect());
+    }
     let cli = Cli::parse();
+    if let Command::Trainer { args } = cli.command {
+        return trainer(args);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -243,6 +270,12 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `automl trainer ARGS…`: the training program, as `automl-train ARGS…` runs it.
+fn trainer(args: Vec<std::ffi::OsString>) -> ExitCode {
+    let program = std::iter::once(std::ffi::OsString::from("automl-train")).chain(args);
+    automl_text_classification::program::main_with(program)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -303,6 +336,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             client::tokens(&config.common(), command)?;
         }
         Command::Runs { server, command } => client::runs(&server, command).await?,
+        Command::Pretrained { command } => pretrained::run(command).await?,
+        // Dispatched in `main`: the trainer starts its own runtime.
+        Command::Trainer { .. } => anyhow::bail!("the trainer cannot run inside the runtime"),
         Command::Status {
             options,
             metrics,

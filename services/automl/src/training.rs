@@ -8,8 +8,9 @@ use automl_proto::metadata_store::metadata_store_service_client::MetadataStoreSe
 use automl_proto::metadata_store::{GetRunStatusRequest, RunEventKind};
 use automl_proto::training as pb;
 use automl_proto::training::training_service_client::TrainingServiceClient;
+use automl_training_service::config::DEFAULT_ALGORITHM;
 
-use crate::client::connect;
+use crate::client::{Conn, connect};
 
 /// `automl train`
 #[derive(Debug, clap::Args)]
@@ -20,9 +21,10 @@ pub struct TrainArgs {
     /// Snapshot version hash (from `automl dataset prepare`).
     #[arg(long)]
     version: String,
-    /// Algorithm, a key of the training-service registry.
-    #[arg(long, default_value = "intent-classification")]
-    algorithm: String,
+    /// Algorithm, a key of the training-service registry; default: the one training-service
+    /// names (the encoder once its pretrained model is imported).
+    #[arg(long)]
+    algorithm: Option<String>,
     /// Job name.
     #[arg(long, default_value = "")]
     name: String,
@@ -75,6 +77,14 @@ fn parse_param(text: &str) -> Result<(String, String), String> {
 /// job does.
 pub async fn train(server: &str, args: TrainArgs) -> anyhow::Result<()> {
     let mut client = TrainingServiceClient::new(connect(server).await?);
+    let algorithm = match args.algorithm {
+        Some(algorithm) => algorithm,
+        None => {
+            let algorithm = default_algorithm(&mut client).await?;
+            eprintln!("algorithm: {algorithm}");
+            algorithm
+        }
+    };
     let parameters: HashMap<String, String> = args.params.into_iter().collect();
     let epochs: u64 = parameters
         .get("EPOCHS")
@@ -83,7 +93,7 @@ pub async fn train(server: &str, args: TrainArgs) -> anyhow::Result<()> {
     let job_id = client
         .train(pb::TrainRequest {
             metadata: Some(pb::TrainingJobMetadata {
-                algorithm: args.algorithm,
+                algorithm,
                 dataset_id: args.dataset,
                 name: args.name,
                 train_data_version_hash: args.version,
@@ -133,6 +143,21 @@ pub async fn train(server: &str, args: TrainArgs) -> anyhow::Result<()> {
         "job {job_id} ended {outcome}"
     );
     Ok(())
+}
+
+/// The algorithm training-service trains when a client names none; `intent-classification`
+/// for a server without ListAlgorithms.
+async fn default_algorithm(client: &mut TrainingServiceClient<Conn>) -> anyhow::Result<String> {
+    match client
+        .list_algorithms(pb::ListAlgorithmsRequest::default())
+        .await
+    {
+        Ok(listed) => Ok(listed.into_inner().default_algorithm),
+        Err(status) if status.code() == tonic::Code::Unimplemented => {
+            Ok(DEFAULT_ALGORITHM.to_string())
+        }
+        Err(status) => Err(status.into()),
+    }
 }
 
 /// Prints a progress bar line per epoch of run `job_id`, waiting for the run to start.

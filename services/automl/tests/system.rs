@@ -7,6 +7,8 @@ mod auth;
 mod datasets;
 #[path = "system/deploy.rs"]
 mod deploy;
+#[path = "system/encoder.rs"]
+mod encoder;
 #[path = "system/lab.rs"]
 mod lab;
 #[path = "system/metadata.rs"]
@@ -15,6 +17,8 @@ mod metadata;
 mod observability;
 #[path = "system/prediction.rs"]
 mod prediction;
+#[path = "system/pretrained.rs"]
+mod pretrained;
 #[path = "system/support.rs"]
 mod support;
 #[path = "system/training.rs"]

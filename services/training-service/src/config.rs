@@ -9,17 +9,26 @@ use serde::{Deserialize, Serialize};
 /// Default port, as in the MiniAutoML lab scripts.
 pub const DEFAULT_PORT: u16 = 6003;
 
+/// The algorithm trained when a client names none and the encoder is not ready.
+pub const DEFAULT_ALGORITHM: &str = "intent-classification";
+/// The pretrained sentence encoder with a classification head; preferred when ready.
+pub const ENCODER_ALGORITHM: &str = "intent-classification-encoder";
+
 /// How one algorithm is run.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlgorithmConfig {
     /// Local backend: the trainer program; empty means `automl-train` beside the `automl`
-    /// binary.
+    /// binary (`automl serve` falls back to `automl trainer` when there is none).
     pub command: String,
+    /// Local backend: the arguments given to `command`.
+    pub args: Vec<String>,
     /// Kubernetes backend: the trainer image.
     pub image: String,
     /// Kubernetes backend: the image for jobs that ask for GPUs.
     pub gpu_image: String,
+    /// The pretrained model (in the models bucket) the algorithm needs; empty for none.
+    pub pretrained: String,
 }
 
 /// Which backend runs trainers.
@@ -154,10 +163,16 @@ impl Default for TrainingConfig {
             poll_interval_ms: 1000,
             backend: BackendKind::Local,
             kubernetes: KubernetesConfig::default(),
-            algorithms: BTreeMap::from([(
-                "intent-classification".to_string(),
-                AlgorithmConfig::default(),
-            )]),
+            algorithms: BTreeMap::from([
+                (DEFAULT_ALGORITHM.to_string(), AlgorithmConfig::default()),
+                (
+                    ENCODER_ALGORITHM.to_string(),
+                    AlgorithmConfig {
+                        pretrained: automl_text_classification::pretrained::ENCODER_NAME.into(),
+                        ..AlgorithmConfig::default()
+                    },
+                ),
+            ]),
         }
     }
 }

@@ -201,6 +201,26 @@ impl TrainingService for TrainingGrpc {
         }))
     }
 
+    async fn list_algorithms(
+        &self,
+        request: Request<pb::ListAlgorithmsRequest>,
+    ) -> Result<Response<pb::ListAlgorithmsResponse>, Status> {
+        tenant_of(&request)?;
+        let (algorithms, default_algorithm) = self.service.algorithms().await;
+        Ok(Response::new(pb::ListAlgorithmsResponse {
+            algorithms: algorithms
+                .into_iter()
+                .map(|algorithm| pb::Algorithm {
+                    name: algorithm.name,
+                    pretrained_model: algorithm.pretrained_model,
+                    ready: algorithm.ready,
+                    message: algorithm.message,
+                })
+                .collect(),
+            default_algorithm,
+        }))
+    }
+
     type GetTrainingLogsStream = LogStream;
 
     async fn get_training_logs(

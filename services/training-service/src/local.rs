@@ -62,11 +62,13 @@ impl LocalBackend {
         self.log_dir.join(format!("job-{job_id}.log"))
     }
 
-    /// Starts `command` with `env` for `job_id`; returns its pid. The exit is sent to `exits`.
+    /// Starts `command` with `args` and `env` for `job_id`; returns its pid. The exit is sent
+    /// to `exits`.
     pub fn launch(
         &self,
         job_id: i64,
         command: &Path,
+        args: &[String],
         env: &[(String, String)],
         exits: mpsc::UnboundedSender<(i64, Exit)>,
     ) -> Result<u32, TrainingError> {
@@ -76,6 +78,7 @@ impl LocalBackend {
             .append(true)
             .open(self.log_path(job_id))?;
         let mut child = Command::new(command)
+            .args(args)
             // The trainer sees the contract's environment and a few basics, never this
             // process's own (its database URL, S3 keys, internal secret).
             .env_clear()

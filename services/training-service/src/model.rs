@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::{DEFAULT_ALGORITHM, ENCODER_ALGORITHM};
 use crate::error::TrainingError;
 
 /// The tenant of every job until authentication assigns others.
@@ -139,6 +140,7 @@ pub const RESERVED_VARIABLES: &[&str] = &[
     "TRAINING_DATA_BUCKET",
     "TRAINING_DATA_PATH",
     "BASE_RUN_ID",
+    "PRETRAINED_MODEL",
     // What the process loader and shell read: a parameter must not change which code runs.
     "PATH",
     "HOME",
@@ -147,6 +149,33 @@ pub const RESERVED_VARIABLES: &[&str] = &[
     "ENV",
     "BASH_ENV",
 ];
+
+/// An algorithm of the registry, and whether it can be trained now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlgorithmStatus {
+    /// Its name (a key of the registry).
+    pub name: String,
+    /// The pretrained model it needs, empty for none.
+    pub pretrained_model: String,
+    /// False while its pretrained model is not imported.
+    pub ready: bool,
+    /// Why it is not ready; empty when it is.
+    pub message: String,
+}
+
+/// The algorithm a client that names none trains: the encoder when it is registered and
+/// ready, else the classic classifier, else the first registered one.
+pub fn default_algorithm(algorithms: &[AlgorithmStatus]) -> String {
+    let ready = |name: &str| algorithms.iter().any(|a| a.name == name && a.ready);
+    let registered = |name: &str| algorithms.iter().any(|a| a.name == name);
+    if ready(ENCODER_ALGORITHM) {
+        ENCODER_ALGORITHM.to_string()
+    } else if registered(DEFAULT_ALGORITHM) || algorithms.is_empty() {
+        DEFAULT_ALGORITHM.to_string()
+    } else {
+        algorithms[0].name.clone()
+    }
+}
 
 /// Prefixes of reserved variable names (automl's own, the dynamic loader's).
 const RESERVED_PREFIXES: &[&str] = &["AUTOML_", "LD_", "DYLD_", "BASH_FUNC_"];
@@ -268,6 +297,7 @@ mod tests {
             "AUTOML_TOKEN",
             "LD_PRELOAD",
             "PATH",
+            "PRETRAINED_MODEL",
         ] {
             let mut bad = spec();
             bad.parameters.insert(key.into(), "x".into());
@@ -275,10 +305,47 @@ mod tests {
             assert!(err.to_string().contains(key), "{err}");
         }
         let mut fine = spec();
-        for key in ["EPOCHS", "LR", "BATCH_SIZE", "FC_SIZE", "OPTIMIZER"] {
+        for key in [
+            "EPOCHS",
+            "LR",
+            "BATCH_SIZE",
+            "FC_SIZE",
+            "OPTIMIZER",
+            "DEVICE",
+        ] {
             fine.parameters.insert(key.into(), "1".into());
         }
         assert!(check_spec(&fine).is_ok());
+    }
+
+    fn algorithm(name: &str, ready: bool) -> AlgorithmStatus {
+        AlgorithmStatus {
+            name: name.into(),
+            pretrained_model: String::new(),
+            ready,
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_default_algorithm_is_the_encoder_once_it_is_ready() {
+        let classic = algorithm(DEFAULT_ALGORITHM, true);
+        let encoder = |ready| algorithm(ENCODER_ALGORITHM, ready);
+        assert_eq!(
+            default_algorithm(&[classic.clone(), encoder(true)]),
+            ENCODER_ALGORITHM
+        );
+        assert_eq!(
+            default_algorithm(&[classic.clone(), encoder(false)]),
+            DEFAULT_ALGORITHM
+        );
+        assert_eq!(default_algorithm(&[classic]), DEFAULT_ALGORITHM);
+        assert_eq!(default_algorithm(&[algorithm("custom", true)]), "custom");
+        assert_eq!(
+            default_algorithm(&[algorithm("custom", true), encoder(false)]),
+            "custom"
+        );
+        assert_eq!(default_algorithm(&[]), DEFAULT_ALGORITHM);
     }
 
     #[test]

@@ -12,12 +12,14 @@ use automl_common::config::S3Config;
 use automl_common::error::error_chain;
 use automl_common::metrics::metrics;
 use automl_common::request_id;
+use automl_common::s3::{ObjectStore, S3Error};
 use automl_common::time::now_iso;
 use automl_common::tls::{CA_FILE_ENV, TlsConfig};
 use automl_proto::data_management::data_management_service_client::DataManagementServiceClient;
 use automl_proto::data_management::{SnapshotState, VersionQuery};
 use automl_proto::metadata_store::metadata_store_service_client::MetadataStoreServiceClient;
 use automl_proto::metadata_store::{GetRunStatusRequest, LogRunEndRequest};
+use automl_text_classification::pretrained;
 use tokio::io::{AsyncBufReadExt, AsyncSeekExt};
 use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -29,7 +31,7 @@ use crate::config::{BackendKind, TrainingConfig, host_port};
 use crate::error::TrainingError;
 use crate::kubernetes::{DEFAULT_TRAINER, JobRef, KubernetesBackend, Observed, TrainerSpec};
 use crate::local::{Exit, LocalBackend, process_alive};
-use crate::model::{Job, JobSpec, JobStatus, check_spec};
+use crate::model::{AlgorithmStatus, Job, JobSpec, JobStatus, check_spec, default_algorithm};
 use crate::store::JobStore;
 
 /// The backend name recorded on jobs run as local processes.
@@ -94,6 +96,8 @@ pub struct Training {
     data: DataManagementServiceClient<Channel>,
     metadata: MetadataStoreServiceClient<Channel>,
     s3: S3Config,
+    /// Where pretrained models are looked up (the models bucket).
+    objects: ObjectStore,
     minio_server: String,
     wake: Notify,
     events: broadcast::Sender<Change>,
@@ -148,6 +152,7 @@ impl Training {
             kubernetes,
             auth,
             ca_file: tls.ca_file.clone(),
+            objects: ObjectStore::new(&s3, s3_endpoint),
             s3,
             minio_server,
             wake: Notify::new(),
@@ -181,6 +186,14 @@ impl Training {
                 known.join(", ")
             )));
         }
+        if let Some(name) = self.pretrained_of(&spec.algorithm)
+            && self.pretrained_current(name).await?.is_none()
+        {
+            return Err(TrainingError::FailedPrecondition(not_imported(
+                &spec.algorithm,
+                name,
+            )));
+        }
         if let Snapshot::Failed(reason) = self.snapshot(tenant, &spec).await? {
             // The version exists but its build failed: accept, the scheduler fails the job
             // with the reason, as for a build that fails later.
@@ -193,6 +206,81 @@ impl Training {
         tracing::info!(job_id, algorithm = %spec.algorithm, dataset_id = %spec.dataset_id, "job queued");
         self.changed(job_id, JobStatus::Queuing, "");
         Ok(job_id)
+    }
+
+    /// ListAlgorithms: the registry, whether each algorithm is ready, and the default.
+    pub async fn algorithms(&self) -> (Vec<AlgorithmStatus>, String) {
+        let mut algorithms = Vec::with_capacity(self.config.algorithms.len());
+        for (name, algorithm) in &self.config.algorithms {
+            let message = if algorithm.pretrained.is_empty() {
+                String::new()
+            } else {
+                match self.pretrained_current(&algorithm.pretrained).await {
+                    Ok(Some(_)) => String::new(),
+                    Ok(None) => not_imported(name, &algorithm.pretrained),
+                    Err(TrainingError::Unavailable(what)) => format!(
+                        "cannot check the pretrained model {}: {what} is unavailable",
+                        algorithm.pretrained
+                    ),
+                    Err(_) => format!(
+                        "the pretrained model {} cannot be read: import it again with `automl pretrained import`",
+                        algorithm.pretrained
+                    ),
+                }
+            };
+            algorithms.push(AlgorithmStatus {
+                name: name.clone(),
+                pretrained_model: algorithm.pretrained.clone(),
+                ready: message.is_empty(),
+                message,
+            });
+        }
+        let default = default_algorithm(&algorithms);
+        (algorithms, default)
+    }
+
+    /// The pretrained model `algorithm` needs, if any.
+    fn pretrained_of(&self, algorithm: &str) -> Option<&str> {
+        self.config
+            .algorithms
+            .get(algorithm)
+            .map(|a| a.pretrained.as_str())
+            .filter(|name| !name.is_empty())
+    }
+
+    /// The current import of pretrained model `name`.
+    async fn pretrained_current(
+        &self,
+        name: &str,
+    ) -> Result<Option<pretrained::PretrainedRef>, TrainingError> {
+        let bucket = &self.objects.models_bucket;
+        pretrained::current(&self.objects, bucket, name)
+            .await
+            .map_err(|err| {
+                tracing::warn!(name, error = %error_chain(&err), "cannot read the pretrained model");
+                match err {
+                    automl_text_classification::Error::Store(S3Error::Unavailable(_)) => {
+                        TrainingError::Unavailable("the object store".into())
+                    }
+                    other => TrainingError::Corrupt(format!("pretrained model {name}: {other}")),
+                }
+            })
+    }
+
+    /// `<name>@<digest>` of the pretrained model a job's algorithm needs, as imported now.
+    async fn pretrained_for_launch(
+        &self,
+        algorithm: &str,
+    ) -> Result<Option<String>, TrainingError> {
+        let Some(name) = self.pretrained_of(algorithm) else {
+            return Ok(None);
+        };
+        match self.pretrained_current(name).await? {
+            Some(reference) => Ok(Some(reference.id())),
+            None => Err(TrainingError::FailedPrecondition(not_imported(
+                algorithm, name,
+            ))),
+        }
     }
 
     /// GetTrainingStatus.
@@ -629,23 +717,31 @@ impl Training {
         }
     }
 
-    fn trainer_command(&self, algorithm: &str) -> PathBuf {
+    /// The local trainer program of `algorithm` and its arguments.
+    fn trainer_command(&self, algorithm: &str) -> (PathBuf, Vec<String>) {
         let configured = self
             .config
             .algorithms
             .get(algorithm)
-            .map(|a| a.command.clone())
+            .cloned()
             .unwrap_or_default();
-        if !configured.is_empty() {
-            return PathBuf::from(configured);
+        if !configured.command.is_empty() {
+            return (PathBuf::from(configured.command), configured.args);
         }
-        std::env::current_exe()
+        let command = std::env::current_exe()
             .map(|exe| exe.with_file_name("automl-train"))
-            .unwrap_or_else(|_| PathBuf::from("automl-train"))
+            .unwrap_or_else(|_| PathBuf::from("automl-train"));
+        (command, configured.args)
     }
 
-    /// The trainer environment of the contract.
-    fn trainer_env(&self, job: &Job, data_path: &str) -> Vec<(String, String)> {
+    /// The trainer environment of the contract; `pretrained` is the `<name>@<digest>` of the
+    /// pretrained model the algorithm builds on.
+    fn trainer_env(
+        &self,
+        job: &Job,
+        data_path: &str,
+        pretrained: Option<String>,
+    ) -> Vec<(String, String)> {
         let spec = &job.spec;
         let mut env: Vec<(String, String)> = [
             ("JOB_ID", job.job_id.to_string()),
@@ -672,6 +768,13 @@ impl Training {
         .collect();
         if !spec.base_run_id.is_empty() {
             env.push(("BASE_RUN_ID".into(), spec.base_run_id.clone()));
+        }
+        if let Some(pretrained) = pretrained {
+            env.push(("PRETRAINED_MODEL".into(), pretrained));
+        }
+        // A job given GPUs trains on one, unless its parameters choose the device.
+        if spec.resources.gpus > 0 && !spec.parameters.contains_key("DEVICE") {
+            env.push(("DEVICE".into(), "cuda".into()));
         }
         if !spec.request_id.is_empty() {
             env.push((request_id::ENV_VAR.into(), spec.request_id.clone()));
@@ -709,14 +812,18 @@ impl Training {
         if let Ok(mut launched) = self.launched_at.lock() {
             launched.insert(job.job_id, Instant::now());
         }
-        let env = self.trainer_env(job, data_path);
+        let pretrained = match self.pretrained_for_launch(&job.spec.algorithm).await {
+            Ok(pretrained) => pretrained,
+            Err(err) => return self.launch_failed(job.job_id, &err).await,
+        };
+        let env = self.trainer_env(job, data_path, pretrained);
         if let Some(kubernetes) = &self.kubernetes {
             return self.launch_kubernetes(kubernetes, job, env).await;
         }
-        let command = self.trainer_command(&job.spec.algorithm);
+        let (command, args) = self.trainer_command(&job.spec.algorithm);
         match self
             .backend
-            .launch(job.job_id, &command, &env, self.exits.clone())
+            .launch(job.job_id, &command, &args, &env, self.exits.clone())
         {
             Ok(pid) => {
                 let moved = self
@@ -1110,6 +1217,13 @@ impl Training {
         }
         Ok(())
     }
+}
+
+/// Why a job of `algorithm` cannot be trained yet.
+fn not_imported(algorithm: &str, pretrained: &str) -> String {
+    format!(
+        "algorithm {algorithm} needs the pretrained model {pretrained}: import it with `automl pretrained import`"
+    )
 }
 
 /// The request id and log span of a job's background work (launch, exit, settling): the id of

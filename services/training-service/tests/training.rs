@@ -14,6 +14,7 @@ use automl_proto::metadata_store as ms;
 use automl_proto::metadata_store::metadata_store_service_client::MetadataStoreServiceClient;
 use automl_proto::training as pb;
 use automl_proto::training::training_service_client::TrainingServiceClient;
+use automl_text_classification::pretrained;
 use automl_training_service::TrainingConfig;
 use automl_training_service::config::AlgorithmConfig;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +38,7 @@ echo "TRAINING_DATASET_VERSION_HASH=$TRAINING_DATASET_VERSION_HASH"
 echo "MINIO_SERVER=$MINIO_SERVER"
 echo "MODEL_BUCKET=$MODEL_BUCKET"
 echo "EPOCHS=$EPOCHS LR=$LR"
+echo "PRETRAINED_MODEL=$PRETRAINED_MODEL DEVICE=$DEVICE ARGS=$*"
 sleep "${{SLEEP:-0.1}}"
 code="${{EXIT_CODE:-0}}"
 if [ "$code" = 0 ]; then
@@ -321,6 +323,32 @@ impl Cluster {
         }
         spans.sort_by_key(|(_, start, _)| *start);
         spans
+    }
+
+    /// The whole log of a job that has ended.
+    async fn log(&mut self, job_id: i32) -> String {
+        let mut stream = self
+            .client
+            .get_training_logs(pb::GetTrainingLogsRequest {
+                job_id,
+                from_line: 0,
+            })
+            .await
+            .expect("logs")
+            .into_inner();
+        let mut lines = Vec::new();
+        while let Some(line) = stream.message().await.expect("log") {
+            lines.push(line.text);
+        }
+        lines.join("\n")
+    }
+
+    async fn algorithms(&mut self) -> pb::ListAlgorithmsResponse {
+        self.client
+            .list_algorithms(pb::ListAlgorithmsRequest::default())
+            .await
+            .expect("list algorithms")
+            .into_inner()
     }
 
     async fn stop(self) {
@@ -711,4 +739,125 @@ async fn two_replicas_on_one_database_run_every_job_exactly_once() {
         assert_eq!(started, jobs, "every job started exactly once");
         cluster.stop().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_algorithm_with_a_pretrained_model_waits_for_its_import() {
+    let encoder = "intent-classification-encoder";
+    let mut cluster = Cluster::start_with(Backend::Sqlite, 1, |config| {
+        let classic = config.algorithms["intent-classification"].clone();
+        config.algorithms.insert(
+            encoder.to_string(),
+            AlgorithmConfig {
+                args: vec!["--mode".into(), "head".into()],
+                pretrained: pretrained::ENCODER_NAME.into(),
+                ..classic
+            },
+        );
+    })
+    .await;
+
+    // Not imported: not ready, not the default, and refused at submission.
+    let listed = cluster.algorithms().await;
+    assert_eq!(listed.default_algorithm, "intent-classification");
+    let names: Vec<&str> = listed.algorithms.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["intent-classification", encoder]);
+    let waiting = &listed.algorithms[1];
+    assert_eq!(waiting.pretrained_model, pretrained::ENCODER_NAME);
+    assert!(!waiting.ready);
+    assert!(
+        waiting.message.contains("automl pretrained import"),
+        "{}",
+        waiting.message
+    );
+    assert!(listed.algorithms[0].ready);
+    let mut request = cluster.job(&[]);
+    if let Some(metadata) = request.metadata.as_mut() {
+        metadata.algorithm = encoder.into();
+    }
+    let refused = cluster.client.train(request.clone()).await;
+    assert_status(
+        refused,
+        Code::FailedPrecondition,
+        "algorithm intent-classification-encoder needs the pretrained model all-minilm-l6-v2: \
+         import it with `automl pretrained import`",
+    );
+    let mut reserved = cluster.job(&[("PRETRAINED_MODEL", "x@y")]);
+    if let Some(metadata) = reserved.metadata.as_mut() {
+        metadata.algorithm = encoder.into();
+    }
+    assert_status(
+        cluster.client.train(reserved).await,
+        Code::InvalidArgument,
+        "PRETRAINED_MODEL",
+    );
+
+    let files = cluster.env.path().join("encoder-files");
+    std::fs::create_dir_all(&files).expect("dir");
+    for name in pretrained::FILES {
+        std::fs::write(files.join(name), format!("{name} contents")).expect("file");
+    }
+    let objects = &cluster.env.objects;
+    let imported = pretrained::import(
+        objects,
+        &objects.models_bucket,
+        pretrained::ENCODER_NAME,
+        &files,
+        &mut |_, _| {},
+    )
+    .await
+    .expect("import");
+    let listed = cluster.algorithms().await;
+    assert_eq!(listed.default_algorithm, encoder);
+    assert!(
+        listed
+            .algorithms
+            .iter()
+            .all(|a| a.ready && a.message.is_empty())
+    );
+
+    // A GPU job: the import it builds on, the device, and the configured arguments.
+    if let Some(metadata) = request.metadata.as_mut() {
+        metadata.resources = Some(pb::Resources {
+            gpus: 1,
+            ..Default::default()
+        });
+    }
+    let job_id = cluster
+        .client
+        .train(request.clone())
+        .await
+        .expect("train")
+        .into_inner()
+        .job_id;
+    assert_eq!(
+        cluster.wait_final(job_id).await.status(),
+        pb::TrainingStatus::Succeed
+    );
+    let expected = format!(
+        "PRETRAINED_MODEL={} DEVICE=cuda ARGS=--mode head",
+        imported.id()
+    );
+    let log = cluster.log(job_id).await;
+    assert!(log.contains(&expected), "{expected} in {log}");
+
+    // Its parameters choose the device; an algorithm without a pretrained model gets none.
+    if let Some(metadata) = request.metadata.as_mut() {
+        metadata.parameters.insert("DEVICE".into(), "cpu".into());
+    }
+    let job_id = cluster
+        .client
+        .train(request)
+        .await
+        .expect("train")
+        .into_inner()
+        .job_id;
+    cluster.wait_final(job_id).await;
+    let log = cluster.log(job_id).await;
+    assert!(log.contains("DEVICE=cpu ARGS=--mode head"), "{log}");
+    let classic = cluster.train(&[]).await;
+    cluster.wait_final(classic).await;
+    let log = cluster.log(classic).await;
+    assert!(log.contains("PRETRAINED_MODEL= DEVICE= ARGS="), "{log}");
+    cluster.stop().await;
 }

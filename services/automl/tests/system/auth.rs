@@ -342,6 +342,7 @@ fn every_rpc(upload_path: &str) -> Vec<(&'static str, &'static str, String, bool
         ("training-service", "training.TrainingService/CancelTrainingJob", r#"{"job_id":1}"#.into(), true),
         ("training-service", "training.TrainingService/ListTrainingJobs", "{}".into(), false),
         ("training-service", "training.TrainingService/GetTrainingLogs", r#"{"job_id":1}"#.into(), true),
+        ("training-service", "training.TrainingService/ListAlgorithms", "{}".into(), false),
         ("prediction-service", "prediction.PredictionService/Predict", r#"{"runId":"1","document":"play some rock"}"#.into(), true),
         ("metadata-store", "metadata_store.MetadataStoreService/LogRunStart", r#"{"run_id":"1","run_name":"x"}"#.into(), false),
     ]
@@ -353,7 +354,7 @@ async fn tenants_are_isolated_on_every_rpc() {
     let upload_path = deployment.team_a_trains();
     let grpc = &deployment.grpc;
     let rpcs = every_rpc(&upload_path);
-    assert_eq!(rpcs.len(), 23, "every RPC of the four services");
+    assert_eq!(rpcs.len(), 24, "every RPC of the four services");
 
     // No token, and a revoked one: UNAUTHENTICATED everywhere; health and reflection stay open.
     for (service, method, body, _) in &rpcs {

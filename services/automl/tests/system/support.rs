@@ -36,7 +36,17 @@ impl Automl {
     /// [`Automl::spawn`] with the process's stderr (its logs) sent to `stderr`, e.g. a file
     /// that a test reads back.
     pub fn spawn_with_stderr(cwd: &Path, env: &[(&str, String)], stderr: Stdio) -> Automl {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_automl"));
+        Self::spawn_program(Path::new(env!("CARGO_BIN_EXE_automl")), cwd, env, stderr)
+    }
+
+    /// [`Automl::spawn_with_stderr`] of the `automl` binary at `program` (e.g. a copy).
+    pub fn spawn_program(
+        program: &Path,
+        cwd: &Path,
+        env: &[(&str, String)],
+        stderr: Stdio,
+    ) -> Automl {
+        let mut command = Command::new(program);
         command
             .args(["serve", "all"])
             .current_dir(cwd)

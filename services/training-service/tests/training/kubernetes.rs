@@ -40,6 +40,7 @@ async fn cluster(backend: Backend, api: &KubeApi, limit: i64) -> Cluster {
                 command: String::new(),
                 image: "registry.example/automl:1.0".into(),
                 gpu_image: "registry.example/automl:1.0-cuda".into(),
+                ..AlgorithmConfig::default()
             };
         }
     })
@@ -165,6 +166,7 @@ async fn jobs_run_as_kubernetes_jobs() {
             ("MINIO_SERVER", "minio:9000"),
             ("MODEL_NAME", "intent"),
             ("EPOCHS", "3"),
+            ("DEVICE", "cuda"),
         ] {
             assert_eq!(env_value(&job, name).as_deref(), Some(value), "{name}");
         }
