@@ -75,6 +75,75 @@ fn embeddings_match_sentence_transformers() {
     }
 }
 
+#[test]
+fn the_trainable_twin_computes_what_bert_model_computes() {
+    let dir = encoder_dir();
+    let frozen = Encoder::load(&dir, None, &Device::Cpu).expect("loads");
+    let mut vars = candle_nn::VarMap::new();
+    let trainable = Encoder::load_trainable(&dir, None, &mut vars, &Device::Cpu).expect("loads");
+    let texts = [
+        "This is an example sentence",
+        "how do i say thank you in french",
+        "wake me up at seven tomorrow, please",
+    ];
+    let a = frozen.embed(&texts, 3, &mut |_, _| {}).expect("embeds");
+    let b = trainable.embed(&texts, 3, &mut |_, _| {}).expect("embeds");
+    let difference = (a - b)
+        .expect("same shape")
+        .abs()
+        .expect("abs")
+        .max_all()
+        .expect("max")
+        .to_scalar::<f32>()
+        .expect("scalar");
+    assert!(difference < 1e-5, "max difference {difference}");
+}
+
+#[test]
+fn full_fine_tuning_moves_every_layer() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let tiny = work.path().join("tiny");
+    encoder::tiny::write(&tiny, &automl_text_classification::demo::words(), 32, 5)
+        .expect("tiny encoder");
+    let snapshot = automl_text_classification::demo::snapshot(10, 3);
+    let data = automl_text_classification::data::Dataset::parse(
+        &snapshot.examples_csv,
+        &snapshot.labels_csv,
+    )
+    .expect("demo data");
+    let mut vars = candle_nn::VarMap::new();
+    let encoder = Encoder::load_trainable(&tiny, None, &mut vars, &Device::Cpu).expect("loads");
+    let before = |name: &str| {
+        vars.data().lock().expect("lock")[name]
+            .as_tensor()
+            .copy()
+            .expect("copy")
+    };
+    let names = [
+        "embeddings.word_embeddings.weight",
+        "encoder.layer.0.attention.self.query.weight",
+        "encoder.layer.1.output.dense.weight",
+    ];
+    let initial: Vec<_> = names.iter().map(|n| before(n)).collect();
+    let params = encoder::params::EncoderParams {
+        batch_size: 8,
+        ..encoder::params::EncoderParams::defaults(encoder::params::Finetune::Full)
+    };
+    let losses = encoder::train::loss_curve(&data, &encoder, &vars, &params, 5).expect("steps");
+    assert_eq!(losses.len(), 5);
+    for (name, start) in names.iter().zip(initial) {
+        let moved = (before(name) - start)
+            .expect("same shape")
+            .abs()
+            .expect("abs")
+            .max_all()
+            .expect("max")
+            .to_scalar::<f32>()
+            .expect("scalar");
+        assert!(moved > 0.0, "{name} did not train");
+    }
+}
+
 fn demo_files(dir: &std::path::Path) -> (PathBuf, PathBuf) {
     let data = automl_text_classification::demo::snapshot(20, 7);
     let examples = dir.join("examples.csv");

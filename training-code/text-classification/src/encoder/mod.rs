@@ -9,6 +9,7 @@
 //! - [`train`]: training the head on cached embeddings, or the whole model.
 //! - [`artifact`]: the files a run writes and prediction-service loads.
 //! - [`classifier`]: [`EncoderClassifier`], serving an encoder model.
+//! - [`trainable`]: the same BERT forward pass with gradients through every weight (`full`).
 //! - [`tiny`]: a tiny random BERT written as an encoder directory, for tests and demos.
 //!
 //! Tokens are padded per batch (to the batch's longest sentence, never to a fixed length),
@@ -20,6 +21,7 @@ pub mod head;
 pub mod params;
 pub mod tiny;
 pub mod train;
+pub mod trainable;
 
 use std::path::{Path, PathBuf};
 
@@ -46,9 +48,15 @@ pub const MAX_TOKENS: usize = 128;
 /// Token ids of sentences, ready to be batched.
 pub type TokenIds = Vec<u32>;
 
+/// The network: `candle-transformers`' BERT, or its differentiable twin for training.
+enum Network {
+    Frozen(BertModel),
+    Trainable(trainable::TrainableBert),
+}
+
 /// The encoder and its tokenizer.
 pub struct Encoder {
-    bert: BertModel,
+    bert: Network,
     tokenizer: Tokenizer,
     config: Config,
     device: Device,
@@ -108,7 +116,7 @@ impl Encoder {
         let bert = BertModel::load(vb, &config)
             .map_err(|e| Error::Pretrained(format!("{}: {e}", path.display())))?;
         Ok(Self {
-            bert,
+            bert: Network::Frozen(bert),
             tokenizer,
             config,
             device: device.clone(),
@@ -116,7 +124,8 @@ impl Encoder {
     }
 
     /// Loads an encoder whose weights are variables of `varmap` (to be trained), initialised
-    /// from `model.safetensors` in `dir` or from `weights`.
+    /// from `model.safetensors` in `dir` or from `weights`. It runs [`trainable`]'s forward
+    /// pass, through which gradients reach every weight.
     pub fn load_trainable(
         dir: &Path,
         weights: Option<&Path>,
@@ -126,13 +135,13 @@ impl Encoder {
         let config = read_config(dir)?;
         let tokenizer = read_tokenizer(dir)?;
         let vb = VarBuilder::from_varmap(varmap, DType::F32, device);
-        let bert = BertModel::load(vb, &config)?;
+        let bert = trainable::TrainableBert::load(vb, &config)?;
         let path = weights.map_or_else(|| dir.join(WEIGHTS_FILE), Path::to_path_buf);
         varmap
             .load(&path)
             .map_err(|e| Error::Pretrained(format!("{}: {e}", path.display())))?;
         Ok(Self {
-            bert,
+            bert: Network::Trainable(bert),
             tokenizer,
             config,
             device: device.clone(),
@@ -178,7 +187,10 @@ impl Encoder {
         let ids = Tensor::from_vec(ids, shape, &self.device)?;
         let mask = Tensor::from_vec(mask, shape, &self.device)?;
         let types = ids.zeros_like()?;
-        let hidden = self.bert.forward(&ids, &types, Some(&mask))?;
+        let hidden = match &self.bert {
+            Network::Frozen(bert) => bert.forward(&ids, &types, Some(&mask))?,
+            Network::Trainable(bert) => bert.forward(&ids, &types, &mask)?,
+        };
         let weights = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
         let summed = hidden.broadcast_mul(&weights)?.sum(1)?;
         let counts = weights.sum(1)?.clamp(1e-9f32, f32::MAX)?;
