@@ -292,11 +292,10 @@ pub async fn train_and_publish(
         }
         None => (None, None),
     };
-    // Embeddings depend on the snapshot's bytes and the encoder's weights only.
-    let cache_key = format!(
-        "{}/embeddings/{examples_digest}.safetensors",
-        reference.prefix
-    );
+    // Embeddings depend on the snapshot's bytes and the encoder's weights only. The key stays
+    // short: some S3 servers (s3s-fs, the embedded endpoint) keep a side file per object whose
+    // name grows with the key and must fit the file system's 255 bytes.
+    let cache_key = embeddings_key(&reference.name, &reference.digest, &examples_digest);
     let cacheable = params.finetune == Finetune::Head && weights.is_none();
     let cached = if cacheable {
         cached_embeddings(&store, &reference.bucket, &cache_key, data.examples.len()).await
@@ -366,6 +365,18 @@ pub async fn train_and_publish(
         .into_inner();
     println!("artifact {} version {}", env.model_name, created.version);
     Ok(trained.test_accuracy)
+}
+
+/// Where the embeddings of a snapshot (by the sha256 of its `examples.csv`) computed by a
+/// pretrained encoder are cached: `embeddings/<name>-<digest prefix>/<snapshot digest
+/// prefix>.safetensors` (64 and 128 bits of the digests; the row count is checked on use).
+fn embeddings_key(name: &str, encoder_digest: &str, examples_digest: &str) -> String {
+    let short = |digest: &str, n: usize| digest.get(..n).unwrap_or(digest).to_string();
+    format!(
+        "embeddings/{name}-{}/{}.safetensors",
+        short(encoder_digest, 16),
+        short(examples_digest, 32)
+    )
 }
 
 /// Streams a file to the object store (multipart for large ones); returns its size.
