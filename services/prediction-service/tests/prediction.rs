@@ -27,9 +27,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Channel;
 
-fn shared_data(name: &str) -> String {
+fn clinc_data(name: &str) -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/data")
+        .join("../../data/clinc")
         .join(name);
     std::fs::read_to_string(&path)
         .unwrap_or_else(|err| panic!("{} is needed: {err}", path.display()))
@@ -86,7 +86,7 @@ async fn model_files() -> &'static Vec<(&'static str, Vec<u8>)> {
         .get_or_init(|| async {
             tokio::task::spawn_blocking(|| {
                 let (examples, labels) =
-                    normalize(&parse_raw(&shared_data("clinc-intents-part2.csv")));
+                    normalize(&parse_raw(&clinc_data("clinc-intents-part2.csv")));
                 let data = Dataset::parse(&examples, &labels).expect("dataset");
                 let params = TrainParams::from_map(&HashMap::from([
                     ("EPOCHS".to_string(), "2".to_string()),
@@ -260,7 +260,7 @@ async fn predictions_match_the_trainer_and_grpcurl_sees_the_json() {
         std::fs::write(dir.path().join(name), bytes).expect("write");
     }
     let local = Classifier::load(dir.path()).expect("local model");
-    let rows = parse_raw(&shared_data("clinc-intents-part1.csv"));
+    let rows = parse_raw(&clinc_data("clinc-intents-part1.csv"));
     let texts: Vec<&str> = rows.iter().take(200).map(|(u, _)| u.as_str()).collect();
     let expected = local.predict_batch(&texts, 5).expect("local predictions");
     // Sent all at once, so the service answers them in batched forward passes.

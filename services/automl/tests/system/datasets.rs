@@ -11,9 +11,9 @@ use tonic::transport::Channel;
 
 use crate::support::{Automl, grpcurl_json, process_env};
 
-fn shared_data(name: &str) -> Vec<u8> {
+fn clinc_data(name: &str) -> Vec<u8> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/data")
+        .join("../../data/clinc")
         .join(name);
     std::fs::read(&path).unwrap_or_else(|err| panic!("{} is needed: {err}", path.display()))
 }
@@ -33,8 +33,8 @@ fn call(addr: &str, method: &str, body: &str) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn miniautoml_data_management_demo_with_grpcurl() {
-    let part1 = shared_data("clinc-intents-part1.csv");
-    let (part2a, part2b) = halves(&shared_data("clinc-intents-part2.csv"));
+    let part1 = clinc_data("clinc-intents-part1.csv");
+    let (part2a, part2b) = halves(&clinc_data("clinc-intents-part2.csv"));
     let mut digests = Vec::new();
     for backend in backends() {
         let env = TestEnv::new(backend).await.expect("env");

@@ -248,10 +248,9 @@ async fn one_request_id_follows_train_through_the_trainer_to_log_run_end() {
         .await
         .expect("env");
     let data = std::fs::read(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/data/clinc-intents-part1.csv"),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/clinc/clinc-intents-part1.csv"),
     )
-    .expect("shared data");
+    .expect("the CLINC data in data/clinc");
     env.objects
         .put_bytes(&env.objects.datasets_bucket, "upload/part1.csv", data)
         .await

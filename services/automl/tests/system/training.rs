@@ -9,9 +9,9 @@ use automl_common::testing::TestEnv;
 
 use crate::support::{Automl, grpcurl_json, process_env};
 
-fn shared(name: &str) -> PathBuf {
+fn clinc(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/data")
+        .join("../../data/clinc")
         .join(name)
 }
 
@@ -26,7 +26,8 @@ async fn train_with_miniautoml_json_then_predict() {
     let env = TestEnv::new(automl_common::db::Backend::Sqlite)
         .await
         .expect("env");
-    let data = std::fs::read(shared("clinc-intents-part2.csv")).expect("shared data");
+    let data =
+        std::fs::read(clinc("clinc-intents-part2.csv")).expect("the CLINC data in data/clinc");
     env.objects
         .put_bytes(&env.objects.datasets_bucket, "upload/part2.csv", data)
         .await
@@ -159,7 +160,8 @@ async fn kill_9_while_a_job_runs_then_restart_reconciles_and_runs_the_queue() {
     let env = TestEnv::new(automl_common::db::Backend::Sqlite)
         .await
         .expect("env");
-    let data = std::fs::read(shared("clinc-intents-part1.csv")).expect("shared data");
+    let data =
+        std::fs::read(clinc("clinc-intents-part1.csv")).expect("the CLINC data in data/clinc");
     env.objects
         .put_bytes(&env.objects.datasets_bucket, "upload/part1.csv", data)
         .await
