@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmarks (not part of the tests).
-# Usage: scripts/bench.sh metadata|dataset|predict|overhead|schedule|train
+# Usage: scripts/bench.sh metadata|dataset|predict|predict-encoder|overhead|schedule|train|encoder
 #
 #   metadata   LogEpoch throughput and p50/p99 latency with 1, 16 and 64 concurrent callers on
 #              one channel, plus the wall time of 1,000 sequential LogEpoch calls, against a
@@ -13,6 +13,13 @@
 #              real flow (dataset, snapshot, trainer, artifact), then Predict at 1, 16 and 64
 #              concurrent callers against the warm model and, in the same run, against a
 #              trivial tonic echo RPC (the ceiling); cold-load time; model compute per request.
+#   predict-encoder
+#              the same for intent-classification-encoder: all-MiniLM-L6-v2 imported
+#              (scripts/fetch-encoder.sh, `automl pretrained import`), run 1 a head trained with
+#              the defaults and run 2 a second head (HIDDEN=256, on the cached embeddings); the
+#              server's RSS before any model and after the first Predict on run 1 and on run 2,
+#              beside the encoder's and the heads' weights (two heads on one encoder hold one
+#              encoder); Predict load against run 1; its compute per document at batch 1.
 #   overhead   the throughput cost of metrics and tracing: Predict (the model of `predict`) and
 #              LogEpoch (SQLite) at 1, 16 and 64 concurrent callers against pairs of servers,
 #              in each one with the defaults and one with AUTOML__TELEMETRY__INSTRUMENT=false
@@ -25,6 +32,9 @@
 #   train      the intent classifier: automl-train (candle, CPU) against a PyTorch reference
 #              of the same model and data split; accuracy, wall time, examples/s
 #              (scripts/bench/train.sh says more).
+#   encoder    the pretrained sentence encoder all-MiniLM-L6-v2: sentences/s of candle
+#              (automl-train encoder-bench, CPU) against PyTorch with transformers, batch sizes
+#              32 and 1 (scripts/bench/encoder.sh says more).
 #
 # Environment: BENCH_SECONDS (per level, default 5), BENCH_CALLERS, BENCH_PAIRS and BENCH_AA
 # (overhead: the levels, default 1,16,64; how many on/off pairs of servers, default 3; set to 1
@@ -36,10 +46,16 @@ cd "$(dirname "$0")/.."
 source scripts/lib/tools.sh
 
 what=${1:-}
+bench=$what
 case "$what" in
   metadata|dataset|predict|overhead|schedule) ;;
+  predict-encoder) bench=predict ;;
   train) exec scripts/bench/train.sh ;;
-  *) echo "usage: scripts/bench.sh metadata|dataset|predict|overhead|schedule|train" >&2; exit 2 ;;
+  encoder) exec scripts/bench/encoder.sh ;;
+  *)
+    echo "usage: scripts/bench.sh metadata|dataset|predict|predict-encoder|overhead|schedule|train|encoder" >&2
+    exit 2
+    ;;
 esac
 
 seconds=${BENCH_SECONDS:-5}
@@ -47,10 +63,10 @@ pg_admin=${AUTOML_BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgre
 
 log "building release binaries"
 cargo build --release --locked -p automl --bin automl
-cargo bench --locked -p automl --bench "$what" --no-run
+cargo bench --locked -p automl --bench "$bench" --no-run
 # The newest bench executable of that name (cargo leaves older builds and .d files beside it).
 bench_bin=
-for candidate in target/release/deps/"$what"-*; do
+for candidate in target/release/deps/"$bench"-*; do
   [[ $candidate == *.d ]] && continue
   if [ -z "$bench_bin" ] || [ "$candidate" -nt "$bench_bin" ]; then
     bench_bin=$candidate
@@ -129,11 +145,11 @@ bench_dataset() {
   stop_server
 }
 
-# Starts `automl serve all` with the clinc part2 dataset and run 1 trained on it by
-# automl-train; sets $dm, $ms, $ps, $s3 and $server_pid.
-serve_all_with_model() {
+# Starts `automl serve all` with the clinc part2 dataset, its snapshot READY; sets $dm, $ms, $ps,
+# $s3 and $server_pid.
+serve_all_with_dataset() {
   cargo build --release --locked -p automl-text-classification --bin automl-train
-  local dir="$work/predict" data=../shared/data
+  local dir="$work/predict" data=data/clinc
   : >"$work/out"
   AUTOML__DATA_DIR="$dir" AUTOML__S3__EMBEDDED_BIND=127.0.0.1:0 RUST_LOG=warn \
     AUTOML__DATA_MANAGEMENT__PORT=0 AUTOML__METADATA_STORE__PORT=0 AUTOML__PREDICTION_SERVICE__PORT=0 \
@@ -154,20 +170,55 @@ serve_all_with_model() {
   log "dataset from $data/clinc-intents-part2.csv"
   target/release/automl dataset --server "$dm" create --name clinc --file "$data/clinc-intents-part2.csv" >/dev/null
   target/release/automl dataset --server "$dm" prepare --dataset 1 --wait
-  log "training run 1 with automl-train (EPOCHS=${BENCH_EPOCHS:-10})"
-  JOB_ID=1 ALGORITHM_NAME=intent-classification METADATA_STORE_SERVER="$ms" \
+}
+
+# train_run JOB_ID NAME=VALUE…: runs automl-train by hand as job JOB_ID on snapshot 1 of
+# `serve_all_with_dataset`, with the algorithm's NAME=VALUE settings.
+train_run() {
+  local job=$1
+  shift
+  env JOB_ID="$job" METADATA_STORE_SERVER="$ms" \
     TRAINING_DATASET_ID=1 TRAINING_DATASET_VERSION_HASH=hashAg== MODEL_BUCKET=mini-automl-models \
     MODEL_NAME=intent MINIO_SERVER="$s3" MINIO_SERVER_ACCESS_KEY=automl \
     MINIO_SERVER_SECRET_KEY=automl-secret-key TRAINING_DATA_BUCKET=mini-automl-dm \
-    TRAINING_DATA_PATH=versionedDatasets/1/hashAg== EPOCHS="${BENCH_EPOCHS:-10}" LR=4 BATCH_SIZE=64 \
-    FC_SIZE=128 target/release/automl-train | tail -n 2
+    TRAINING_DATA_PATH=versionedDatasets/1/hashAg== "$@" target/release/automl-train
+}
+
+# Starts `automl serve all` with the clinc part2 dataset and run 1 trained on it by
+# automl-train; sets $dm, $ms, $ps, $s3 and $server_pid.
+serve_all_with_model() {
+  serve_all_with_dataset
+  log "training run 1 with automl-train (EPOCHS=${BENCH_EPOCHS:-10})"
+  train_run 1 ALGORITHM_NAME=intent-classification EPOCHS="${BENCH_EPOCHS:-10}" LR=4 BATCH_SIZE=64 \
+    FC_SIZE=128 | tail -n 2
 }
 
 bench_predict() {
   serve_all_with_model
   log "Predict load against $ps"
-  "$bench_bin" --addr "$ps" --run 1 --s3 "http://$s3" --documents ../shared/data/clinc-intents-part1.csv \
+  "$bench_bin" --addr "$ps" --run 1 --s3 "http://$s3" --documents data/clinc/clinc-intents-part1.csv \
     --seconds "$seconds"
+  stop_server
+}
+
+bench_predict_encoder() {
+  ensure_encoder
+  serve_all_with_dataset
+  log "importing $AUTOML_ENCODER_DIR into http://$s3"
+  local imported pretrained
+  imported=$(AUTOML__S3__ENDPOINT="http://$s3" target/release/automl pretrained import \
+    --dir "$AUTOML_ENCODER_DIR")
+  pretrained=$(sed -n 's/^imported //p' <<<"$imported")
+  [ -n "$pretrained" ] || { printf '%s\n' "$imported" >&2; return 1; }
+  local encoder=(ALGORITHM_NAME=intent-classification-encoder PRETRAINED_MODEL="$pretrained")
+  log "training run 1: $pretrained, the defaults (FINETUNE=head)"
+  # Every line but the epochs: the embedding pass (cached for run 2), accuracy, uploads.
+  train_run 1 "${encoder[@]}" | grep -v '^epoch '
+  log "training run 2: a second head, HIDDEN=256"
+  train_run 2 "${encoder[@]}" HIDDEN=256 | grep -v '^epoch '
+  log "RSS of pid $server_pid around the first Predicts; Predict load against $ps"
+  "$bench_bin" --addr "$ps" --run 1 --s3 "http://$s3" --documents data/clinc/clinc-intents-part1.csv \
+    --encoder "$AUTOML_ENCODER_DIR" --pid "$server_pid" --load-runs 2 --seconds "$seconds"
   stop_server
 }
 
@@ -216,7 +267,7 @@ bench_overhead() {
   done
   log "Predict (${predict[*]}) and LogEpoch (${stores[*]}), pairs on then off"
   "$bench_bin" --predict "$(IFS=,; echo "${predict[*]}")" --run 1 \
-    --documents ../shared/data/clinc-intents-part1.csv \
+    --documents data/clinc/clinc-intents-part1.csv \
     --metadata "$(IFS=,; echo "${stores[*]}")" \
     --pids "$(IFS=,; echo "${predict_pids[*]},${store_pids[*]}")" \
     --seconds "$seconds" --rounds "${BENCH_ROUNDS:-4}" --callers "${BENCH_CALLERS:-1,16,64}"
@@ -251,4 +302,4 @@ bench_schedule() {
   stop_server
 }
 
-"bench_$what"
+"bench_${what//-/_}"

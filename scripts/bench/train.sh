@@ -7,15 +7,21 @@
 # into the snapshot format first), then prints accuracy on all rows and on the in-scope intents
 # (without `oos`), wall time, training examples per second, and the candle/PyTorch ratio.
 #
+# Then the algorithms as a user gets them, each with its defaults (no parameters):
+# intent-classification, and intent-classification-encoder (all-MiniLM-L6-v2 from
+# scripts/fetch-encoder.sh, FINETUNE=head) — in-scope accuracy on part1 and wall time — and
+# the encoder's FINETUNE=full for BENCH_FULL_EPOCHS epochs (default 1; 0 skips it).
+#
 # Environment: EPOCHS LR BATCH_SIZE FC_SIZE EMBED_DIM SEED (defaults 15 4 64 128 64 42: the
-# MiniAutoML values), AUTOML_BENCH_DATA (default ../shared/data), BENCH_THREADS (compute threads
-# of both sides: RAYON_NUM_THREADS for candle, OMP_NUM_THREADS for PyTorch; default: each
-# library's own default, one per core).
+# MiniAutoML values, for the candle/PyTorch comparison), AUTOML_BENCH_DATA (default data/clinc),
+# BENCH_THREADS (compute threads of both sides: RAYON_NUM_THREADS for candle, OMP_NUM_THREADS for
+# PyTorch; default: each library's own default, one per core), BENCH_DEFAULTS=0 skips the
+# defaults part.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/lib/tools.sh
 
-data=${AUTOML_BENCH_DATA:-../shared/data}
+data=${AUTOML_BENCH_DATA:-data/clinc}
 venv=.venv/bench
 export EPOCHS=${EPOCHS:-15} LR=${LR:-4} BATCH_SIZE=${BATCH_SIZE:-64} FC_SIZE=${FC_SIZE:-128}
 export EMBED_DIM=${EMBED_DIM:-64} SEED=${SEED:-42} DEVICE=cpu EXCLUDE_LABEL=oos
@@ -91,4 +97,48 @@ print(f"{'':34} {'candle':>10} {'pytorch':>10}")
 for name, a, b, fmt in rows:
     print(f"{name:34} {a:>10{fmt}} {b:>10{fmt}}")
 print(f"candle/pytorch examples/s ratio: {candle['examples_per_sec'] / torch['examples_per_sec']:.2f}x")
+PY
+
+[ "${BENCH_DEFAULTS:-1}" = 0 ] && exit 0
+
+ensure_encoder
+# Every training parameter unset: what a job with no parameters trains.
+unset EPOCHS LR BATCH_SIZE FC_SIZE EMBED_DIM SEED
+results=$work/defaults.tsv
+: >"$results"
+# default_run NAME ALGORITHM [VAR=VALUE…]: trains with the defaults (plus the given settings),
+# evaluates on part1, appends a row to $results.
+default_run() {
+  local name=$1 algorithm=$2 start end
+  shift 2
+  log "defaults: $name"
+  start=$(now)
+  env "$@" "$trainer" --algorithm "$algorithm" --encoder "$AUTOML_ENCODER_DIR" \
+    --examples "$work/train/examples.csv" --labels "$work/train/labels.csv" \
+    --out "$work/$name" | tee "$work/$name.log" >&2
+  "$trainer" evaluate --model "$work/$name" --encoder "$AUTOML_ENCODER_DIR" \
+    --examples "$work/eval/examples.csv" --labels "$work/eval/labels.csv" \
+    --exclude-label oos >"$work/$name-eval.json"
+  end=$(now)
+  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$(sed -n 's/^summary //p' "$work/$name.log")" \
+    "$(cat "$work/$name-eval.json")" "$start" "$end" >>"$results"
+}
+log "load average before the defaults: $(cut -d' ' -f1-3 /proc/loadavg)"
+default_run bag intent-classification
+default_run encoder-head intent-classification-encoder
+if [ "${BENCH_FULL_EPOCHS:-1}" != 0 ]; then
+  default_run encoder-full intent-classification-encoder FINETUNE=full EPOCHS="${BENCH_FULL_EPOCHS:-1}"
+fi
+log "load average after the defaults: $(cut -d' ' -f1-3 /proc/loadavg)"
+python3 - "$results" <<'PY'
+import json, sys
+print()
+print("defaults (no parameters): train clinc-intents-part2, evaluate clinc-intents-part1")
+print(f"{'model':14} {'in-scope acc':>12} {'all rows':>9} {'test split':>10} {'train s':>8} {'wall s':>8} {'predict/s':>9}")
+for line in open(sys.argv[1]):
+    name, summary, evaluation, start, end = line.rstrip("\n").split("\t")
+    summary, evaluation = json.loads(summary), json.loads(evaluation)
+    print(f"{name:14} {evaluation['in_scope_accuracy']:>12.4f} {evaluation['accuracy']:>9.4f} "
+          f"{summary['test_accuracy']:>10.4f} {summary['train_seconds']:>8.1f} "
+          f"{float(end) - float(start):>8.1f} {evaluation['predictions_per_sec']:>9.0f}")
 PY

@@ -136,12 +136,14 @@ lab_prepare() {
     jq -r '.versionHash // .version_hash'
 }
 
-# Train with MiniAutoML's JSON: lab_train DATASET_ID VERSION_HASH PARAMETERS_JSON; prints the job id.
+# Train with MiniAutoML's JSON: lab_train DATASET_ID VERSION_HASH PARAMETERS_JSON [ALGORITHM];
+# prints the job id. The algorithm defaults to intent-classification.
 lab_train() {
   local request
-  request=$(jq -n --arg dataset "$1" --arg version "$2" --argjson parameters "$3" '{
+  request=$(jq -n --arg dataset "$1" --arg version "$2" --argjson parameters "$3" \
+    --arg algorithm "${4:-intent-classification}" '{
     metadata: {
-      algorithm: "intent-classification",
+      algorithm: $algorithm,
       dataset_id: $dataset,
       name: "demo-intents",
       train_data_version_hash: $version,

@@ -1,23 +1,34 @@
 //! Predict under load against a running prediction-service with a trained model (set up by
-//! `scripts/bench.sh predict`), and the same load generator against a trivial tonic echo RPC
-//! served in this process, as the ceiling; plus cold-load time and the model's own compute time
-//! per request.
+//! `scripts/bench.sh predict` or `predict-encoder`), and the same load generator against a
+//! trivial tonic echo RPC served in this process, as the ceiling; plus cold-load time and the
+//! model's own compute time per request. With `--pid`, the server's RSS before the first
+//! Predict and after the first Predict on `--run` and on each of `--load-runs`, beside the
+//! sizes of the weights each run brought.
 //!
 //! Usage: `cargo bench -p automl --bench predict -- --addr HOST:PORT --run RUN_ID
-//!        --s3 http://HOST:PORT --documents FILE.csv [--seconds 5] [--callers 1,16,64]`
+//!        --s3 http://HOST:PORT --documents FILE.csv [--seconds 5] [--callers 1,16,64]
+//!        [--encoder DIR] [--pid PID --load-runs RUN_ID,…]`
+//!
+//! `--encoder DIR` is the pretrained encoder (config.json, tokenizer.json, model.safetensors)
+//! that encoder models are loaded on for the in-process compute time.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use automl_common::config::S3Config;
-use automl_common::s3::ObjectStore;
+use automl_common::s3::{ObjectEntry, ObjectStore};
 use automl_proto::prediction as pb;
 use automl_proto::prediction::prediction_service_client::PredictionServiceClient;
 use automl_proto::prediction::predictor_client::PredictorClient;
 use automl_proto::prediction::predictor_server::{Predictor, PredictorServer};
 use automl_text_classification::Classifier;
+use automl_text_classification::encoder::artifact::is_encoder_manifest;
+use automl_text_classification::encoder::{Encoder, EncoderClassifier};
+use automl_text_classification::serving::AnyClassifier;
+use candle_core::Device;
 use hdrhistogram::Histogram;
 use tonic::transport::Channel;
 
@@ -28,6 +39,12 @@ struct Args {
     documents: String,
     seconds: u64,
     callers: Vec<usize>,
+    /// The pretrained encoder's directory, for encoder models' compute time.
+    encoder: Option<PathBuf>,
+    /// The server's process id, whose RSS is measured around the first Predicts.
+    pid: Option<u32>,
+    /// Runs loaded after `run`, one first Predict each, for the RSS table.
+    load_runs: Vec<String>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -38,6 +55,9 @@ fn parse_args() -> anyhow::Result<Args> {
         documents: String::new(),
         seconds: 5,
         callers: vec![1, 16, 64],
+        encoder: None,
+        pid: None,
+        load_runs: Vec::new(),
     };
     let mut iter = std::env::args().skip(1);
     while let Some(arg) = iter.next() {
@@ -53,6 +73,15 @@ fn parse_args() -> anyhow::Result<Args> {
                     .split(',')
                     .map(str::parse)
                     .collect::<Result<_, _>>()?;
+            }
+            "--encoder" => args.encoder = Some(value()?.into()),
+            "--pid" => args.pid = Some(value()?.parse()?),
+            "--load-runs" => {
+                args.load_runs = value()?
+                    .split(',')
+                    .filter(|run| !run.is_empty())
+                    .map(str::to_string)
+                    .collect();
             }
             _ => {}
         }
@@ -184,26 +213,178 @@ fn ms(histogram: &Histogram<u64>, quantile: f64) -> f64 {
     histogram.value_at_quantile(quantile) as f64 / 1000.0
 }
 
-/// The model's own time per single-document prediction, in-process, over `docs`.
-async fn model_compute_us(s3: &str, run: &str, docs: &[String]) -> anyhow::Result<f64> {
-    let objects = ObjectStore::new(&S3Config::default(), s3);
-    let dir = tempfile::tempdir()?;
-    for name in ["model.safetensors", "vocab.json", "manifest.json"] {
+/// The files of run `run`'s artifact in the models bucket (`run_<id>/…`).
+async fn artifact_files(objects: &ObjectStore, run: &str) -> anyhow::Result<Vec<ObjectEntry>> {
+    let files = objects
+        .list(&objects.models_bucket, &format!("run_{run}/"))
+        .await?;
+    anyhow::ensure!(!files.is_empty(), "run {run} has no files under run_{run}/");
+    Ok(files)
+}
+
+/// The file name of an artifact entry.
+fn file_name(entry: &ObjectEntry) -> &str {
+    entry.key.rsplit('/').next().unwrap_or(&entry.key)
+}
+
+/// The model of run `run`, downloaded into `dir` and loaded (encoder models on `encoder`).
+async fn load_model(
+    objects: &ObjectStore,
+    run: &str,
+    dir: &Path,
+    encoder: Option<&Path>,
+) -> anyhow::Result<AnyClassifier> {
+    for entry in artifact_files(objects, run).await? {
         let bytes = objects
-            .get_bytes(&objects.models_bucket, &format!("run_{run}/{name}"))
+            .get_bytes(&objects.models_bucket, &entry.key)
             .await?;
-        std::fs::write(dir.path().join(name), bytes)?;
+        std::fs::write(dir.join(file_name(&entry)), bytes)?;
     }
-    let classifier = Classifier::load(dir.path())?;
+    let manifest = std::fs::read(dir.join("manifest.json"))?;
+    if !is_encoder_manifest(&manifest) {
+        return Ok(Classifier::load(dir)?.into());
+    }
+    let pretrained =
+        encoder.with_context(|| format!("run {run} is an encoder model: pass --encoder DIR"))?;
+    let device = Device::Cpu;
+    let encoder = if EncoderClassifier::read_manifest(dir)?.own_encoder {
+        EncoderClassifier::own_encoder(dir, pretrained, &device)?
+    } else {
+        Encoder::load(pretrained, None, &device)?
+    };
+    Ok(EncoderClassifier::load(dir, Arc::new(encoder))?.into())
+}
+
+/// The model's own time per single-document prediction, in-process, over up to 2,000 of
+/// `docs` or 10 seconds, whichever ends first (an encoder pass takes milliseconds).
+async fn model_compute_us(
+    objects: &ObjectStore,
+    run: &str,
+    encoder: Option<&Path>,
+    docs: &[String],
+) -> anyhow::Result<(f64, usize)> {
+    let dir = tempfile::tempdir()?;
+    let model = load_model(objects, run, dir.path(), encoder).await?;
     let sample: Vec<&String> = docs.iter().take(2000).collect();
     for doc in sample.iter().take(100) {
-        classifier.predict(doc, 5)?;
+        model.predict_batch(&[doc], 5)?;
     }
     let started = Instant::now();
+    let budget = Duration::from_secs(10);
+    let mut done = 0;
     for doc in &sample {
-        classifier.predict(doc, 5)?;
+        model.predict_batch(&[doc], 5)?;
+        done += 1;
+        if started.elapsed() > budget {
+            break;
+        }
     }
-    Ok(started.elapsed().as_secs_f64() * 1e6 / sample.len() as f64)
+    Ok((started.elapsed().as_secs_f64() * 1e6 / done as f64, done))
+}
+
+/// Resident memory of process `pid` in bytes (VmRSS of /proc/PID/status).
+fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .with_context(|| format!("no VmRSS in /proc/{pid}/status"))?;
+    Ok(kib * 1024)
+}
+
+/// Bytes in kB or MB (decimal), to one decimal.
+fn size(bytes: f64) -> String {
+    if bytes.abs() < 1e6 {
+        format!("{:.1} kB", bytes / 1e3)
+    } else {
+        format!("{:.1} MB", bytes / 1e6)
+    }
+}
+
+/// A size with its sign.
+fn signed(bytes: f64) -> String {
+    format!("{}{}", if bytes >= 0.0 { "+" } else { "" }, size(bytes))
+}
+
+/// One first Predict on `run`; its wall time in milliseconds.
+async fn first_predict(channel: &Channel, run: &str, document: &str) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    PredictionServiceClient::new(channel.clone())
+        .predict(pb::PredictRequest {
+            run_id: run.to_string(),
+            document: document.to_string(),
+        })
+        .await
+        .with_context(|| format!("first Predict on run {run}"))?;
+    Ok(started.elapsed().as_secs_f64() * 1000.0)
+}
+
+/// The weights files of run `run` and their sizes, for the RSS table.
+async fn weights_of(objects: &ObjectStore, run: &str) -> anyhow::Result<String> {
+    let files = artifact_files(objects, run).await?;
+    Ok(files
+        .iter()
+        .filter(|entry| file_name(entry) != "manifest.json")
+        .map(|entry| format!("{} {}", file_name(entry), size(entry.size as f64)))
+        .collect::<Vec<_>>()
+        .join(", "))
+}
+
+/// Prints the time of the first Predict on `--run`; with `--pid`, a table of the server's RSS
+/// before it and after it and after the first Predict on each of `--load-runs`.
+async fn cold_loads(
+    channel: &Channel,
+    objects: &ObjectStore,
+    args: &Args,
+    document: &str,
+) -> anyhow::Result<()> {
+    let Some(pid) = args.pid else {
+        let cold = first_predict(channel, &args.run, document).await?;
+        println!("cold first Predict (resolve, download, load, answer): {cold:.1} ms");
+        return Ok(());
+    };
+    if let Some(dir) = &args.encoder {
+        let weights = dir.join("model.safetensors");
+        let bytes = std::fs::metadata(&weights)
+            .with_context(|| format!("reading {}", weights.display()))?
+            .len();
+        println!(
+            "pretrained encoder weights {}: {}",
+            weights.display(),
+            size(bytes as f64)
+        );
+    }
+    let mut previous = rss_bytes(pid)?;
+    println!(
+        "server RSS (VmRSS of pid {pid}), cold first Predict (resolve, download, load, answer):"
+    );
+    println!(
+        "{:<22} {:>10} {:>11} {:>14}  weights of the run",
+        "", "RSS", "delta", "cold Predict"
+    );
+    println!("{:<22} {:>10}", "before any model", size(previous as f64));
+    let runs = std::iter::once(&args.run).chain(&args.load_runs);
+    for run in runs {
+        let cold = first_predict(channel, run, document).await?;
+        let rss = rss_bytes(pid)?;
+        println!(
+            "{:<22} {:>10} {:>11} {:>11.1} ms  {}",
+            format!("after run {run}"),
+            size(rss as f64),
+            signed(rss as f64 - previous as f64),
+            cold,
+            weights_of(objects, run).await?
+        );
+        previous = rss;
+    }
+    Ok(())
 }
 
 #[tokio::main]
@@ -214,19 +395,14 @@ async fn main() -> anyhow::Result<()> {
     let predict_channel = channel(&args.addr).await?;
     let echo_channel = channel(&start_echo()?).await?;
 
-    let started = Instant::now();
-    PredictionServiceClient::new(predict_channel.clone())
-        .predict(pb::PredictRequest {
-            run_id: args.run.clone(),
-            document: docs[0].clone(),
-        })
-        .await?;
+    let objects = ObjectStore::new(&S3Config::default(), &args.s3);
+    cold_loads(&predict_channel, &objects, &args, &docs[0]).await?;
+    let (compute, measured) =
+        model_compute_us(&objects, &args.run, args.encoder.as_deref(), &docs).await?;
     println!(
-        "cold first Predict (resolve, download, load, answer): {:.1} ms",
-        started.elapsed().as_secs_f64() * 1000.0
+        "model compute per single-document prediction, in-process: {compute:.1} µs \
+         (mean of {measured} documents)"
     );
-    let compute = model_compute_us(&args.s3, &args.run, &docs).await?;
-    println!("model compute per single-document prediction, in-process: {compute:.1} µs");
     load(
         predict_channel.clone(),
         Target::Predict,

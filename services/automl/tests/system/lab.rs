@@ -475,6 +475,7 @@ fn run_lab(secure: bool) {
             "scripts/lab-003-first-training.sh",
             "scripts/lab-004-model-serving.sh",
             "scripts/lab-005-second-training.sh",
+            "scripts/lab-006-encoder-training.sh",
             "scripts/lab-999-tear-down.sh",
         ],
         "the README's lab commands"
@@ -526,7 +527,27 @@ fn run_lab(secure: bool) {
         check_status_after_the_lab(&lab);
     }
 
+    // lab-006: the real all-MiniLM-L6-v2 (AUTOML_ENCODER_DIR, fetched by scripts/test.sh),
+    // imported, trained with its defaults on every commit, compared with runs 1 and 2.
     let stdout = lab.run(&commands[5]);
+    let third = check_run(&stdout, "3", 40);
+    assert!(third >= 0.6, "the encoder run's test accuracy {third}");
+    let row = |run: &str| {
+        stdout
+            .lines()
+            .find(|line| line.starts_with(&format!("{run} ")))
+            .unwrap_or_else(|| panic!("a comparison row for run {run}:\n{stdout}"))
+            .to_string()
+    };
+    assert!(row("1").contains("intent-classification "), "{stdout}");
+    assert!(
+        row("3").contains("intent-classification-encoder"),
+        "{stdout}"
+    );
+    assert!(row("3").contains("all-minilm-l6-v2@"), "{stdout}");
+    assert!(stdout.contains("run 3: alarm"), "{stdout}");
+
+    let stdout = lab.run(&commands[6]);
     assert!(stdout.contains("stopped"), "{stdout}");
     assert!(!lab.pid_file().exists(), "lab-999 removes the pid file");
     let alive = Path::new(&format!("/proc/{pid}/stat"))
