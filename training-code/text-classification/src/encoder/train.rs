@@ -275,7 +275,8 @@ pub fn train_head(
     })
 }
 
-/// Trains the encoder (its weights in `encoder_vars`) and a head together.
+/// Trains the encoder (its weights in `encoder_vars`) and a head together. `on_step(epoch,
+/// examples done, examples in the epoch)` follows the progress within an epoch.
 pub fn train_full(
     data: &Dataset,
     encoder: &Encoder,
@@ -283,6 +284,7 @@ pub fn train_full(
     params: &EncoderParams,
     base: Option<&BaseHead>,
     on_epoch: &mut dyn FnMut(&EpochReport) -> Result<()>,
+    on_step: &mut dyn FnMut(usize, usize, usize),
 ) -> Result<EncoderTrained> {
     let device = encoder.device().clone();
     let [test, validation, train] = data.split_indices(params.seed)?;
@@ -324,6 +326,7 @@ pub fn train_full(
         let started = Instant::now();
         shuffle.shuffle(&mut order);
         let mut sums = DeviceSums::new(&device)?;
+        let mut done = 0;
         for batch in order.chunks(params.batch_size) {
             let sentences: Vec<&[u32]> =
                 batch.iter().map(|&k| tokens[train[k]].as_slice()).collect();
@@ -334,6 +337,8 @@ pub fn train_full(
             encoder_optimizer.step(&grads)?;
             head_optimizer.step(&grads)?;
             sums.add(&loss, &logits, &y)?;
+            done += batch.len();
+            on_step(epoch, done, train.len());
         }
         let (loss, train_accuracy) = sums.read(train.len())?;
         if !loss.is_finite() {

@@ -102,6 +102,8 @@ fn train_blocking(
                 &mut vars,
                 device,
             )?;
+            let started = Instant::now();
+            let mut next_report = 10.0;
             let trained = train::train_full(
                 data,
                 &encoder,
@@ -109,6 +111,13 @@ fn train_blocking(
                 params,
                 inputs.base.as_ref(),
                 &mut on_epoch,
+                &mut |epoch, done, total| {
+                    let seconds = started.elapsed().as_secs_f64();
+                    if seconds >= next_report {
+                        next_report = seconds + 10.0;
+                        println!("epoch {epoch}: {done}/{total} examples");
+                    }
+                },
             )?;
             Ok((trained, None))
         }
