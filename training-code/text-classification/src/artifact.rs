@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::model::{Model, ModelConfig};
 use crate::params::TrainParams;
 use crate::tokenizer::{TOKENIZER_NAME, Vocab};
-use crate::train::Trained;
+use crate::train::{EpochReport, Trained};
 
 /// File name of the weights.
 pub const MODEL_FILE: &str = "model.safetensors";
@@ -84,22 +84,7 @@ impl Manifest {
         lineage: Lineage,
         created_at: &str,
     ) -> Self {
-        let mut metrics = BTreeMap::from([
-            ("test_accuracy".to_string(), trained.test_accuracy),
-            ("epochs".to_string(), trained.epochs.len() as f64),
-            ("train_examples".to_string(), trained.split_sizes[0] as f64),
-            (
-                "validation_examples".to_string(),
-                trained.split_sizes[1] as f64,
-            ),
-            ("test_examples".to_string(), trained.split_sizes[2] as f64),
-        ]);
-        if let Some(last) = trained.epochs.last() {
-            metrics.insert("loss".into(), last.loss);
-            metrics.insert("accuracy".into(), last.accuracy);
-            metrics.insert("val_accuracy".into(), last.val_accuracy);
-            metrics.insert("examples_per_sec".into(), last.examples_per_sec);
-        }
+        let metrics = final_metrics(trained.test_accuracy, &trained.epochs, trained.split_sizes);
         Self {
             format_version: FORMAT_VERSION,
             algorithm: algorithm.to_string(),
@@ -118,6 +103,29 @@ impl Manifest {
             created_at: created_at.to_string(),
         }
     }
+}
+
+/// What a manifest records of a finished run: the test accuracy, the number of epochs, the
+/// split sizes and the last epoch's loss, accuracies and throughput.
+pub fn final_metrics(
+    test_accuracy: f64,
+    epochs: &[EpochReport],
+    split_sizes: [usize; 3],
+) -> BTreeMap<String, f64> {
+    let mut metrics = BTreeMap::from([
+        ("test_accuracy".to_string(), test_accuracy),
+        ("epochs".to_string(), epochs.len() as f64),
+        ("train_examples".to_string(), split_sizes[0] as f64),
+        ("validation_examples".to_string(), split_sizes[1] as f64),
+        ("test_examples".to_string(), split_sizes[2] as f64),
+    ]);
+    if let Some(last) = epochs.last() {
+        metrics.insert("loss".into(), last.loss);
+        metrics.insert("accuracy".into(), last.accuracy);
+        metrics.insert("val_accuracy".into(), last.val_accuracy);
+        metrics.insert("examples_per_sec".into(), last.examples_per_sec);
+    }
+    metrics
 }
 
 /// A loaded artifact.

@@ -95,36 +95,46 @@ impl Classifier {
                 .collect();
             let logits = self.model.logits(&bags)?;
             let probabilities = candle_nn::ops::softmax_last_dim(&logits)?.to_vec2::<f32>()?;
-            predictions.extend(probabilities.iter().map(|p| self.rank(p, top_k)));
+            predictions.extend(
+                probabilities
+                    .iter()
+                    .map(|p| rank(p, &self.manifest.classes, top_k)),
+            );
         }
         Ok(predictions)
-    }
-
-    fn rank(&self, probabilities: &[f32], top_k: usize) -> Prediction {
-        let mut order: Vec<usize> = (0..probabilities.len()).collect();
-        order.sort_by(|&a, &b| {
-            probabilities[b]
-                .total_cmp(&probabilities[a])
-                .then(a.cmp(&b))
-        });
-        let top: Vec<LabelScore> = order
-            .iter()
-            .take(top_k.max(1))
-            .map(|&i| LabelScore {
-                label: self.manifest.classes[i].clone(),
-                score: probabilities[i],
-            })
-            .collect();
-        Prediction {
-            label: top[0].label.clone(),
-            score: top[0].score,
-            top,
-        }
     }
 }
 
 impl From<Artifact> for Classifier {
     fn from(artifact: Artifact) -> Self {
         Self::new(artifact.model, artifact.vocab, artifact.manifest)
+    }
+}
+
+/// The best label and the `top_k` best (at least one), best first, ties in class order.
+pub fn rank(probabilities: &[f32], classes: &[String], top_k: usize) -> Prediction {
+    let k = top_k.max(1).min(probabilities.len());
+    let mut order: Vec<usize> = (0..probabilities.len()).collect();
+    let by_score = |a: &usize, b: &usize| {
+        probabilities[*b]
+            .total_cmp(&probabilities[*a])
+            .then(a.cmp(b))
+    };
+    if k < order.len() {
+        order.select_nth_unstable_by(k - 1, by_score);
+        order.truncate(k);
+    }
+    order.sort_by(by_score);
+    let top: Vec<LabelScore> = order
+        .iter()
+        .map(|&i| LabelScore {
+            label: classes[i].clone(),
+            score: probabilities[i],
+        })
+        .collect();
+    Prediction {
+        label: top[0].label.clone(),
+        score: top[0].score,
+        top,
     }
 }

@@ -139,7 +139,8 @@ impl TrainParams {
     }
 }
 
-fn count(name: &str, value: &str, min: usize, max: usize) -> Result<usize> {
+/// A whole number in `min..=max` (`15` or `15.0`), or an error naming the parameter.
+pub(crate) fn count(name: &str, value: &str, min: usize, max: usize) -> Result<usize> {
     let number: f64 = value
         .parse()
         .map_err(|_| Error::parameter(name, format!("{value:?} is not a number")))?;
@@ -162,7 +163,8 @@ fn fraction(name: &str, value: &str) -> Result<f64> {
     }
 }
 
-fn positive(name: &str, value: &str) -> Result<f64> {
+/// A finite number above 0, or an error naming the parameter.
+pub(crate) fn positive(name: &str, value: &str) -> Result<f64> {
     match value.parse::<f64>() {
         Ok(number) if number.is_finite() && number > 0.0 => Ok(number),
         _ => Err(Error::parameter(

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::head::{Head, HeadConfig};
 use super::params::{EncoderParams, Finetune};
 use super::train::{BaseHead, EncoderTrained};
-use crate::artifact::{Lineage, MANIFEST_FILE};
+use crate::artifact::{Lineage, MANIFEST_FILE, final_metrics};
 use crate::error::{Error, Result};
 use crate::pretrained::PretrainedRef;
 
@@ -122,22 +122,7 @@ impl EncoderManifest {
         lineage: Lineage,
         created_at: &str,
     ) -> Self {
-        let mut metrics = BTreeMap::from([
-            ("test_accuracy".to_string(), trained.test_accuracy),
-            ("epochs".to_string(), trained.epochs.len() as f64),
-            ("train_examples".to_string(), trained.split_sizes[0] as f64),
-            (
-                "validation_examples".to_string(),
-                trained.split_sizes[1] as f64,
-            ),
-            ("test_examples".to_string(), trained.split_sizes[2] as f64),
-        ]);
-        if let Some(last) = trained.epochs.last() {
-            metrics.insert("loss".into(), last.loss);
-            metrics.insert("accuracy".into(), last.accuracy);
-            metrics.insert("val_accuracy".into(), last.val_accuracy);
-            metrics.insert("examples_per_sec".into(), last.examples_per_sec);
-        }
+        let metrics = final_metrics(trained.test_accuracy, &trained.epochs, trained.split_sizes);
         Self {
             format_version: FORMAT_VERSION,
             architecture: ARCHITECTURE.to_string(),

@@ -11,7 +11,7 @@ use super::artifact::{self, ENCODER_FILE, EncoderManifest, HEAD_FILE};
 use super::head::Head;
 use crate::artifact::MANIFEST_FILE;
 use crate::error::{Error, Result};
-use crate::inference::{LabelScore, Prediction};
+use crate::inference::{Prediction, rank};
 
 /// Sentences per forward pass.
 const BATCH: usize = 64;
@@ -89,33 +89,5 @@ impl EncoderClassifier {
             .iter()
             .map(|p| rank(p, &self.manifest.classes, top_k))
             .collect())
-    }
-}
-
-/// The best label and the `top_k` best, ties in class order.
-pub fn rank(probabilities: &[f32], classes: &[String], top_k: usize) -> Prediction {
-    let k = top_k.max(1).min(probabilities.len());
-    let mut order: Vec<usize> = (0..probabilities.len()).collect();
-    let by_score = |a: &usize, b: &usize| {
-        probabilities[*b]
-            .total_cmp(&probabilities[*a])
-            .then(a.cmp(b))
-    };
-    if k < order.len() {
-        order.select_nth_unstable_by(k - 1, by_score);
-        order.truncate(k);
-    }
-    order.sort_by(by_score);
-    let top: Vec<LabelScore> = order
-        .iter()
-        .map(|&i| LabelScore {
-            label: classes[i].clone(),
-            score: probabilities[i],
-        })
-        .collect();
-    Prediction {
-        label: top[0].label.clone(),
-        score: top[0].score,
-        top,
     }
 }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::params::{count, positive};
 
 /// What training changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -127,29 +128,6 @@ impl EncoderParams {
             params.encode_batch = count("ENCODE_BATCH", v, 1, 4096)?;
         }
         Ok(params)
-    }
-}
-
-fn count(name: &str, value: &str, min: usize, max: usize) -> Result<usize> {
-    let number: f64 = value
-        .parse()
-        .map_err(|_| Error::parameter(name, format!("{value:?} is not a number")))?;
-    if number.fract() != 0.0 || number < min as f64 || number > max as f64 {
-        return Err(Error::parameter(
-            name,
-            format!("{value} is not a whole number in {min}..={max}"),
-        ));
-    }
-    Ok(number as usize)
-}
-
-fn positive(name: &str, value: &str) -> Result<f64> {
-    match value.parse::<f64>() {
-        Ok(number) if number.is_finite() && number > 0.0 => Ok(number),
-        _ => Err(Error::parameter(
-            name,
-            format!("{value:?} is not a positive number"),
-        )),
     }
 }
 

@@ -9,13 +9,12 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use automl_common::s3::{ObjectStore, S3Error};
 use automl_common::time::now_iso;
-use automl_proto::data_management::FileInfo;
 use automl_proto::metadata_store as pb;
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use sha2::{Digest, Sha256};
 
-use super::remote::{Client, download, epoch_metrics, object_store, start_of};
+use super::remote::{Client, download, object_store, record_artifact, train_logging_epochs};
 use super::trainer_env::TrainerEnv;
 use super::{epoch_line, local};
 use crate::artifact::{Lineage, MANIFEST_FILE};
@@ -317,8 +316,11 @@ pub async fn train_and_publish(
         base,
         cached,
     };
-    let (trained, computed) =
-        train_logging_epochs(env, params, device, data, inputs, client).await?;
+    let training_params = params.clone();
+    let (trained, computed) = train_logging_epochs(env, params.epochs, client, move |on_epoch| {
+        train_blocking(&data, inputs, &training_params, &device, on_epoch)
+    })
+    .await?;
     if let Some(embeddings) = computed
         && cacheable
     {
@@ -359,20 +361,7 @@ pub async fn train_and_publish(
         let bytes = upload_file(&store, bucket, &key, &file).await?;
         println!("uploaded {bucket}/{key} ({bytes} bytes)");
     }
-    let created = client
-        .create_artifact(pb::CreateArtifactRequest {
-            artifact: Some(FileInfo {
-                name: env.model_name.clone(),
-                bucket: bucket.to_string(),
-                path: path.to_string(),
-            }),
-            run_id: env.job_id.clone(),
-            algorithm: env.algorithm.clone(),
-        })
-        .await
-        .context("CreateArtifact failed")?
-        .into_inner();
-    println!("artifact {} version {}", env.model_name, created.version);
+    record_artifact(env, client, bucket, path).await?;
     Ok(trained.test_accuracy)
 }
 
@@ -451,41 +440,6 @@ async fn cached_embeddings(
             None
         }
     }
-}
-
-/// Trains on a blocking thread while this task records each epoch with LogEpoch.
-async fn train_logging_epochs(
-    env: &TrainerEnv,
-    params: &EncoderParams,
-    device: Device,
-    data: Dataset,
-    inputs: Inputs,
-    client: &mut Client,
-) -> anyhow::Result<(EncoderTrained, Option<Tensor>)> {
-    let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<(EpochReport, String)>();
-    let training_params = params.clone();
-    let training = tokio::task::spawn_blocking(move || {
-        train_blocking(&data, inputs, &training_params, &device, &mut |report| {
-            sender.send((report.clone(), now_iso())).is_ok()
-        })
-    });
-    while let Some((report, end_time)) = receiver.recv().await {
-        println!("{}", epoch_line(&report, params.epochs));
-        let start_time = start_of(&end_time, report.seconds);
-        client
-            .log_epoch(pb::LogEpochRequest {
-                epoch_info: Some(pb::EpochInfo {
-                    start_time,
-                    end_time,
-                    run_id: env.job_id.clone(),
-                    epoch_id: report.epoch.to_string(),
-                    metrics: epoch_metrics(&report),
-                }),
-            })
-            .await
-            .with_context(|| format!("LogEpoch {} failed", report.epoch))?;
-    }
-    Ok(training.await.context("training thread failed")??)
 }
 
 /// The head (and, for a `full` base, the encoder weights) of base run `run_id`, downloaded

@@ -8,7 +8,7 @@ use crate::artifact::{self, Lineage, Manifest};
 use crate::data::Dataset;
 use crate::finetune::BaseModel;
 use crate::params::TrainParams;
-use crate::train::{EpochReport, Trained};
+use crate::train::EpochReport;
 use anyhow::{Context, bail};
 use automl_common::auth::{Credentials, TOKEN_ENV};
 use automl_common::config::S3Config;
@@ -157,7 +157,11 @@ async fn train_and_publish(
         Some(run_id) => Some(load_base(client, &store, run_id, &device).await?),
         None => None,
     };
-    let trained = train_logging_epochs(env, params, device, data, base, client).await?;
+    let training_params = params.clone();
+    let trained = train_logging_epochs(env, params.epochs, client, move |on_epoch| {
+        train_blocking(&data, &training_params, &device, base, on_epoch)
+    })
+    .await?;
     println!("test accuracy {:.4}", trained.test_accuracy);
     let lineage = Lineage {
         run_id: env.job_id.clone(),
@@ -179,41 +183,28 @@ async fn train_and_publish(
         store.put_bytes(bucket, &key, bytes).await?;
         println!("uploaded {bucket}/{key}");
     }
-    let created = client
-        .create_artifact(pb::CreateArtifactRequest {
-            artifact: Some(FileInfo {
-                name: env.model_name.clone(),
-                bucket: bucket.to_string(),
-                path: path.to_string(),
-            }),
-            run_id: env.job_id.clone(),
-            algorithm: env.algorithm.clone(),
-        })
-        .await
-        .context("CreateArtifact failed")?
-        .into_inner();
-    println!("artifact {} version {}", env.model_name, created.version);
+    record_artifact(env, client, bucket, path).await?;
     Ok(trained.test_accuracy)
 }
 
-/// Trains on a blocking thread while this task records each epoch with LogEpoch.
-pub(super) async fn train_logging_epochs(
+/// Runs `train` on a blocking thread while this task records each epoch it reports with
+/// LogEpoch (and prints it); `train` stops when its callback returns `false`.
+pub(super) async fn train_logging_epochs<T, F>(
     env: &TrainerEnv,
-    params: &TrainParams,
-    device: Device,
-    data: Dataset,
-    base: Option<BaseModel>,
+    epochs: usize,
     client: &mut Client,
-) -> anyhow::Result<Trained> {
+    train: F,
+) -> anyhow::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut dyn FnMut(&EpochReport) -> bool) -> crate::Result<T> + Send + 'static,
+{
     let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<(EpochReport, String)>();
-    let training_params = params.clone();
     let training = tokio::task::spawn_blocking(move || {
-        train_blocking(&data, &training_params, &device, base, &mut |report| {
-            sender.send((report.clone(), now_iso())).is_ok()
-        })
+        train(&mut |report| sender.send((report.clone(), now_iso())).is_ok())
     });
     while let Some((report, end_time)) = receiver.recv().await {
-        println!("{}", epoch_line(&report, params.epochs));
+        println!("{}", epoch_line(&report, epochs));
         let start_time = start_of(&end_time, report.seconds);
         client
             .log_epoch(pb::LogEpochRequest {
@@ -229,6 +220,30 @@ pub(super) async fn train_logging_epochs(
             .with_context(|| format!("LogEpoch {} failed", report.epoch))?;
     }
     Ok(training.await.context("training thread failed")??)
+}
+
+/// CreateArtifact for the files just uploaded under `bucket/path`; prints the version.
+pub(super) async fn record_artifact(
+    env: &TrainerEnv,
+    client: &mut Client,
+    bucket: &str,
+    path: &str,
+) -> anyhow::Result<()> {
+    let created = client
+        .create_artifact(pb::CreateArtifactRequest {
+            artifact: Some(FileInfo {
+                name: env.model_name.clone(),
+                bucket: bucket.to_string(),
+                path: path.to_string(),
+            }),
+            run_id: env.job_id.clone(),
+            algorithm: env.algorithm.clone(),
+        })
+        .await
+        .context("CreateArtifact failed")?
+        .into_inner();
+    println!("artifact {} version {}", env.model_name, created.version);
+    Ok(())
 }
 
 pub(super) fn start_of(end_time: &str, seconds: f64) -> String {
