@@ -50,7 +50,7 @@ pub type TokenIds = Vec<u32>;
 
 /// The network: `candle-transformers`' BERT, or its differentiable twin for training.
 enum Network {
-    Frozen(BertModel),
+    Frozen(Box<BertModel>),
     Trainable(trainable::TrainableBert),
 }
 
@@ -116,7 +116,7 @@ impl Encoder {
         let bert = BertModel::load(vb, &config)
             .map_err(|e| Error::Pretrained(format!("{}: {e}", path.display())))?;
         Ok(Self {
-            bert: Network::Frozen(bert),
+            bert: Network::Frozen(Box::new(bert)),
             tokenizer,
             config,
             device: device.clone(),
