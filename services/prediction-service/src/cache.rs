@@ -10,10 +10,12 @@ use std::sync::{Arc, Mutex};
 use automl_common::metrics::{Counter, Gauge, Histogram, metrics};
 use automl_common::s3::ObjectStore;
 use automl_text_classification::Classifier;
-use automl_text_classification::encoder::artifact::is_encoder_manifest;
+use automl_text_classification::Error as ModelError;
+use automl_text_classification::encoder::artifact::{EncoderManifest, is_encoder_manifest};
 use automl_text_classification::encoder::{Encoder, EncoderClassifier};
 use automl_text_classification::pretrained;
 use automl_text_classification::serving::AnyClassifier;
+use candle_core::Device;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::OnceCell;
 
@@ -277,74 +279,42 @@ impl ModelCache {
 
     /// Loads the model in `dir`, of either algorithm; returns it with the bytes of weights it
     /// holds on its own (a shared pretrained encoder is not counted per model).
-    async fn load_dir(
-        &self,
-        dir: &Path,
-    ) -> Result<(AnyClassifier, u64), automl_text_classification::Error> {
+    async fn load_dir(&self, dir: &Path) -> Result<(AnyClassifier, u64), ModelError> {
         let manifest = tokio::fs::read(dir.join("manifest.json"))
             .await
-            .map_err(|e| automl_text_classification::Error::io(dir.join("manifest.json"), e))?;
+            .map_err(|e| ModelError::io(dir.join("manifest.json"), e))?;
         let size = |name: &str| std::fs::metadata(dir.join(name)).map_or(0, |m| m.len());
+        let model_dir = dir.to_path_buf();
         if !is_encoder_manifest(&manifest) {
-            let load_dir = dir.to_path_buf();
-            let classifier = tokio::task::spawn_blocking(move || Classifier::load(&load_dir))
-                .await
-                .map_err(|err| {
-                    automl_text_classification::Error::Stopped(format!("load task: {err}"))
-                })??;
+            let classifier = blocking(move || Classifier::load(&model_dir)).await?;
             return Ok((classifier.into(), size("model.safetensors")));
         }
-        let parsed = EncoderClassifier::read_manifest(dir)?;
+        let parsed = EncoderManifest::parse(&manifest)?;
         let reference = parsed.pretrained.reference();
         let pretrained_dir =
             pretrained::fetch(&self.objects, &reference, &self.dir.join("pretrained")).await?;
-        let model_dir = dir.to_path_buf();
         let (encoder, own_bytes) = if parsed.own_encoder {
-            let encoder = tokio::task::spawn_blocking(move || {
-                EncoderClassifier::own_encoder(
-                    &model_dir,
-                    &pretrained_dir,
-                    &candle_core::Device::Cpu,
-                )
+            let weights_dir = model_dir.clone();
+            let encoder = blocking(move || {
+                EncoderClassifier::own_encoder(&weights_dir, &pretrained_dir, &Device::Cpu)
             })
-            .await
-            .map_err(|err| {
-                automl_text_classification::Error::Stopped(format!("load task: {err}"))
-            })??;
+            .await?;
             (Arc::new(encoder), size("encoder.safetensors"))
         } else {
-            (
-                self.shared_encoder(&parsed.pretrained.digest, pretrained_dir)
-                    .await?,
-                0,
-            )
+            let digest = &parsed.pretrained.digest;
+            (self.shared_encoder(digest, pretrained_dir).await?, 0)
         };
-        let model_dir = dir.to_path_buf();
-        let classifier =
-            tokio::task::spawn_blocking(move || EncoderClassifier::load(&model_dir, encoder))
-                .await
-                .map_err(|err| {
-                    automl_text_classification::Error::Stopped(format!("load task: {err}"))
-                })??;
+        let classifier = blocking(move || EncoderClassifier::load(&model_dir, encoder)).await?;
         Ok((classifier.into(), size("head.safetensors") + own_bytes))
     }
 
     /// The pretrained encoder `digest` from `dir`, loaded once while any model uses it.
-    async fn shared_encoder(
-        &self,
-        digest: &str,
-        dir: PathBuf,
-    ) -> Result<Arc<Encoder>, automl_text_classification::Error> {
+    async fn shared_encoder(&self, digest: &str, dir: PathBuf) -> Result<Arc<Encoder>, ModelError> {
         let mut encoders = self.encoders.lock().await;
         if let Some(encoder) = encoders.get(digest).and_then(std::sync::Weak::upgrade) {
             return Ok(encoder);
         }
-        let encoder = tokio::task::spawn_blocking(move || {
-            Encoder::load(&dir, None, &candle_core::Device::Cpu)
-        })
-        .await
-        .map_err(|err| automl_text_classification::Error::Stopped(format!("load task: {err}")))??;
-        let encoder = Arc::new(encoder);
+        let encoder = Arc::new(blocking(move || Encoder::load(&dir, None, &Device::Cpu)).await?);
         encoders.retain(|_, weak| weak.strong_count() > 0);
         encoders.insert(digest.to_string(), Arc::downgrade(&encoder));
         tracing::info!(digest, "pretrained encoder loaded");
@@ -415,4 +385,15 @@ impl ModelCache {
         }
         Ok(())
     }
+}
+
+/// Runs a blocking model load on the blocking pool.
+async fn blocking<T, F>(load: F) -> Result<T, ModelError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, ModelError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(load)
+        .await
+        .map_err(|err| ModelError::Stopped(format!("load task: {err}")))?
 }

@@ -150,6 +150,33 @@ impl DeviceSums {
         Ok(())
     }
 
+    /// The epoch's report from its sums over `n` examples (one read from the device); a loss
+    /// that is not finite ends training.
+    fn report(
+        &self,
+        epoch: usize,
+        n: usize,
+        train_seconds: f64,
+        lr: f64,
+        val_accuracy: f64,
+        started: Instant,
+    ) -> Result<EpochReport> {
+        let (loss, accuracy) = self.read(n)?;
+        if !loss.is_finite() {
+            return Err(Error::Diverged(format!("loss is {loss}")));
+        }
+        Ok(EpochReport {
+            epoch,
+            loss,
+            accuracy,
+            val_accuracy,
+            examples_per_sec: n as f64 / train_seconds.max(1e-9),
+            lr,
+            train_seconds,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
     /// Mean loss and accuracy over `n` examples (one read from the device).
     fn read(&self, n: usize) -> Result<(f64, f64)> {
         let both = Tensor::stack(&[&self.loss, &self.correct], 0)?.to_vec1::<f32>()?;
@@ -242,21 +269,15 @@ pub fn train_head(
             optimizer.backward_step(&loss)?;
             sums.add(&loss, &logits, &y)?;
         }
-        let (loss, train_accuracy) = sums.read(train.len())?;
-        if !loss.is_finite() {
-            return Err(Error::Diverged(format!("loss is {loss}")));
-        }
         let train_seconds = started.elapsed().as_secs_f64();
-        let report = EpochReport {
+        let report = sums.report(
             epoch,
-            loss,
-            accuracy: train_accuracy,
-            val_accuracy: accuracy(&head, &x_val, &y_val)?,
-            examples_per_sec: train.len() as f64 / train_seconds.max(1e-9),
-            lr: params.lr,
+            train.len(),
             train_seconds,
-            seconds: started.elapsed().as_secs_f64(),
-        };
+            params.lr,
+            accuracy(&head, &x_val, &y_val)?,
+            started,
+        )?;
         on_epoch(&report)?;
         epochs.push(report);
     }
@@ -340,21 +361,15 @@ pub fn train_full(
             done += batch.len();
             on_step(epoch, done, train.len());
         }
-        let (loss, train_accuracy) = sums.read(train.len())?;
-        if !loss.is_finite() {
-            return Err(Error::Diverged(format!("loss is {loss}")));
-        }
         let train_seconds = started.elapsed().as_secs_f64();
-        let report = EpochReport {
+        let report = sums.report(
             epoch,
-            loss,
-            accuracy: train_accuracy,
-            val_accuracy: evaluate(&head, &val_tokens, &y_val)?,
-            examples_per_sec: train.len() as f64 / train_seconds.max(1e-9),
-            lr: params.encoder_lr,
+            train.len(),
             train_seconds,
-            seconds: started.elapsed().as_secs_f64(),
-        };
+            params.encoder_lr,
+            evaluate(&head, &val_tokens, &y_val)?,
+            started,
+        )?;
         on_epoch(&report)?;
         epochs.push(report);
     }

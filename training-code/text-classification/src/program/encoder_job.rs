@@ -9,12 +9,13 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use automl_common::s3::{ObjectStore, S3Error};
 use automl_common::time::now_iso;
-use automl_proto::metadata_store as pb;
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use sha2::{Digest, Sha256};
 
-use super::remote::{Client, download, object_store, record_artifact, train_logging_epochs};
+use super::remote::{
+    Client, base_location, download, object_store, record_artifact, train_logging_epochs,
+};
 use super::trainer_env::TrainerEnv;
 use super::{epoch_line, local};
 use crate::artifact::{Lineage, MANIFEST_FILE};
@@ -169,19 +170,14 @@ pub fn train_local(
         println!("{}", epoch_line(report, params.epochs));
         true
     })?;
-    println!("test accuracy {:.4}", trained.test_accuracy);
-    let train_seconds: f64 = trained.epochs.iter().map(|r| r.train_seconds).sum();
-    let summary = serde_json::json!({
-        "train_examples": trained.split_sizes[0],
-        "validation_examples": trained.split_sizes[1],
-        "test_examples": trained.split_sizes[2],
-        "classes": trained.classes.len(),
-        "test_accuracy": trained.test_accuracy,
-        "train_seconds": train_seconds,
-        "wall_seconds": started.elapsed().as_secs_f64(),
-        "examples_per_sec": (trained.split_sizes[0] * trained.epochs.len()) as f64 / train_seconds.max(1e-9),
-    });
-    println!("summary {summary}");
+    local::print_summary(
+        started,
+        trained.test_accuracy,
+        &trained.epochs,
+        trained.split_sizes,
+        trained.classes.len(),
+        None,
+    );
     let lineage = Lineage {
         base_run_id,
         ..Lineage::default()
@@ -452,16 +448,7 @@ async fn load_base(
     digest: &str,
     device: &Device,
 ) -> anyhow::Result<(BaseHead, Option<PathBuf>)> {
-    let found = client
-        .get_artifact(pb::GetArtifactRequest {
-            run_id: run_id.to_string(),
-        })
-        .await
-        .with_context(|| format!("no model artifact for base run {run_id}"))?
-        .into_inner();
-    let Some(location) = found.artifact else {
-        bail!("base run {run_id} has no artifact location");
-    };
+    let location = base_location(client, run_id).await?;
     let prefix = location.path.trim_end_matches('/');
     let dir = scratch.join("base");
     std::fs::create_dir_all(&dir)?;

@@ -14,6 +14,7 @@ use crate::encoder::{Encoder, EncoderClassifier};
 use crate::finetune::BaseModel;
 use crate::params::TrainParams;
 use crate::serving::AnyClassifier;
+use crate::train::EpochReport;
 use candle_core::Device;
 
 use super::{epoch_line, train_blocking};
@@ -48,20 +49,14 @@ pub fn train(
         println!("{}", epoch_line(report, params.epochs));
         true
     })?;
-    println!("test accuracy {:.4}", trained.test_accuracy);
-    let train_seconds: f64 = trained.epochs.iter().map(|r| r.train_seconds).sum();
-    let summary = serde_json::json!({
-        "train_examples": trained.split_sizes[0],
-        "validation_examples": trained.split_sizes[1],
-        "test_examples": trained.split_sizes[2],
-        "vocab": trained.vocab.len(),
-        "classes": trained.classes.len(),
-        "test_accuracy": trained.test_accuracy,
-        "train_seconds": train_seconds,
-        "wall_seconds": started.elapsed().as_secs_f64(),
-        "examples_per_sec": (trained.split_sizes[0] * trained.epochs.len()) as f64 / train_seconds.max(1e-9),
-    });
-    println!("summary {summary}");
+    print_summary(
+        started,
+        trained.test_accuracy,
+        &trained.epochs,
+        trained.split_sizes,
+        trained.classes.len(),
+        Some(trained.vocab.len()),
+    );
     let lineage = Lineage {
         base_run_id,
         ..Lineage::default()
@@ -83,6 +78,33 @@ pub fn train(
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Prints the test accuracy and the `summary {json}` line the benchmarks read.
+pub(super) fn print_summary(
+    started: Instant,
+    test_accuracy: f64,
+    epochs: &[EpochReport],
+    split_sizes: [usize; 3],
+    classes: usize,
+    vocab: Option<usize>,
+) {
+    println!("test accuracy {test_accuracy:.4}");
+    let train_seconds: f64 = epochs.iter().map(|r| r.train_seconds).sum();
+    let mut summary = serde_json::json!({
+        "train_examples": split_sizes[0],
+        "validation_examples": split_sizes[1],
+        "test_examples": split_sizes[2],
+        "classes": classes,
+        "test_accuracy": test_accuracy,
+        "train_seconds": train_seconds,
+        "wall_seconds": started.elapsed().as_secs_f64(),
+        "examples_per_sec": (split_sizes[0] * epochs.len()) as f64 / train_seconds.max(1e-9),
+    });
+    if let Some(vocab) = vocab {
+        summary["vocab"] = vocab.into();
+    }
+    println!("summary {summary}");
 }
 
 /// Prints one JSON line: accuracy on all rows and, with `exclude_label`, on the others.

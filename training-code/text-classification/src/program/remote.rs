@@ -9,7 +9,7 @@ use crate::data::Dataset;
 use crate::finetune::BaseModel;
 use crate::params::TrainParams;
 use crate::train::EpochReport;
-use anyhow::{Context, bail};
+use anyhow::Context;
 use automl_common::auth::{Credentials, TOKEN_ENV};
 use automl_common::config::S3Config;
 use automl_common::request_id;
@@ -312,13 +312,8 @@ pub(super) async fn download_text(
     String::from_utf8(bytes).with_context(|| format!("{bucket}/{key} is not UTF-8"))
 }
 
-/// The model of `run_id`, located through GetArtifact.
-async fn load_base(
-    client: &mut Client,
-    store: &ObjectStore,
-    run_id: &str,
-    device: &Device,
-) -> anyhow::Result<BaseModel> {
+/// Where the model of base run `run_id` lies, through GetArtifact.
+pub(super) async fn base_location(client: &mut Client, run_id: &str) -> anyhow::Result<FileInfo> {
     let found = client
         .get_artifact(pb::GetArtifactRequest {
             run_id: run_id.to_string(),
@@ -326,9 +321,19 @@ async fn load_base(
         .await
         .with_context(|| format!("no model artifact for base run {run_id}"))?
         .into_inner();
-    let Some(location) = found.artifact else {
-        bail!("base run {run_id} has no artifact location");
-    };
+    found
+        .artifact
+        .with_context(|| format!("base run {run_id} has no artifact location"))
+}
+
+/// The model of `run_id`, located through GetArtifact.
+async fn load_base(
+    client: &mut Client,
+    store: &ObjectStore,
+    run_id: &str,
+    device: &Device,
+) -> anyhow::Result<BaseModel> {
+    let location = base_location(client, run_id).await?;
     let prefix = location.path.trim_end_matches('/');
     let mut files = Vec::new();
     for name in [
