@@ -23,6 +23,9 @@ pub struct DataManagementConfig {
     pub ingest_lease_secs: u64,
     /// Largest object UploadData accepts (bytes).
     pub max_upload_bytes: u64,
+    /// Most distinct labels one TEXT_INTENT commit may hold; an ingest that meets one more is
+    /// refused at that row, so its label table never grows past this.
+    pub max_labels: usize,
 }
 
 impl Default for DataManagementConfig {
@@ -33,6 +36,7 @@ impl Default for DataManagementConfig {
             snapshot_workers: 2,
             ingest_lease_secs: 60,
             max_upload_bytes: 10 * 1024 * 1024 * 1024,
+            max_labels: 10_000,
         }
     }
 }
@@ -63,6 +67,27 @@ impl DataManagementConfig {
                 "data_management.ingest_lease_secs must be at least 3".into(),
             ));
         }
+        if self.max_labels == 0 {
+            return Err(ConfigError::Validation(
+                "data_management.max_labels must be at least 1".into(),
+            ));
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_labels_must_be_positive() {
+        assert!(DataManagementConfig::default().validate().is_ok());
+        let zero = DataManagementConfig {
+            max_labels: 0,
+            ..DataManagementConfig::default()
+        };
+        let err = zero.validate().expect_err("0 is refused");
+        assert!(err.to_string().contains("max_labels"), "{err}");
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! TEXT_INTENT streams the source CSV record by record (a large file never sits in memory),
 //! validates every row and writes `examples.csv` (`"<utterance>","<id>[;<id>]"`) and
-//! `labels.csv` (`"<id>","<label>"`, ids 1-based in order of first appearance). GENERIC copies
-//! every object under the source location. Both compute statistics and a content digest.
+//! `labels.csv` (`"<id>","<label>"`, ids 1-based in order of first appearance); the labels it
+//! holds in memory are bounded by `data_management.max_labels`. GENERIC copies every object
+//! under the source location. Both compute statistics and a content digest.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -105,9 +106,23 @@ pub struct LabelIds {
 impl LabelIds {
     /// The id of `label`, assigning the next one on first sight.
     pub fn id(&mut self, label: &str) -> usize {
-        if let Some(id) = self.ids.get(label) {
-            return *id;
+        match self.ids.get(label) {
+            Some(id) => *id,
+            None => self.insert(label),
         }
+    }
+
+    /// The id of `label` as [`LabelIds::id`] gives it, or `None` (storing nothing) when it is
+    /// new and there are already `limit` labels.
+    pub fn id_within(&mut self, label: &str, limit: usize) -> Option<usize> {
+        match self.ids.get(label) {
+            Some(id) => Some(*id),
+            None if self.names.len() >= limit => None,
+            None => Some(self.insert(label)),
+        }
+    }
+
+    fn insert(&mut self, label: &str) -> usize {
         self.names.push(label.to_string());
         let id = self.names.len();
         self.ids.insert(label.to_string(), id);
@@ -178,12 +193,14 @@ fn validate(fields: Vec<Vec<u8>>) -> Result<Row, String> {
 }
 
 /// Ingests a TEXT_INTENT CSV from `source_bucket/source_key` into `dest_prefix` of the datasets
-/// bucket. On any error nothing is left under `dest_prefix`.
+/// bucket. A file with more than `max_labels` distinct labels is refused at the row that brings
+/// one more, without reading further. On any error nothing is left under `dest_prefix`.
 pub async fn text_intent(
     objects: &ObjectStore,
     source_bucket: &str,
     source_key: &str,
     dest_prefix: &str,
+    max_labels: usize,
 ) -> Result<Ingested, DataError> {
     let reader = objects
         .reader(source_bucket, source_key)
@@ -194,6 +211,8 @@ pub async fn text_intent(
     let mut examples = HashingWriter::new(objects, &bucket, &format!("{dest_prefix}/examples.csv"));
     let mut labels = LabelIds::default();
     let mut errors: Vec<String> = Vec::new();
+    // The line whose label would have been one more than `max_labels`.
+    let mut over_limit: Option<u64> = None;
     let mut count: u64 = 0;
     let mut ids = String::new();
     loop {
@@ -208,20 +227,29 @@ pub async fn text_intent(
             }
         };
         let checked = match record {
-            Record::Fields { line, fields } => validate(fields).map_err(|why| (line, why)),
+            Record::Fields { line, fields } => validate(fields)
+                .map(|row| (line, row))
+                .map_err(|why| (line, why)),
             Record::TooLong { line } => {
                 Err((line, format!("longer than {MAX_RECORD_BYTES} bytes")))
             }
             Record::UnclosedQuote { line } => Err((line, "unclosed quote".to_string())),
         };
         match checked {
-            Ok(row) if errors.is_empty() => {
+            Ok((line, row)) if errors.is_empty() => {
                 ids.clear();
                 for (index, label) in row.labels.iter().enumerate() {
+                    let Some(id) = labels.id_within(label, max_labels) else {
+                        over_limit = Some(line);
+                        break;
+                    };
                     if index > 0 {
                         ids.push(';');
                     }
-                    ids.push_str(&labels.id(label).to_string());
+                    ids.push_str(&id.to_string());
+                }
+                if over_limit.is_some() {
+                    break;
                 }
                 push_row(examples.buffer(), &[&row.utterance, &ids]);
                 count += 1;
@@ -247,6 +275,14 @@ pub async fn text_intent(
         .ingest_bytes
         .with(&[])
         .add(records.consumed());
+    if let Some(line) = over_limit {
+        examples.abort().await;
+        return Err(DataError::InvalidData(format!(
+            "{source_bucket}/{source_key} has more than {max_labels} distinct labels in one commit \
+             (data_management.max_labels): line {line} brings label number {}",
+            max_labels + 1
+        )));
+    }
     if !errors.is_empty() {
         examples.abort().await;
         return Err(DataError::InvalidData(format!(
@@ -417,6 +453,17 @@ mod tests {
             String::from_utf8(labels.to_csv()).expect("utf8"),
             "\"1\",\"b\"\n\"2\",\"a\"\n"
         );
+    }
+
+    #[test]
+    fn label_ids_within_a_limit_refuse_one_more() {
+        let mut labels = LabelIds::default();
+        assert_eq!(labels.id_within("a", 2), Some(1));
+        assert_eq!(labels.id_within("b", 2), Some(2));
+        assert_eq!(labels.id_within("a", 2), Some(1));
+        assert_eq!(labels.id_within("c", 2), None);
+        assert_eq!(labels.len(), 2);
+        assert_eq!(labels.id_within("b", 2), Some(2));
     }
 
     #[test]

@@ -248,7 +248,14 @@ impl DataManagement {
         let started = std::time::Instant::now();
         let ingested = match dataset_type {
             DatasetType::TextIntent => {
-                ingest::text_intent(&self.objects, &source.bucket, &source.path, &prefix).await
+                ingest::text_intent(
+                    &self.objects,
+                    &source.bucket,
+                    &source.path,
+                    &prefix,
+                    self.config.max_labels,
+                )
+                .await
             }
             DatasetType::Generic => {
                 ingest::generic(&self.objects, &source.bucket, &source.path, &prefix).await

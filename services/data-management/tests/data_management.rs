@@ -28,15 +28,15 @@ impl Running {
 }
 
 async fn start(env: &TestEnv) -> Running {
+    start_with(env, &DataManagementConfig::default()).await
+}
+
+async fn start_with(env: &TestEnv, config: &DataManagementConfig) -> Running {
     let shutdown = CancellationToken::new();
-    let (routes, db) = automl_data_management::start(
-        &env.common,
-        &DataManagementConfig::default(),
-        env.objects.clone(),
-        shutdown.clone(),
-    )
-    .await
-    .expect("data-management starts");
+    let (routes, db) =
+        automl_data_management::start(&env.common, config, env.objects.clone(), shutdown.clone())
+            .await
+            .expect("data-management starts");
     let server = TestServer::start(routes, shutdown).await.expect("server");
     let client = DataManagementServiceClient::new(server.channel().await.expect("channel"));
     Running { server, db, client }
@@ -818,6 +818,147 @@ async fn upload_data_streams_into_the_datasets_bucket() {
                 .is_empty()
         );
         assert_status(upload(client, vec![]).await, Code::InvalidArgument, "empty");
+        running.stop().await;
+    }
+}
+
+/// `rows` lines, row `n` labelled `label_<n mod labels>`.
+fn labelled_csv(rows: usize, labels: usize) -> String {
+    (0..rows)
+        .map(|row| format!("utterance {row},label_{}\n", row % labels))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_commit_may_hold_max_labels_distinct_labels_and_not_one_more() {
+    let config = DataManagementConfig {
+        max_labels: 50,
+        ..DataManagementConfig::default()
+    };
+    for backend in backends() {
+        let env = env(backend).await;
+        let mut running = start_with(&env, &config).await;
+        let client = &mut running.client;
+        put(&env, "upload/at-limit.csv", labelled_csv(200, 50)).await;
+        put(&env, "upload/over-limit.csv", labelled_csv(200, 51)).await;
+        let created = client
+            .create_dataset(create_request("upload/at-limit.csv", vec![]))
+            .await
+            .expect("50 labels are accepted")
+            .into_inner();
+        assert_eq!(created.commits[0].statistics["numLabels"], "50");
+        assert_eq!(created.commits[0].statistics["numExamples"], "200");
+
+        let refused = "more than 50 distinct labels in one commit (data_management.max_labels): \
+                       line 51 brings label number 51";
+        assert_status(
+            client
+                .update_dataset(commit_request("1", "upload/over-limit.csv", vec![]))
+                .await,
+            Code::InvalidArgument,
+            refused,
+        );
+        let summary = client
+            .get_dataset_summary(pb::DatasetPointer {
+                dataset_id: "1".into(),
+            })
+            .await
+            .expect("summary")
+            .into_inner();
+        assert_eq!(
+            summary.commits.len(),
+            1,
+            "the refused commit is not visible"
+        );
+        assert_status(
+            client
+                .create_dataset(create_request("upload/over-limit.csv", vec![]))
+                .await,
+            Code::InvalidArgument,
+            refused,
+        );
+        let mut listed = client
+            .list_datasets(pb::ListQueryOptions { limit: 0, index: 0 })
+            .await
+            .expect("list")
+            .into_inner();
+        let mut ids = Vec::new();
+        while let Some(pointer) = listed.message().await.expect("stream") {
+            ids.push(pointer.dataset_id);
+        }
+        assert_eq!(ids, ["1"], "the refused dataset is not visible");
+        let objects = env
+            .objects
+            .list(&env.objects.datasets_bucket, "dataset/")
+            .await
+            .expect("list objects");
+        let keys: Vec<_> = objects.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "dataset/1/commit/1/examples.csv",
+                "dataset/1/commit/1/labels.csv"
+            ],
+            "no objects of the refused ingests are left"
+        );
+        running.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn an_upload_with_a_million_distinct_labels_is_refused() {
+    const ROWS: usize = 1_000_000;
+    const ROWS_PER_CHUNK: usize = 20_000;
+    for backend in backends() {
+        let env = env(backend).await;
+        let mut running = start(&env).await;
+        let client = &mut running.client;
+        // About 24 MB, generated chunk by chunk as the upload stream asks for it.
+        let first = pb::UploadDataRequest {
+            bucket: String::new(),
+            path: "upload/million-labels.csv".into(),
+            chunk: Vec::new(),
+        };
+        let chunks = (0..ROWS / ROWS_PER_CHUNK).map(|chunk| {
+            let rows = chunk * ROWS_PER_CHUNK..(chunk + 1) * ROWS_PER_CHUNK;
+            pb::UploadDataRequest {
+                chunk: rows
+                    .map(|row| format!("utterance {row},label_{row}\n"))
+                    .collect::<String>()
+                    .into_bytes(),
+                ..Default::default()
+            }
+        });
+        let file = client
+            .upload_data(futures::stream::iter(std::iter::once(first).chain(chunks)))
+            .await
+            .expect("upload")
+            .into_inner();
+        assert_eq!(file.path, "upload/million-labels.csv");
+
+        assert_status(
+            client
+                .create_dataset(create_request(&file.path, vec![]))
+                .await,
+            Code::InvalidArgument,
+            "more than 10000 distinct labels in one commit (data_management.max_labels): \
+             line 10001 brings label number 10001",
+        );
+        let mut listed = client
+            .list_datasets(pb::ListQueryOptions { limit: 0, index: 0 })
+            .await
+            .expect("list")
+            .into_inner();
+        assert!(
+            listed.message().await.expect("stream").is_none(),
+            "nothing committed"
+        );
+        let leftovers = env
+            .objects
+            .list(&env.objects.datasets_bucket, "dataset/")
+            .await
+            .expect("list objects");
+        assert!(leftovers.is_empty(), "no objects left: {leftovers:?}");
         running.stop().await;
     }
 }
