@@ -32,7 +32,8 @@ impl RunStore {
         Self { db }
     }
 
-    /// Records a new run; `RunExists` if the id is taken.
+    /// Records a new run; `RunExists` if the id is taken, unless by this very run: a retried
+    /// LogRunStart (same name, start time and lineage, not ended) returns the run.
     pub async fn start_run(&self, tenant: &str, run: &NewRun) -> Result<Run, MetadataError> {
         let result = sqlx::query(
             "INSERT INTO runs (tenant, run_id, run_name, start_time, message, dataset_id, \
@@ -55,13 +56,23 @@ impl RunStore {
         match result {
             Ok(_) => self.get_run(tenant, &run.run_id).await,
             Err(err) if is_unique_violation(&err) => {
-                Err(MetadataError::RunExists(run.run_id.clone()))
+                let existing = self.get_run(tenant, &run.run_id).await?;
+                let same = !existing.ended
+                    && existing.run_name == run.run_name
+                    && existing.start_time == run.start_time
+                    && existing.lineage == run.lineage;
+                if same {
+                    Ok(existing)
+                } else {
+                    Err(MetadataError::RunExists(run.run_id.clone()))
+                }
             }
             Err(err) => Err(err.into()),
         }
     }
 
-    /// Records an epoch of a running run.
+    /// Records an epoch of a running run. Logging an epoch again with the same times and
+    /// metrics (a retry) changes nothing and succeeds; other content is `EpochExists`.
     pub async fn log_epoch(&self, tenant: &str, epoch: &Epoch) -> Result<(), MetadataError> {
         let metrics = serde_json::to_string(&epoch.metrics)
             .map_err(|err| MetadataError::Corrupt(err.to_string()))?;
@@ -83,10 +94,19 @@ impl RunStore {
         match inserted {
             Ok(_) => {}
             Err(err) if is_unique_violation(&err) => {
-                return Err(MetadataError::EpochExists {
-                    run_id: epoch.run_id.clone(),
-                    epoch_id: epoch.epoch_id.clone(),
-                });
+                // The failed insert aborted the transaction (on Postgres): read outside it.
+                drop(tx);
+                let existing = self
+                    .get_epoch(tenant, &epoch.run_id, &epoch.epoch_id)
+                    .await?;
+                return if existing.as_ref() == Some(epoch) {
+                    Ok(())
+                } else {
+                    Err(MetadataError::EpochExists {
+                        run_id: epoch.run_id.clone(),
+                        epoch_id: epoch.epoch_id.clone(),
+                    })
+                };
             }
             Err(err) => return Err(err.into()),
         }
@@ -94,10 +114,43 @@ impl RunStore {
         Ok(())
     }
 
-    /// Ends a running run.
+    /// One epoch of a run, if logged.
+    async fn get_epoch(
+        &self,
+        tenant: &str,
+        run_id: &str,
+        epoch_id: &str,
+    ) -> Result<Option<Epoch>, MetadataError> {
+        let row = sqlx::query(
+            "SELECT run_id, epoch_id, start_time, end_time, metrics FROM epochs \
+             WHERE tenant = $1 AND run_id = $2 AND epoch_id = $3",
+        )
+        .bind(tenant)
+        .bind(run_id)
+        .bind(epoch_id)
+        .fetch_optional(&self.db.pool)
+        .timed("select")
+        .await?;
+        row.as_ref().map(decode_epoch).transpose()
+    }
+
+    /// Ends a running run. Ending it again with the same outcome and message (a retry)
+    /// returns the run as it ended; any other end of an ended run is `RunEnded`.
     pub async fn end_run(&self, tenant: &str, end: &RunEnd) -> Result<Run, MetadataError> {
         let mut tx = self.db.pool.begin().await?;
-        require_running(&mut tx, tenant, &end.run_id).await?;
+        match require_running(&mut tx, tenant, &end.run_id).await {
+            Ok(()) => {}
+            Err(MetadataError::RunEnded(run_id)) => {
+                drop(tx);
+                let run = self.get_run(tenant, &end.run_id).await?;
+                return if run.success == end.success && run.message == end.message {
+                    Ok(run)
+                } else {
+                    Err(MetadataError::RunEnded(run_id))
+                };
+            }
+            Err(err) => return Err(err),
+        }
         sqlx::query(
             "UPDATE runs SET end_time = $1, success = $2, message = $3, ended = 1 \
              WHERE tenant = $4 AND run_id = $5",

@@ -192,6 +192,110 @@ async fn duplicates_are_already_exists_and_change_nothing() {
 }
 
 #[tokio::test]
+async fn retried_calls_with_the_same_content_succeed_and_record_once() {
+    for backend in backends() {
+        let env = env(backend).await;
+        let mut running = start(&env).await;
+        let client = &mut running.client;
+        // A client whose answer was lost sends the very same request again.
+        client
+            .log_run_start(start_request("7", "first"))
+            .await
+            .expect("start");
+        let again = client
+            .log_run_start(start_request("7", "first"))
+            .await
+            .expect("the same start again")
+            .into_inner();
+        assert_eq!(again.path, "run_7");
+        assert_eq!(again.run_info.expect("run").message, "Running");
+        let mut later = start_request("7", "first");
+        later.start_time = "2021-08-01T00:00:01Z".into();
+        assert_status(
+            client.log_run_start(later).await,
+            Code::AlreadyExists,
+            "run 7",
+        );
+
+        for _ in 0..2 {
+            let logged = client
+                .log_epoch(epoch_request("7", "1", "0.1"))
+                .await
+                .expect("epoch 1, twice")
+                .into_inner();
+            assert_eq!(logged.epoch_info.expect("epoch").metrics["accuracy"], "0.1");
+        }
+        let mut other_times = epoch_request("7", "1", "0.1");
+        other_times.epoch_info.as_mut().expect("epoch").end_time = "2021-08-01T01:31:00Z".into();
+        assert_status(
+            client.log_epoch(other_times).await,
+            Code::AlreadyExists,
+            "epoch 1",
+        );
+        client
+            .log_epoch(epoch_request("7", "2", "0.2"))
+            .await
+            .expect("epoch 2");
+        let info = status(client, "7").await.expect("status");
+        assert_eq!(info.epochs.len(), 2);
+        assert_eq!(info.epochs["1"].end_time, "2021-08-01T01:30:00Z");
+
+        put_model_files(&env, "7").await;
+        for _ in 0..2 {
+            let created = client
+                .create_artifact(artifact_request("7", "intent", "run_7"))
+                .await
+                .expect("the same artifact, twice")
+                .into_inner();
+            assert_eq!(created.version, "1");
+        }
+
+        let ended = client
+            .log_run_end(end_request("7", true, "done"))
+            .await
+            .expect("end")
+            .into_inner()
+            .run_info
+            .expect("run");
+        let mut late = end_request("7", true, "done");
+        late.end_time = "2021-08-01T02:00:05Z".into();
+        let again = client
+            .log_run_end(late)
+            .await
+            .expect("the same outcome again")
+            .into_inner()
+            .run_info
+            .expect("run");
+        assert_eq!(again, ended, "the first end stays");
+        for (success, message) in [(true, "other"), (false, "done")] {
+            assert_status(
+                client.log_run_end(end_request("7", success, message)).await,
+                Code::FailedPrecondition,
+                "ended",
+            );
+        }
+        // An ended run is not started again, even by the same request.
+        assert_status(
+            client.log_run_start(start_request("7", "first")).await,
+            Code::AlreadyExists,
+            "run 7",
+        );
+        let info = status(client, "7").await.expect("status");
+        assert!(info.success);
+        assert_eq!(info.message, "done");
+        assert_eq!(info.end_time, "2021-08-01T02:00:00Z");
+        assert_eq!(info.epochs.len(), 2);
+        let artifact = client
+            .get_artifact(pb::GetArtifactRequest { run_id: "7".into() })
+            .await
+            .expect("artifact")
+            .into_inner();
+        assert_eq!(artifact.version, "1");
+        running.stop().await;
+    }
+}
+
+#[tokio::test]
 async fn unknown_runs_are_not_found() {
     for backend in backends() {
         let env = env(backend).await;
