@@ -8,6 +8,7 @@ use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 
 use crate::config::S3Config;
 
+pub mod grants;
 mod writer;
 
 pub use writer::{ObjectWriter, PART_SIZE};

@@ -287,6 +287,34 @@ pub fn assert_status<T: std::fmt::Debug>(
     );
 }
 
+/// One plain HTTP/1.1 request to an `http://` URL exactly as given (no signing, no
+/// re-encoding); the status code and the raw body.
+pub async fn http_request(method: &str, url: &str, body: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow::anyhow!("{url} is not an http:// URL"))?;
+    let (authority, target) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let target = if target.is_empty() { "/" } else { target };
+    let mut stream = tokio::net::TcpStream::connect(authority).await?;
+    let head = format!(
+        "{method} {target} HTTP/1.1\r\nHost: {authority}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let text = String::from_utf8_lossy(&response);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no HTTP status in {text}"))?;
+    let start = text.find("\r\n\r\n").map_or(response.len(), |at| at + 4);
+    Ok((status, response[start..].to_vec()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::replace_database;

@@ -29,6 +29,11 @@ pub struct AlgorithmConfig {
     pub gpu_image: String,
     /// The pretrained model (in the models bucket) the algorithm needs; empty for none.
     pub pretrained: String,
+    /// The trainer gets the object store's own keys (`MINIO_SERVER_ACCESS_KEY` /
+    /// `MINIO_SERVER_SECRET_KEY`), for images that talk S3 themselves (MiniAutoML's). Without
+    /// it (the default) the trainer gets only presigned URLs of the objects its job needs
+    /// (`AUTOML_OBJECT_GRANTS`) and no S3 secret at all.
+    pub raw_s3_access: bool,
 }
 
 /// Which backend runs trainers.
@@ -77,7 +82,8 @@ pub struct KubernetesConfig {
     pub namespace: String,
     /// Service account of trainer pods; empty: the namespace's default.
     pub service_account: String,
-    /// Secret holding the S3 credentials trainers get through `secretKeyRef`.
+    /// Secret holding the S3 credentials that trainers of `raw_s3_access` algorithms get
+    /// through `secretKeyRef` (required only when some algorithm has raw access).
     pub s3_secret_name: String,
     /// Key of the access key in that Secret.
     pub s3_access_key_key: String,
@@ -217,11 +223,12 @@ impl TrainingConfig {
                 }
             }
             let k8s = &self.kubernetes;
-            if k8s.s3_secret_name.is_empty() {
-                return Err(ConfigError::Validation(
-                    "training_service.kubernetes.s3_secret_name is required by the kubernetes backend"
-                        .into(),
-                ));
+            if let Some((name, _)) = self.algorithms.iter().find(|(_, a)| a.raw_s3_access)
+                && k8s.s3_secret_name.is_empty()
+            {
+                return Err(ConfigError::Validation(format!(
+                    "training_service.kubernetes.s3_secret_name is required by the kubernetes backend when an algorithm has raw_s3_access ({name})"
+                )));
             }
             if k8s.backoff_limit < 0 || k8s.ttl_seconds_after_finished < 0 {
                 return Err(ConfigError::Validation(

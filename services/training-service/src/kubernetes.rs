@@ -38,7 +38,8 @@ pub const CONTAINER: &str = "trainer";
 pub const DEFAULT_TRAINER: &str = "automl-train";
 /// Key of the job token in the job's own Secret.
 pub const TOKEN_KEY: &str = "token";
-/// Trainer variables that come from the S3 Secret instead of a value.
+/// Trainer variables that come from the S3 Secret instead of a value (only `raw_s3_access`
+/// algorithms have them; the others get presigned URLs).
 pub const ACCESS_KEY_VAR: &str = "MINIO_SERVER_ACCESS_KEY";
 /// See [`ACCESS_KEY_VAR`].
 pub const SECRET_KEY_VAR: &str = "MINIO_SERVER_SECRET_KEY";
@@ -751,5 +752,63 @@ mod tests {
         );
         assert_eq!(label_value("-a b/c-"), "a_b_c");
         assert_eq!(label_value(&"x".repeat(80)).len(), 63);
+    }
+
+    #[test]
+    fn only_raw_s3_access_algorithms_reference_the_s3_secret() {
+        use crate::config::AlgorithmConfig;
+        use automl_common::config::S3Config;
+        let config = KubernetesConfig::default();
+        let s3 = S3Config {
+            access_key: "root-access".into(),
+            secret_key: "root-secret".into(),
+            ..S3Config::default()
+        };
+        let manifest_for = |algorithm: &AlgorithmConfig| {
+            let mut env = vec![
+                ("JOB_ID".to_string(), "7".to_string()),
+                (
+                    automl_common::s3::grants::GRANTS_ENV.to_string(),
+                    r#"{"expires_at":"","grants":[]}"#.to_string(),
+                ),
+            ];
+            env.extend(crate::grants::s3_key_env(algorithm, &s3));
+            let trainer = TrainerSpec { env, ..trainer() };
+            let manifest = job_manifest(&config, "ml", &job(0), &trainer).expect("manifest");
+            serde_json::to_value(&manifest).expect("json")
+        };
+        let secret_refs = |value: &serde_json::Value| -> Vec<String> {
+            value["spec"]["template"]["spec"]["containers"][0]["env"]
+                .as_array()
+                .expect("env")
+                .iter()
+                .filter_map(|var| {
+                    var["valueFrom"]["secretKeyRef"]["name"]
+                        .as_str()
+                        .map(str::to_string)
+                })
+                .collect()
+        };
+        let built_in = manifest_for(&AlgorithmConfig::default());
+        assert!(
+            !secret_refs(&built_in).contains(&config.s3_secret_name),
+            "{built_in}"
+        );
+        let text = built_in.to_string();
+        assert!(!text.contains(ACCESS_KEY_VAR) && !text.contains(SECRET_KEY_VAR));
+        assert!(!text.contains("root-secret"));
+        let raw = manifest_for(&AlgorithmConfig {
+            raw_s3_access: true,
+            ..AlgorithmConfig::default()
+        });
+        assert_eq!(
+            secret_refs(&raw)
+                .iter()
+                .filter(|name| **name == config.s3_secret_name)
+                .count(),
+            2,
+            "{raw}"
+        );
+        assert!(!raw.to_string().contains("root-secret"));
     }
 }

@@ -4,6 +4,7 @@
 //! - [`config`]: the service's configuration section and the algorithm registry.
 //! - [`model`]: job states and specs, and the submission checks.
 //! - [`store`]: SQL persistence; claims are one transaction under the concurrency limit.
+//! - [`grants`]: the presigned URLs of exactly the objects a trainer's job needs.
 //! - [`local`]: the local backend (child processes, per-job logs, cancel by kill).
 //! - [`kubernetes`]: the Kubernetes backend (batch/v1 Jobs, watches, pod logs, re-attach).
 //! - [`service`]: scheduler, launch, exit handling, restart reconciliation, watch and logs.
@@ -12,6 +13,7 @@
 
 pub mod config;
 pub mod error;
+pub mod grants;
 pub mod grpc;
 pub mod kubernetes;
 pub mod local;

@@ -141,6 +141,8 @@ pub const RESERVED_VARIABLES: &[&str] = &[
     "TRAINING_DATA_PATH",
     "BASE_RUN_ID",
     "PRETRAINED_MODEL",
+    // The presigned URLs of the job's objects (also covered by the `AUTOML_` prefix).
+    "AUTOML_OBJECT_GRANTS",
     // What the process loader and shell read: a parameter must not change which code runs.
     "PATH",
     "HOME",

@@ -39,6 +39,8 @@ echo "MINIO_SERVER=$MINIO_SERVER"
 echo "MODEL_BUCKET=$MODEL_BUCKET"
 echo "EPOCHS=$EPOCHS LR=$LR"
 echo "PRETRAINED_MODEL=$PRETRAINED_MODEL DEVICE=$DEVICE ARGS=$*"
+echo "MINIO_SERVER_ACCESS_KEY=${{MINIO_SERVER_ACCESS_KEY-unset}} MINIO_SERVER_SECRET_KEY=${{MINIO_SERVER_SECRET_KEY-unset}}"
+echo "AUTOML_OBJECT_GRANTS=$AUTOML_OBJECT_GRANTS"
 sleep "${{SLEEP:-0.1}}"
 code="${{EXIT_CODE:-0}}"
 if [ "$code" = 0 ]; then
@@ -423,6 +425,120 @@ async fn a_job_runs_with_the_trainer_environment_and_succeeds() {
         assert!(run.success);
         cluster.stop().await;
     }
+}
+
+/// The built-in algorithm's trainer gets no S3 key, only presigned URLs of its own objects: its
+/// snapshot can be read through its grant, while the same URL edited to another tenant's
+/// snapshot or another run's folder, and an unsigned request, are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trainer_gets_grants_for_its_own_objects_and_no_s3_keys() {
+    use automl_common::s3::grants::{GRANTS_ENV, Method, ObjectGrants};
+    use automl_common::testing::http_request;
+    let mut cluster = Cluster::start(backends()[0], 1).await;
+    let job_id = cluster.train(&[]).await;
+    let done = cluster.wait_final(job_id).await;
+    assert_eq!(
+        done.status(),
+        pb::TrainingStatus::Succeed,
+        "{}",
+        done.message
+    );
+    let log = cluster.log(job_id).await;
+    let s3 = &cluster.env.common.s3;
+    assert!(
+        log.contains("MINIO_SERVER_ACCESS_KEY=unset MINIO_SERVER_SECRET_KEY=unset"),
+        "{log}"
+    );
+    assert!(
+        !log.contains(&s3.secret_key),
+        "the S3 secret reached the trainer"
+    );
+    let document = log
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{GRANTS_ENV}=")))
+        .expect("grants in the environment");
+    let grants = ObjectGrants::from_json(document).expect("grants document");
+    assert!(!grants.expires_at.is_empty());
+    let objects = &cluster.env.objects;
+    let snapshot = "versionedDatasets/1/hashAg==/examples.csv";
+    let grant = grants
+        .find(Method::Get, &objects.datasets_bucket, snapshot)
+        .expect("a grant for the snapshot");
+    assert!(
+        grant
+            .url
+            .starts_with(&format!("http://{}/", cluster.env.s3_host_port()))
+    );
+    let own_run = format!("run_{job_id}/manifest.json");
+    let put = grants
+        .find(Method::Put, &objects.models_bucket, &own_run)
+        .expect("a grant for the run's artifact");
+    // Nothing else is writable.
+    for grant in &grants.grants {
+        if grant.method == Method::Put {
+            assert!(
+                grant.key.starts_with(&format!("run_{job_id}/")),
+                "{grant:?}"
+            );
+        }
+    }
+
+    let (status, body) = http_request("GET", &grant.url, b"").await.expect("get");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("book a flight"));
+    // Another tenant's snapshot of the same dataset and version.
+    let other_tenant = grant
+        .url
+        .replace("/versionedDatasets/", "/team-b/versionedDatasets/");
+    assert_ne!(other_tenant, grant.url);
+    let (status, _) = http_request("GET", &other_tenant, b"").await.expect("get");
+    assert_eq!(status, 403);
+    // Another run's folder.
+    let other_run = put.url.replace(&format!("/run_{job_id}/"), "/run_999/");
+    assert_ne!(other_run, put.url);
+    let (status, _) = http_request("PUT", &other_run, b"{}").await.expect("put");
+    assert_eq!(status, 403);
+    let (status, _) = http_request("PUT", &put.url, b"{}").await.expect("put");
+    assert_eq!(status, 200);
+    // No signature at all.
+    let unsigned = grant.url.split('?').next().expect("url").to_string();
+    let (status, _) = http_request("GET", &unsigned, b"").await.expect("get");
+    assert_eq!(status, 403);
+    cluster.stop().await;
+}
+
+/// An algorithm marked `raw_s3_access` (an image that talks S3 itself) gets the keys and no
+/// grants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_s3_access_trainer_gets_the_keys() {
+    let mut cluster = Cluster::start_with(backends()[0], 1, |config| {
+        for algorithm in config.algorithms.values_mut() {
+            algorithm.raw_s3_access = true;
+        }
+    })
+    .await;
+    let job_id = cluster.train(&[]).await;
+    let done = cluster.wait_final(job_id).await;
+    assert_eq!(
+        done.status(),
+        pb::TrainingStatus::Succeed,
+        "{}",
+        done.message
+    );
+    let log = cluster.log(job_id).await;
+    let s3 = &cluster.env.common.s3;
+    assert!(
+        log.contains(&format!(
+            "MINIO_SERVER_ACCESS_KEY={} MINIO_SERVER_SECRET_KEY={}",
+            s3.access_key, s3.secret_key
+        )),
+        "{log}"
+    );
+    assert!(
+        log.lines().any(|line| line == "AUTOML_OBJECT_GRANTS="),
+        "{log}"
+    );
+    cluster.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -84,6 +84,71 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
+/// Where pretrained files are read from: the object store itself, or the objects a trainer was
+/// granted.
+pub trait Source: Sync {
+    /// The whole (small) object.
+    fn get_bytes(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> impl Future<Output = std::result::Result<Vec<u8>, S3Error>> + Send;
+
+    /// The object written into `path`; returns its size.
+    fn get_to_file(
+        &self,
+        bucket: &str,
+        key: &str,
+        path: &Path,
+    ) -> impl Future<Output = std::result::Result<u64, S3Error>> + Send;
+}
+
+impl Source for ObjectStore {
+    async fn get_bytes(&self, bucket: &str, key: &str) -> std::result::Result<Vec<u8>, S3Error> {
+        ObjectStore::get_bytes(self, bucket, key).await
+    }
+
+    async fn get_to_file(
+        &self,
+        bucket: &str,
+        key: &str,
+        path: &Path,
+    ) -> std::result::Result<u64, S3Error> {
+        let io = |err: std::io::Error| S3Error::Other(format!("{}: {err}", path.display()));
+        let mut reader = self.reader(bucket, key).await?;
+        let mut file = tokio::fs::File::create(path).await.map_err(io)?;
+        let size = tokio::io::copy_buf(&mut reader, &mut file)
+            .await
+            .map_err(io)?;
+        file.flush().await.map_err(io)?;
+        file.sync_all().await.map_err(io)?;
+        Ok(size)
+    }
+}
+
+/// Where the embeddings of a snapshot computed by a pretrained encoder are cached, in the
+/// models bucket: `<tenant prefix>embeddings/<name>-<digest prefix>/<snapshot id>.safetensors`,
+/// the snapshot id being 128 bits of the sha256 of its dataset id and version hash (snapshots
+/// are immutable; the row count is checked on use). training-service computes it at launch to
+/// grant it. The key stays short: some S3 servers (s3s-fs, the embedded endpoint) keep a side
+/// file per object whose name grows with the key and must fit the file system's 255 bytes.
+pub fn embeddings_key(
+    tenant_prefix: &str,
+    name: &str,
+    encoder_digest: &str,
+    dataset_id: &str,
+    version_hash: &str,
+) -> String {
+    let snapshot = hex::encode(Sha256::digest(
+        format!("{dataset_id}\n{version_hash}").as_bytes(),
+    ));
+    format!(
+        "{tenant_prefix}embeddings/{name}-{}/{}.safetensors",
+        encoder_digest.get(..16).unwrap_or(encoder_digest),
+        &snapshot[..32]
+    )
+}
+
 fn root(name: &str) -> String {
     format!("pretrained/{name}")
 }
@@ -161,7 +226,7 @@ pub async fn import(
 
 /// The imported version of `name` in `bucket`, if any.
 pub async fn current(
-    store: &ObjectStore,
+    store: &impl Source,
     bucket: &str,
     name: &str,
 ) -> Result<Option<PretrainedRef>> {
@@ -184,7 +249,7 @@ pub async fn current(
 
 /// The reference of `name` at exactly `digest` (what a job or a model was built on).
 pub async fn at_digest(
-    store: &ObjectStore,
+    store: &impl Source,
     bucket: &str,
     name: &str,
     digest: &str,
@@ -215,7 +280,7 @@ pub async fn at_digest(
 /// The local directory holding `reference`'s files under `cache_root`, downloading them first
 /// when missing (into a temp directory renamed into place, checked against the digest).
 pub async fn fetch(
-    store: &ObjectStore,
+    store: &impl Source,
     reference: &PretrainedRef,
     cache_root: &Path,
 ) -> Result<PathBuf> {
@@ -243,7 +308,7 @@ pub async fn fetch(
     result
 }
 
-async fn download_into(store: &ObjectStore, reference: &PretrainedRef, temp: &Path) -> Result<()> {
+async fn download_into(store: &impl Source, reference: &PretrainedRef, temp: &Path) -> Result<()> {
     tokio::fs::create_dir_all(temp)
         .await
         .map_err(|e| Error::io(temp, e))?;
@@ -251,8 +316,8 @@ async fn download_into(store: &ObjectStore, reference: &PretrainedRef, temp: &Pa
     for name in FILES {
         let key = format!("{}/{name}", reference.prefix);
         let path = temp.join(name);
-        let mut reader = match store.reader(&reference.bucket, &key).await {
-            Ok(reader) => reader,
+        match store.get_to_file(&reference.bucket, &key, &path).await {
+            Ok(_) => {}
             Err(S3Error::NotFound(_)) => {
                 return Err(Error::Pretrained(format!(
                     "{} has no {name} at {}/{key}; import it with `automl pretrained import`",
@@ -261,16 +326,7 @@ async fn download_into(store: &ObjectStore, reference: &PretrainedRef, temp: &Pa
                 )));
             }
             Err(err) => return Err(err.into()),
-        };
-        let mut file = tokio::fs::File::create(&path)
-            .await
-            .map_err(|e| Error::io(&path, e))?;
-        tokio::io::copy_buf(&mut reader, &mut file)
-            .await
-            .map_err(|e| Error::io(&path, e))?;
-        file.flush().await.map_err(|e| Error::io(&path, e))?;
-        file.sync_all().await.map_err(|e| Error::io(&path, e))?;
-        drop(file);
+        }
         let hash_path = path.clone();
         let sha = tokio::task::spawn_blocking(move || sha256_file(&hash_path))
             .await

@@ -216,3 +216,76 @@ async fn a_failed_run_is_ended_with_the_reason_and_a_non_zero_exit() -> anyhow::
     cluster.db.close().await;
     Ok(())
 }
+
+/// The environment training-service gives the built-in algorithm: no S3 keys, presigned URLs of
+/// the snapshot's files (`GET`) and of the run's artifact files (`PUT`) only.
+async fn granted_env(
+    cluster: &Cluster,
+    job_id: &str,
+    snapshot_files: &[&str],
+) -> anyhow::Result<HashMap<String, String>> {
+    use automl_common::s3::grants::{self, GRANTS_ENV, Method, ObjectGrants};
+    use std::time::Duration;
+    let objects = &cluster.env.objects;
+    let hour = Duration::from_secs(3600);
+    let mut granted = ObjectGrants {
+        expires_at: grants::expires_at(hour),
+        grants: Vec::new(),
+    };
+    for name in snapshot_files {
+        let key = format!("{SNAPSHOT}/{name}");
+        granted.grants.push(
+            objects
+                .presign(Method::Get, &objects.datasets_bucket, &key, hour)
+                .await?,
+        );
+    }
+    for name in ["model.safetensors", "vocab.json", "manifest.json"] {
+        let key = format!("run_{job_id}/{name}");
+        granted.grants.push(
+            objects
+                .presign(Method::Put, &objects.models_bucket, &key, hour)
+                .await?,
+        );
+    }
+    let mut vars = trainer_env(cluster, job_id, SNAPSHOT);
+    vars.remove("MINIO_SERVER_ACCESS_KEY");
+    vars.remove("MINIO_SERVER_SECRET_KEY");
+    vars.insert(GRANTS_ENV.into(), granted.to_json());
+    Ok(vars)
+}
+
+#[tokio::test]
+async fn trains_through_presigned_urls_alone_and_names_an_object_without_a_grant()
+-> anyhow::Result<()> {
+    let mut cluster = start().await?;
+    let vars = granted_env(&cluster, "2", &["examples.csv", "labels.csv"]).await?;
+    let (ok, stdout) = run_trainer(vars).await?;
+    assert!(ok, "automl-train failed: {stdout}");
+    assert!(stdout.contains("uploaded"), "{stdout}");
+    let run = run_info(&mut cluster, "2").await?;
+    assert!(run.success, "{run:?}");
+    let models = &cluster.env.objects.models_bucket;
+    for name in ["model.safetensors", "vocab.json", "manifest.json"] {
+        let bytes = cluster
+            .env
+            .objects
+            .get_bytes(models, &format!("run_2/{name}"))
+            .await?;
+        assert!(!bytes.is_empty(), "{name}");
+    }
+
+    let vars = granted_env(&cluster, "3", &["examples.csv"]).await?;
+    let (ok, stdout) = run_trainer(vars).await?;
+    assert!(!ok, "trained without a grant for labels.csv");
+    let run = run_info(&mut cluster, "3").await?;
+    assert!(!run.success);
+    assert!(
+        run.message.contains("no grant to GET") && run.message.contains("labels.csv"),
+        "{} / {stdout}",
+        run.message
+    );
+    cluster.server.stop().await;
+    cluster.db.close().await;
+    Ok(())
+}

@@ -7,15 +7,14 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use automl_common::s3::{ObjectStore, S3Error};
+use automl_common::s3::S3Error;
+use automl_common::s3::grants::Method;
 use automl_common::time::now_iso;
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
-use sha2::{Digest, Sha256};
 
-use super::remote::{
-    Client, base_location, download, object_store, record_artifact, train_logging_epochs,
-};
+use super::objects::Objects;
+use super::remote::{Client, base_location, download, record_artifact, train_logging_epochs};
 use super::trainer_env::TrainerEnv;
 use super::{epoch_line, local};
 use crate::artifact::{Lineage, MANIFEST_FILE};
@@ -242,7 +241,7 @@ pub async fn train_and_publish(
     bucket: &str,
     path: &str,
 ) -> anyhow::Result<f64> {
-    let store = object_store(env);
+    let store = Objects::from_env(env)?;
     let Some(named) = env.pretrained_model.as_deref() else {
         bail!(
             "PRETRAINED_MODEL is not set: {ALGORITHM} needs the pretrained model training-service names"
@@ -267,7 +266,6 @@ pub async fn train_and_publish(
     let prefix = env.data_path.trim_end_matches('/');
     let examples = download(&store, &env.data_bucket, &format!("{prefix}/examples.csv")).await?;
     let labels = download(&store, &env.data_bucket, &format!("{prefix}/labels.csv")).await?;
-    let examples_digest = hex::encode(Sha256::digest(&examples));
     let data = Dataset::parse(
         std::str::from_utf8(&examples).context("examples.csv is not UTF-8")?,
         std::str::from_utf8(&labels).context("labels.csv is not UTF-8")?,
@@ -296,10 +294,19 @@ pub async fn train_and_publish(
         }
         None => (None, None),
     };
-    // Embeddings depend on the snapshot's bytes and the encoder's weights only. The key stays
-    // short: some S3 servers (s3s-fs, the embedded endpoint) keep a side file per object whose
-    // name grows with the key and must fit the file system's 255 bytes.
-    let cache_key = embeddings_key(&reference.name, &reference.digest, &examples_digest);
+    // Embeddings depend on the snapshot (immutable, named by its dataset and version hash) and
+    // the encoder's weights only; the cache lies under the tenant's prefix, which starts the
+    // run's path.
+    let tenant_prefix = path
+        .strip_suffix(&format!("run_{}", env.job_id))
+        .unwrap_or_default();
+    let cache_key = pretrained::embeddings_key(
+        tenant_prefix,
+        &reference.name,
+        &reference.digest,
+        &env.dataset_id,
+        &env.version_hash,
+    );
     let cacheable = params.finetune == Finetune::Head && weights.is_none();
     let cached = if cacheable {
         cached_embeddings(&store, &reference.bucket, &cache_key, data.examples.len()).await
@@ -321,7 +328,10 @@ pub async fn train_and_publish(
         && cacheable
     {
         match tensor_bytes(&embeddings) {
-            Ok(bytes) => match store.put_bytes(&reference.bucket, &cache_key, bytes).await {
+            Ok(_) if !store.allows(Method::Put, &reference.bucket, &cache_key) => {
+                println!("embeddings not cached: no grant to write {cache_key}");
+            }
+            Ok(bytes) => match store.put(&reference.bucket, &cache_key, bytes).await {
                 Ok(()) => println!("cached embeddings at {}/{cache_key}", reference.bucket),
                 Err(err) => println!("embeddings not cached: {err}"),
             },
@@ -354,55 +364,14 @@ pub async fn train_and_publish(
             continue;
         }
         let key = format!("{path}/{name}");
-        let bytes = upload_file(&store, bucket, &key, &file).await?;
+        let bytes = store
+            .put_file(bucket, &key, &file)
+            .await
+            .with_context(|| format!("cannot write {bucket}/{key}"))?;
         println!("uploaded {bucket}/{key} ({bytes} bytes)");
     }
     record_artifact(env, client, bucket, path).await?;
     Ok(trained.test_accuracy)
-}
-
-/// Where the embeddings of a snapshot (by the sha256 of its `examples.csv`) computed by a
-/// pretrained encoder are cached: `embeddings/<name>-<digest prefix>/<snapshot digest
-/// prefix>.safetensors` (64 and 128 bits of the digests; the row count is checked on use).
-fn embeddings_key(name: &str, encoder_digest: &str, examples_digest: &str) -> String {
-    let short = |digest: &str, n: usize| digest.get(..n).unwrap_or(digest).to_string();
-    format!(
-        "embeddings/{name}-{}/{}.safetensors",
-        short(encoder_digest, 16),
-        short(examples_digest, 32)
-    )
-}
-
-/// Streams a file to the object store (multipart for large ones); returns its size.
-async fn upload_file(
-    store: &ObjectStore,
-    bucket: &str,
-    key: &str,
-    file: &Path,
-) -> anyhow::Result<u64> {
-    use tokio::io::AsyncReadExt;
-    let mut source = tokio::fs::File::open(file)
-        .await
-        .with_context(|| format!("cannot read {}", file.display()))?;
-    let mut writer = store.writer(bucket, key);
-    let mut buffer = vec![0u8; 1 << 20];
-    loop {
-        let read = source
-            .read(&mut buffer)
-            .await
-            .with_context(|| format!("cannot read {}", file.display()))?;
-        if read == 0 {
-            break;
-        }
-        if let Err(err) = writer.write(&buffer[..read]).await {
-            writer.abort().await;
-            return Err(err).with_context(|| format!("cannot write {bucket}/{key}"));
-        }
-    }
-    writer
-        .finish()
-        .await
-        .with_context(|| format!("cannot write {bucket}/{key}"))
 }
 
 fn tensor_bytes(embeddings: &Tensor) -> Result<Vec<u8>> {
@@ -414,12 +383,15 @@ fn tensor_bytes(embeddings: &Tensor) -> Result<Vec<u8>> {
 
 /// The cached embeddings of the snapshot, if present and of the right size.
 async fn cached_embeddings(
-    store: &ObjectStore,
+    store: &Objects,
     bucket: &str,
     key: &str,
     rows: usize,
 ) -> Option<Tensor> {
-    let bytes = match store.get_bytes(bucket, key).await {
+    if !store.allows(Method::Get, bucket, key) {
+        return None;
+    }
+    let bytes = match store.get(bucket, key).await {
         Ok(bytes) => bytes,
         Err(S3Error::NotFound(_)) => return None,
         Err(err) => {
@@ -442,7 +414,7 @@ async fn cached_embeddings(
 /// into `scratch`.
 async fn load_base(
     client: &mut Client,
-    store: &ObjectStore,
+    store: &Objects,
     run_id: &str,
     scratch: &Path,
     digest: &str,
@@ -475,12 +447,10 @@ async fn load_base(
     }
     for name in names {
         let key = format!("{prefix}/{name}");
-        let mut reader = store
-            .reader(&location.bucket, &key)
+        store
+            .get_to_file(&location.bucket, &key, &dir.join(name))
             .await
             .with_context(|| format!("cannot read {}/{key}", location.bucket))?;
-        let mut file = tokio::fs::File::create(dir.join(name)).await?;
-        tokio::io::copy_buf(&mut reader, &mut file).await?;
     }
     let (_, head) =
         artifact::base_head(&dir, device).with_context(|| format!("base run {run_id}"))?;

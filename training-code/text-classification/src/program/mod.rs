@@ -19,6 +19,7 @@
 
 mod encoder_job;
 mod local;
+mod objects;
 mod remote;
 mod trainer_env;
 

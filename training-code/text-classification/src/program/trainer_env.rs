@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use anyhow::{Context, bail};
+use automl_common::s3::grants::{GRANTS_ENV, ObjectGrants};
 
 /// The environment of one training job.
 #[derive(Clone)]
@@ -24,10 +25,13 @@ pub struct TrainerEnv {
     pub model_name: String,
     /// `MINIO_SERVER`: `host:port` (or a URL) of the object store.
     pub minio_server: String,
-    /// `MINIO_SERVER_ACCESS_KEY`.
+    /// `MINIO_SERVER_ACCESS_KEY` (only without grants).
     pub access_key: String,
-    /// `MINIO_SERVER_SECRET_KEY` (never printed).
+    /// `MINIO_SERVER_SECRET_KEY` (only without grants; never printed).
     pub secret_key: String,
+    /// `AUTOML_OBJECT_GRANTS`: presigned URLs of exactly the objects the job may read and
+    /// write; the keys are then not needed (never printed).
+    pub object_grants: Option<ObjectGrants>,
     /// `TRAINING_DATA_BUCKET`: the snapshot's bucket.
     pub data_bucket: String,
     /// `TRAINING_DATA_PATH`: the snapshot's folder (`examples.csv`, `labels.csv`).
@@ -51,6 +55,10 @@ impl std::fmt::Debug for TrainerEnv {
                 &format_args!("{}/{}", self.data_bucket, self.data_path),
             )
             .field("secret_key", &"<redacted>")
+            .field(
+                "object_grants",
+                &self.object_grants.as_ref().map(|g| g.grants.len()),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -72,6 +80,15 @@ impl TrainerEnv {
         {
             bail!("JOB_ID {job_id:?} may hold only letters, digits, '-', '_' and '.'");
         }
+        // With grants the object store's keys are neither needed nor expected.
+        let object_grants = optional(GRANTS_ENV)
+            .map(|text| ObjectGrants::from_json(&text))
+            .transpose()
+            .with_context(|| format!("{GRANTS_ENV} is not a grants document"))?;
+        let keys = |name: &str| match object_grants {
+            Some(_) => Ok(optional(name).unwrap_or_default()),
+            None => required(name),
+        };
         Ok(Self {
             algorithm: optional("ALGORITHM_NAME").unwrap_or_else(|| "intent-classification".into()),
             metadata_store: required("METADATA_STORE_SERVER")?,
@@ -80,8 +97,9 @@ impl TrainerEnv {
             model_bucket: optional("MODEL_BUCKET").unwrap_or_default(),
             model_name: required("MODEL_NAME")?,
             minio_server: required("MINIO_SERVER")?,
-            access_key: required("MINIO_SERVER_ACCESS_KEY")?,
-            secret_key: required("MINIO_SERVER_SECRET_KEY")?,
+            access_key: keys("MINIO_SERVER_ACCESS_KEY")?,
+            secret_key: keys("MINIO_SERVER_SECRET_KEY")?,
+            object_grants,
             data_bucket: required("TRAINING_DATA_BUCKET")?,
             data_path: required("TRAINING_DATA_PATH")?,
             base_run_id: optional("BASE_RUN_ID"),
@@ -147,5 +165,30 @@ mod tests {
         let mut env = miniautoml_env();
         env.insert("JOB_ID".into(), "../x".into());
         assert!(TrainerEnv::from_map(&env).is_err());
+        let mut env = miniautoml_env();
+        env.remove("MINIO_SERVER_SECRET_KEY");
+        let err = TrainerEnv::from_map(&env).expect_err("no keys, no grants");
+        assert!(err.to_string().contains("MINIO_SERVER_SECRET_KEY"), "{err}");
+        env.insert(GRANTS_ENV.into(), "not json".into());
+        let err = TrainerEnv::from_map(&env).expect_err("bad grants");
+        assert!(err.to_string().contains(GRANTS_ENV), "{err}");
+    }
+
+    #[test]
+    fn grants_replace_the_keys() {
+        let mut env = miniautoml_env();
+        env.remove("MINIO_SERVER_ACCESS_KEY");
+        env.remove("MINIO_SERVER_SECRET_KEY");
+        env.insert(
+            GRANTS_ENV.into(),
+            r#"{"expires_at":"2030-01-01T00:00:00Z","grants":[{"method":"GET","bucket":"b","key":"k","url":"http://s3/b/k?X-Amz-Signature=s3cr3t-sig"}]}"#.into(),
+        );
+        let parsed = TrainerEnv::from_map(&env).expect("parses");
+        assert_eq!(
+            parsed.object_grants.as_ref().map(|g| g.grants.len()),
+            Some(1)
+        );
+        assert!(parsed.secret_key.is_empty());
+        assert!(!format!("{parsed:?}").contains("s3cr3t-sig"));
     }
 }
