@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmarks (not part of the tests).
-# Usage: scripts/bench.sh metadata|dataset|predict|predict-encoder|overhead|schedule|train|encoder
+# Usage: scripts/bench.sh metadata|dataset|predict|predict-encoder|overhead|schedule|train|encoder|labels
 #
 #   metadata   LogEpoch throughput and p50/p99 latency with 1, 16 and 64 concurrent callers on
 #              one channel, plus the wall time of 1,000 sequential LogEpoch calls, against a
@@ -35,6 +35,11 @@
 #   encoder    the pretrained sentence encoder all-MiniLM-L6-v2: sentences/s of candle
 #              (automl-train encoder-bench, CPU) against PyTorch with transformers, batch sizes
 #              32 and 1 (scripts/bench/encoder.sh says more).
+#   labels     data-management's bound on labels: a generated TEXT_INTENT file of BENCH_LABELS
+#              (default 1,000,000) rows, each with a label of its own, uploaded and committed
+#              with the CLI; checks the commit is refused naming data_management.max_labels and
+#              prints the server's peak RSS (VmHWM, which must stay under 100 MiB) and the load
+#              average. An S3 endpoint in a process of its own, as in `dataset`.
 #
 # Environment: BENCH_SECONDS (per level, default 5), BENCH_CALLERS, BENCH_PAIRS and BENCH_AA
 # (overhead: the levels, default 1,16,64; how many on/off pairs of servers, default 3; set to 1
@@ -48,12 +53,12 @@ source scripts/lib/tools.sh
 what=${1:-}
 bench=$what
 case "$what" in
-  metadata|dataset|predict|overhead|schedule) ;;
+  metadata|dataset|predict|overhead|schedule|labels) ;;
   predict-encoder) bench=predict ;;
   train) exec scripts/bench/train.sh ;;
   encoder) exec scripts/bench/encoder.sh ;;
   *)
-    echo "usage: scripts/bench.sh metadata|dataset|predict|predict-encoder|overhead|schedule|train|encoder" >&2
+    echo "usage: scripts/bench.sh metadata|dataset|predict|predict-encoder|overhead|schedule|train|encoder|labels" >&2
     exit 2
     ;;
 esac
@@ -63,7 +68,8 @@ pg_admin=${AUTOML_BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgre
 
 log "building release binaries"
 cargo build --release --locked -p automl --bin automl
-cargo bench --locked -p automl --bench "$bench" --no-run
+# (labels drives the CLI and needs no bench executable.)
+[ "$bench" = labels ] || cargo bench --locked -p automl --bench "$bench" --no-run
 # The newest bench executable of that name (cargo leaves older builds and .d files beside it).
 bench_bin=
 for candidate in target/release/deps/"$bench"-*; do
@@ -143,6 +149,50 @@ bench_dataset() {
   stop_server
   server_pid=$s3_pid
   stop_server
+}
+
+# A /proc/PID/status field (VmRSS, VmHWM) in MiB.
+proc_mib() {
+  awk -v field="$2:" '$1 == field { printf "%.1f", $2 / 1024 }' "/proc/$1/status"
+}
+
+bench_labels() {
+  local rows=${BENCH_LABELS:-1000000} limit=100 csv="$work/labels.csv"
+  log "S3 endpoint process"
+  start_server metadata-store "" "$work/s3host"
+  local s3_pid=$server_pid s3_addr=$s3
+  mv "$work/out" "$work/s3host.out"
+  log "data-management on SQLite against http://$s3_addr"
+  AUTOML__S3__ENDPOINT="http://$s3_addr" start_server data-management "" "$work/labels"
+  log "generating $rows rows, each with a label of its own"
+  awk -v n="$rows" 'BEGIN { for (i = 0; i < n; i++) printf "utterance %d,label_%d\n", i, i }' >"$csv"
+  local idle load_before load_after started answer elapsed peak
+  idle=$(proc_mib "$server_pid" VmRSS)
+  load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+  started=$(date +%s%N)
+  if answer=$(target/release/automl dataset --server "$addr" create --name labels --file "$csv" 2>&1); then
+    log "accepted, not refused: $answer"
+    echo "peak RSS $(proc_mib "$server_pid" VmHWM) MiB"
+    return 1
+  fi
+  elapsed=$((($(date +%s%N) - started) / 1000000))
+  load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+  peak=$(proc_mib "$server_pid" VmHWM)
+  answer=$(tr '\r' '\n' <<<"$answer" | grep 'data_management.max_labels') || {
+    log "refused, but not for its labels"
+    return 1
+  }
+  echo "refused: ${answer#automl: }"
+  echo "$(du -m "$csv" | cut -f1) MB, $rows distinct labels: upload + refused commit in $elapsed ms"
+  echo "data-management RSS: $idle MiB idle, peak (VmHWM) $peak MiB (limit ${limit} MiB)"
+  echo "load average: $load_before before, $load_after after"
+  stop_server
+  server_pid=$s3_pid
+  stop_server
+  awk -v peak="$peak" -v limit="$limit" 'BEGIN { exit !(peak < limit) }' || {
+    log "peak RSS $peak MiB is not under $limit MiB"
+    return 1
+  }
 }
 
 # Starts `automl serve all` with the clinc part2 dataset, its snapshot READY; sets $dm, $ms, $ps,
