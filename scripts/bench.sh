@@ -28,7 +28,10 @@
 #              round r on pair r mod BENCH_PAIRS.
 #   schedule   training-service: time from Train to the trainer's start when the snapshot is
 #              READY, and jobs per second through the queue with 1,000 queued jobs of a trivial
-#              trainer (a script that records its start and exits).
+#              trainer (a script that records its start and exits); then the fairness run:
+#              BENCH_TENANTS (default 20) tenants with tokens of their own each submit
+#              BENCH_TENANT_JOBS (default 20) jobs, one tenant after another; jobs/s and the
+#              spread of the tenants' median waits, with the load average.
 #   train      the intent classifier: automl-train (candle, CPU) against a PyTorch reference
 #              of the same model and data split; accuracy, wall time, examples/s
 #              (scripts/bench/train.sh says more).
@@ -349,6 +352,46 @@ bench_schedule() {
   target/release/automl dataset --server "$dm" create --name tiny --file "$work/tiny.csv" >/dev/null
   target/release/automl dataset --server "$dm" prepare --dataset 1 --wait >/dev/null
   "$bench_bin" --addr "$ts" --trace "$trace"
+  stop_server
+  bench_fairness
+}
+
+# The fairness run: BENCH_TENANTS (default 20) tenants, each with its own token and dataset,
+# submit BENCH_TENANT_JOBS (default 20) jobs each, one tenant after the other.
+bench_fairness() {
+  local dir="$work/fairness" trivial="$work/trivial-trainer.sh" trace="$work/fair-trace"
+  local tenants=${BENCH_TENANTS:-20} jobs=${BENCH_TENANT_JOBS:-20}
+  mkdir -p "$dir"
+  : >"$work/tokens"
+  for i in $(seq 1 "$tenants"); do
+    echo "team-$i $(target/release/automl token --data-dir "$dir" create --tenant "team-$i")" >>"$work/tokens"
+  done
+  : >"$work/out"
+  AUTOML__DATA_DIR="$dir" AUTOML__S3__EMBEDDED_BIND=127.0.0.1:0 RUST_LOG=warn \
+    AUTOML__AUTH__ENABLED=true \
+    AUTOML__DATA_MANAGEMENT__PORT=0 AUTOML__METADATA_STORE__PORT=0 \
+    AUTOML__PREDICTION_SERVICE__PORT=0 AUTOML__TRAINING_SERVICE__PORT=0 \
+    AUTOML__TRAINING_SERVICE__ALGORITHMS__TRIVIAL__COMMAND="$trivial" \
+    target/release/automl serve all >"$work/out" 2>"$work/err" &
+  server_pid=$!
+  local dm='' ts=''
+  for _ in $(seq 1 100); do
+    dm=$(sed -n 's/^automl: data-management listening on //p' "$work/out")
+    ts=$(sed -n 's/^automl: training-service listening on //p' "$work/out")
+    [ -n "$ts" ] && break
+    sleep 0.1
+  done
+  [ -n "$ts" ] || { cat "$work/err" >&2; return 1; }
+  dm=127.0.0.1:${dm##*:} ts=127.0.0.1:${ts##*:}
+  while read -r _ token; do
+    AUTOML_TOKEN=$token target/release/automl dataset --server "$dm" create --name tiny \
+      --file "$work/tiny.csv" >/dev/null
+    AUTOML_TOKEN=$token target/release/automl dataset --server "$dm" prepare --dataset 1 \
+      --wait >/dev/null
+  done <"$work/tokens"
+  echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+  "$bench_bin" --addr "$ts" --trace "$trace" --tenants "$work/tokens" --jobs-per-tenant "$jobs"
+  echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
   stop_server
 }
 

@@ -1,10 +1,13 @@
 //! training-service scheduling against `automl serve all` (set up by `scripts/bench.sh
 //! schedule`) with a trivial trainer that only records when it started: the time from Train to
 //! the trainer's start when the snapshot is READY, and jobs per second through the queue with
-//! 1,000 queued jobs.
+//! 1,000 queued jobs. With `--tenants FILE` (lines `tenant token`, authentication on) the
+//! fairness run instead: each tenant in turn submits `--jobs-per-tenant` jobs (the first
+//! tenant's all before the second's first: FIFO's worst case), and the bench reports jobs per
+//! second and each tenant's median wait from Train to its trainer's start.
 //!
 //! Usage: `cargo bench -p automl --bench schedule -- --addr HOST:PORT --trace FILE
-//!        [--latency-jobs 50] [--queue-jobs 1000]`
+//!        [--latency-jobs 50] [--queue-jobs 1000] [--tenants FILE --jobs-per-tenant 20]`
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -32,6 +35,80 @@ fn starts(trace: &str) -> HashMap<i32, u128> {
             Some((job.parse().ok()?, at.trim().parse().ok()?))
         })
         .collect()
+}
+
+/// The fairness run: tenants submit in turn, all jobs queued before most start.
+async fn fairness(
+    channel: Channel,
+    trace: &str,
+    tenants_file: &str,
+    per_tenant: usize,
+) -> anyhow::Result<()> {
+    let tenants: Vec<(String, String)> = std::fs::read_to_string(tenants_file)?
+        .lines()
+        .filter_map(|line| {
+            let (tenant, token) = line.split_once(' ')?;
+            Some((tenant.to_string(), token.trim().to_string()))
+        })
+        .collect();
+    anyhow::ensure!(!tenants.is_empty(), "{tenants_file} names no tenant");
+    let mut submitted: Vec<(usize, i32, u128)> = Vec::new();
+    let started = Instant::now();
+    for (index, (_, token)) in tenants.iter().enumerate() {
+        let value: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse()?;
+        let mut client = TrainingServiceClient::with_interceptor(
+            channel.clone(),
+            move |mut r: tonic::Request<()>| {
+                r.metadata_mut().insert("authorization", value.clone());
+                Ok(r)
+            },
+        );
+        for _ in 0..per_tenant {
+            let sent = now_ns();
+            let job = client.train(request(trace)).await?.into_inner().job_id;
+            submitted.push((index, job, sent));
+        }
+    }
+    let total = submitted.len();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let starts = loop {
+        let starts = starts(trace);
+        if submitted.iter().all(|(_, job, _)| starts.contains_key(job)) {
+            break starts;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "jobs never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let elapsed = started.elapsed();
+    let mut medians = Vec::new();
+    for index in 0..tenants.len() {
+        let mut waits: Vec<f64> = submitted
+            .iter()
+            .filter(|(tenant, _, _)| *tenant == index)
+            .map(|(_, job, sent)| starts[job].saturating_sub(*sent) as f64 / 1e9)
+            .collect();
+        waits.sort_by(f64::total_cmp);
+        medians.push(waits[waits.len() / 2]);
+    }
+    let (first, last) = (medians[0], medians[medians.len() - 1]);
+    let mut sorted = medians.clone();
+    sorted.sort_by(f64::total_cmp);
+    println!(
+        "fairness: {} tenants × {per_tenant} jobs submitted tenant after tenant (limit 1, trivial trainer): \
+         {total} jobs in {:.1} s, {:.1} jobs/s",
+        tenants.len(),
+        elapsed.as_secs_f64(),
+        total as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "  median wait per tenant: min {:.2} s, median {:.2} s, max {:.2} s (max/min {:.2}); \
+         first tenant to submit {first:.2} s, last {last:.2} s",
+        sorted[0],
+        sorted[sorted.len() / 2],
+        sorted[sorted.len() - 1],
+        sorted[sorted.len() - 1] / sorted[0].max(1e-9)
+    );
+    Ok(())
 }
 
 fn request(trace: &str) -> pb::TrainRequest {
@@ -65,6 +142,7 @@ async fn main() -> anyhow::Result<()> {
     let mut addr = String::from("127.0.0.1:6003");
     let mut trace = String::new();
     let (mut latency_jobs, mut queue_jobs) = (50usize, 1000usize);
+    let (mut tenants, mut per_tenant) = (String::new(), 20usize);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -72,6 +150,8 @@ async fn main() -> anyhow::Result<()> {
             "--trace" => trace = args.next().context("--trace needs a value")?,
             "--latency-jobs" => latency_jobs = args.next().context("value")?.parse()?,
             "--queue-jobs" => queue_jobs = args.next().context("value")?.parse()?,
+            "--tenants" => tenants = args.next().context("--tenants needs a value")?,
+            "--jobs-per-tenant" => per_tenant = args.next().context("value")?.parse()?,
             _ => {}
         }
     }
@@ -79,6 +159,9 @@ async fn main() -> anyhow::Result<()> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
         .connect()
         .await?;
+    if !tenants.is_empty() {
+        return fairness(channel, &trace, &tenants, per_tenant).await;
+    }
     let mut client = TrainingServiceClient::new(channel);
 
     let mut histogram = Histogram::<u64>::new(3)?;

@@ -37,12 +37,48 @@ pub struct TrainArgs {
     /// Fine-tune: start from this run's weights.
     #[arg(long, default_value = "")]
     base_run: String,
+    /// Order among your own queued jobs.
+    #[arg(long, value_enum, default_value_t = Priority::Normal)]
+    priority: Priority,
+    /// The longest the trainer may run (seconds); default: training-service's configured one.
+    #[arg(long, default_value_t = 0)]
+    max_runtime: i64,
+    /// CPU for the trainer (a Kubernetes quantity such as 2 or 500m).
+    #[arg(long, default_value = "")]
+    cpu: String,
+    /// Memory for the trainer (a Kubernetes quantity such as 4Gi).
+    #[arg(long, default_value = "")]
+    memory: String,
+    /// GPUs for the trainer.
+    #[arg(long, default_value_t = 0)]
+    gpus: i32,
     /// Follow the job: queue position, a progress bar per epoch, the result.
     #[arg(long)]
     watch: bool,
     /// `host:port` of metadata-store, for the epoch progress of --watch.
     #[arg(long, env = "AUTOML_METADATA_STORE", default_value = "localhost:6002")]
     metadata_server: String,
+}
+
+/// A job's priority among its tenant's queued jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Priority {
+    /// After normal and high.
+    Low,
+    /// The default.
+    Normal,
+    /// Before normal and low.
+    High,
+}
+
+impl Priority {
+    fn contract(self) -> pb::JobPriority {
+        match self {
+            Priority::Low => pb::JobPriority::PriorityLow,
+            Priority::Normal => pb::JobPriority::PriorityNormal,
+            Priority::High => pb::JobPriority::PriorityHigh,
+        }
+    }
 }
 
 /// `automl jobs …`
@@ -99,8 +135,14 @@ pub async fn train(server: &str, args: TrainArgs) -> anyhow::Result<()> {
                 train_data_version_hash: args.version,
                 parameters,
                 output_model_name: args.model_name,
-                resources: None,
+                resources: Some(pb::Resources {
+                    cpu: args.cpu,
+                    memory: args.memory,
+                    gpus: args.gpus,
+                    max_runtime_seconds: args.max_runtime,
+                }),
                 base_run_id: args.base_run,
+                priority: args.priority.contract().into(),
             }),
         })
         .await?

@@ -130,6 +130,99 @@ impl Default for KubernetesConfig {
     }
 }
 
+/// `[training_service.limits]`: the most one job may ask for (`INVALID_ARGUMENT` above).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Most CPU per job (a Kubernetes quantity); empty for no ceiling.
+    pub max_cpu: String,
+    /// Most memory per job (a Kubernetes quantity); empty for no ceiling.
+    pub max_memory: String,
+    /// Most GPUs per job.
+    pub max_gpus: i32,
+    /// Run time of a job that names none (seconds).
+    pub default_max_runtime_seconds: i64,
+    /// Longest run time a job may ask for (seconds).
+    pub max_runtime_seconds: i64,
+    /// Longest a claimed job may take to start its trainer (a pod that stays Pending: no node
+    /// fits, the image cannot be pulled) before it fails and frees its slot (seconds).
+    pub launch_timeout_seconds: i64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_cpu: "16".into(),
+            max_memory: "64Gi".into(),
+            max_gpus: 8,
+            default_max_runtime_seconds: 24 * 3600,
+            max_runtime_seconds: 7 * 24 * 3600,
+            launch_timeout_seconds: 600,
+        }
+    }
+}
+
+/// One tenant's share of the platform (`[training_service.quotas]` for every tenant,
+/// `[training_service.quotas.tenants.<tenant>]` to override it for one).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantQuota {
+    /// Jobs of the tenant launched or running at once; absent or 0: no quota.
+    pub max_running_jobs: Option<i64>,
+    /// GPUs the tenant's launched and running jobs hold at once; absent or 0: no quota.
+    pub max_gpus: Option<i64>,
+    /// Its weight in the fair share (default 1): a tenant of weight 2 is given twice the
+    /// running jobs of a tenant of weight 1 when both wait.
+    pub weight: Option<u32>,
+}
+
+/// `[training_service.quotas]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotasConfig {
+    /// Every tenant's launched and running jobs at once; absent or 0: no quota.
+    pub max_running_jobs: Option<i64>,
+    /// Every tenant's GPUs at once; absent or 0: no quota.
+    pub max_gpus: Option<i64>,
+    /// Every tenant's fair-share weight (default 1).
+    pub weight: Option<u32>,
+    /// Per-tenant overrides, field by field.
+    pub tenants: BTreeMap<String, TenantQuota>,
+}
+
+/// The quota that applies to one tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Jobs at once; `None`: no quota.
+    pub max_running_jobs: Option<i64>,
+    /// GPUs at once; `None`: no quota.
+    pub max_gpus: Option<i64>,
+    /// Fair-share weight (at least 1).
+    pub weight: u32,
+}
+
+impl QuotasConfig {
+    /// The quota of `tenant`: its overrides over the defaults.
+    pub fn of(&self, tenant: &str) -> Quota {
+        let own = self.tenants.get(tenant);
+        Quota {
+            max_running_jobs: own
+                .and_then(|q| q.max_running_jobs)
+                .or(self.max_running_jobs)
+                .filter(|n| *n > 0),
+            max_gpus: own
+                .and_then(|q| q.max_gpus)
+                .or(self.max_gpus)
+                .filter(|n| *n > 0),
+            weight: own
+                .and_then(|q| q.weight)
+                .or(self.weight)
+                .unwrap_or(1)
+                .max(1),
+        }
+    }
+}
+
 /// `[training_service]`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -147,6 +240,10 @@ pub struct TrainingConfig {
     pub trainer_minio_server: String,
     /// Jobs that run at once (across replicas sharing a database).
     pub max_concurrent_jobs: i64,
+    /// What one job may ask for, and its deadlines.
+    pub limits: LimitsConfig,
+    /// Per-tenant quotas and fair-share weights.
+    pub quotas: QuotasConfig,
     /// The scheduler's idle re-check interval (milliseconds).
     pub poll_interval_ms: u64,
     /// `local` (child processes) or `kubernetes` (batch/v1 Jobs).
@@ -166,6 +263,8 @@ impl Default for TrainingConfig {
             metadata_store: "http://127.0.0.1:6002".into(),
             trainer_minio_server: String::new(),
             max_concurrent_jobs: 1,
+            limits: LimitsConfig::default(),
+            quotas: QuotasConfig::default(),
             poll_interval_ms: 1000,
             backend: BackendKind::Local,
             kubernetes: KubernetesConfig::default(),
@@ -204,13 +303,42 @@ impl TrainingConfig {
                 "training_service.max_concurrent_jobs must be at least 1".into(),
             ));
         }
-        for (key, url) in [
+        let limits = &self.limits;
+        if limits.max_gpus < 0
+            || limits.default_max_runtime_seconds < 1
+            || limits.max_runtime_seconds < limits.default_max_runtime_seconds
+            || limits.launch_timeout_seconds < 1
+        {
+            return Err(ConfigError::Validation(
+                "training_service.limits: max_gpus must not be negative, default_max_runtime_seconds and launch_timeout_seconds must be at least 1, and max_runtime_seconds at least default_max_runtime_seconds"
+                    .into(),
+            ));
+        }
+        for (key, value, parse) in [
+            (
+                "max_cpu",
+                &limits.max_cpu,
+                crate::policy::cpu_millis as fn(&str) -> Option<u128>,
+            ),
+            (
+                "max_memory",
+                &limits.max_memory,
+                crate::policy::memory_bytes,
+            ),
+        ] {
+            if !value.is_empty() && parse(value).is_none() {
+                return Err(ConfigError::Validation(format!(
+                    "training_service.limits.{key} `{value}` is not a Kubernetes quantity"
+                )));
+            }
+        }
+        for (url_key, url) in [
             ("data_management", &self.data_management),
             ("metadata_store", &self.metadata_store),
         ] {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(ConfigError::Validation(format!(
-                    "training_service.{key} must start with http:// or https://"
+                    "training_service.{url_key} must start with http:// or https://"
                 )));
             }
         }

@@ -14,7 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::error::TrainingError;
-use crate::model::{JobSpec, JobStatus, Resources};
+use crate::model::{JobSpec, JobStatus, Priority, Resources};
 use crate::service::{JobView, Training};
 
 /// The gRPC face of training-service.
@@ -48,9 +48,11 @@ fn status_number(status: JobStatus) -> pb::TrainingStatus {
     }
 }
 
-fn spec_of(metadata: pb::TrainingJobMetadata) -> JobSpec {
+fn spec_of(metadata: pb::TrainingJobMetadata) -> Result<JobSpec, Status> {
     let resources = metadata.resources.unwrap_or_default();
-    JobSpec {
+    let priority = Priority::from_contract(metadata.priority)
+        .map_err(|err| Status::invalid_argument(err.to_string()))?;
+    Ok(JobSpec {
         algorithm: metadata.algorithm,
         dataset_id: metadata.dataset_id,
         name: metadata.name,
@@ -61,20 +63,28 @@ fn spec_of(metadata: pb::TrainingJobMetadata) -> JobSpec {
             cpu: resources.cpu,
             memory: resources.memory,
             gpus: resources.gpus,
+            max_runtime_seconds: resources.max_runtime_seconds,
         },
         base_run_id: metadata.base_run_id,
+        priority,
         request_id: automl_common::request_id::current().unwrap_or_default(),
         // Given by the service when the job is queued.
         submission: String::new(),
-    }
+    })
 }
 
 fn response(view: JobView) -> pb::GetTrainingStatusResponse {
     let spec = view.job.spec;
+    // MiniAutoML's queue message, counting the caller's own jobs ahead, and why the job
+    // waits when its tenant is at its quota.
     let message = match view.job.status {
-        JobStatus::Queuing => format!(
+        JobStatus::Queuing if view.job.message.is_empty() => format!(
             "Queueing, there are {} training jobs waiting before this.",
             view.position
+        ),
+        JobStatus::Queuing => format!(
+            "Queueing, there are {} training jobs waiting before this; {}",
+            view.position, view.job.message
         ),
         _ => view.job.message,
     };
@@ -93,8 +103,10 @@ fn response(view: JobView) -> pb::GetTrainingStatusResponse {
                 cpu: spec.resources.cpu,
                 memory: spec.resources.memory,
                 gpus: spec.resources.gpus,
+                max_runtime_seconds: spec.resources.max_runtime_seconds,
             }),
             base_run_id: spec.base_run_id,
+            priority: spec.priority.contract(),
         }),
         position_in_queue: i32::try_from(view.position).unwrap_or(i32::MAX),
     }
@@ -126,7 +138,7 @@ impl TrainingService for TrainingGrpc {
             .ok_or_else(|| Status::invalid_argument("metadata is required"))?;
         let job_id = self
             .service
-            .submit(&tenant, spec_of(metadata))
+            .submit(&tenant, spec_of(metadata)?)
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::TrainResponse {

@@ -228,6 +228,9 @@ pub fn job_manifest(
             "annotations": {"automl.io/job-name": job.spec.name},
         },
         "spec": {
+            // The job's run-time deadline, counted by Kubernetes from the Job's start.
+            "activeDeadlineSeconds": (resources.max_runtime_seconds > 0)
+                .then_some(resources.max_runtime_seconds),
             "backoffLimit": config.backoff_limit,
             "ttlSecondsAfterFinished": config.ttl_seconds_after_finished,
             "template": {
@@ -458,6 +461,47 @@ impl KubernetesBackend {
         }))
     }
 
+    /// Why a job's trainer has not started: its pod's scheduling condition or its container's
+    /// waiting reason (`Unschedulable: 0/3 nodes are available …`, `ImagePullBackOff: …`).
+    pub async fn pending_reason(&self, job_id: i64) -> String {
+        let pod = match self.pod_of(job_id).await {
+            Ok(Some(pod)) => pod,
+            Ok(None) => return "no pod was created".into(),
+            Err(err) => return format!("its pod cannot be read: {err}"),
+        };
+        let Some(status) = pod.status else {
+            return "its pod has no status yet".into();
+        };
+        let text = |reason: Option<String>, message: Option<String>| match (
+            reason.unwrap_or_default(),
+            message.unwrap_or_default(),
+        ) {
+            (reason, message) if message.is_empty() => reason,
+            (reason, message) if reason.is_empty() => message,
+            (reason, message) => format!("{reason}: {message}"),
+        };
+        let waiting = status
+            .container_statuses
+            .iter()
+            .flatten()
+            .filter_map(|c| c.state.as_ref()?.waiting.clone())
+            .map(|w| text(w.reason, w.message))
+            .find(|t| !t.is_empty() && t != "ContainerCreating");
+        let unscheduled = status
+            .conditions
+            .iter()
+            .flatten()
+            .filter(|c| c.type_ == "PodScheduled" && c.status == "False")
+            .map(|c| text(c.reason.clone(), c.message.clone()))
+            .find(|t| !t.is_empty());
+        waiting.or(unscheduled).unwrap_or_else(|| {
+            format!(
+                "its pod is {}",
+                status.phase.unwrap_or_else(|| "Pending".into())
+            )
+        })
+    }
+
     /// The newest pod of a job, if one exists yet.
     pub async fn pod_of(&self, job_id: i64) -> Result<Option<Pod>, TrainingError> {
         let pods = self
@@ -676,13 +720,16 @@ mod tests {
                     cpu: "2".into(),
                     memory: "4Gi".into(),
                     gpus,
+                    max_runtime_seconds: 3600,
                 },
                 base_run_id: String::new(),
                 request_id: String::new(),
                 submission: "0f3a9c".into(),
+                ..JobSpec::default()
             },
             backend: "kubernetes".into(),
             backend_ref: String::new(),
+            ..Job::default()
         }
     }
 
@@ -717,6 +764,7 @@ mod tests {
             "intent-classification"
         );
         assert_eq!(value["spec"]["backoffLimit"], 0);
+        assert_eq!(value["spec"]["activeDeadlineSeconds"], 3600);
         assert_eq!(value["spec"]["ttlSecondsAfterFinished"], 86_400);
         let pod = &value["spec"]["template"]["spec"];
         assert_eq!(pod["restartPolicy"], "Never");

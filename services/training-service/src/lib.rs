@@ -3,7 +3,9 @@
 //!
 //! - [`config`]: the service's configuration section and the algorithm registry.
 //! - [`model`]: job states and specs, and the submission checks.
-//! - [`store`]: SQL persistence; claims are one transaction under the concurrency limit.
+//! - [`policy`]: per-job ceilings, tenant quotas, and the fair order of tenants.
+//! - [`store`]: SQL persistence; claims are one transaction under the concurrency limit and
+//!   the tenant's quota.
 //! - [`grants`]: the presigned URLs of exactly the objects a trainer's job needs.
 //! - [`local`]: the local backend (child processes, per-job logs, cancel by kill).
 //! - [`kubernetes`]: the Kubernetes backend (batch/v1 Jobs, watches, pod logs, re-attach).
@@ -18,6 +20,7 @@ pub mod grpc;
 pub mod kubernetes;
 pub mod local;
 pub mod model;
+pub mod policy;
 pub mod service;
 pub mod store;
 
@@ -36,12 +39,20 @@ use crate::error::TrainingError;
 pub const SERVICE: &str = "training_service";
 
 /// The service's migrations, per backend.
-pub const MIGRATIONS: &[MigrationSource] = &[MigrationSource {
-    version: 1,
-    description: "jobs",
-    sqlite: include_str!("../migrations/sqlite/0001_init.sql"),
-    postgres: include_str!("../migrations/postgres/0001_init.sql"),
-}];
+pub const MIGRATIONS: &[MigrationSource] = &[
+    MigrationSource {
+        version: 1,
+        description: "jobs",
+        sqlite: include_str!("../migrations/sqlite/0001_init.sql"),
+        postgres: include_str!("../migrations/postgres/0001_init.sql"),
+    },
+    MigrationSource {
+        version: 2,
+        description: "scheduling",
+        sqlite: include_str!("../migrations/sqlite/0002_scheduling.sql"),
+        postgres: include_str!("../migrations/postgres/0002_scheduling.sql"),
+    },
+];
 
 /// Opens the database, reconciles jobs left running by a previous process, starts the
 /// scheduler, and returns the routes, the service handle and the database to close.

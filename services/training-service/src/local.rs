@@ -1,11 +1,18 @@
-//! The local backend: each job's trainer is a child process with the trainer environment; its
-//! stdout and stderr go to the job's log file; cancel kills it; its exit code decides the
-//! outcome.
+//! The local backend: each job's trainer is a child process with the trainer environment, in
+//! its own process group; its stdout and stderr go to the job's log file; cancel and the
+//! job's deadline kill the group; its exit code decides the outcome.
+//!
+//! A trainer is known by its pid and the kernel's start time of that pid (`pid:start`), so
+//! after a restart a pid that now belongs to another process is neither signalled nor taken
+//! for the trainer.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Mutex;
+use std::time::Duration;
+
+use rustix::process::{Pid, PidfdFlags, Signal};
 
 use tokio::process::Command;
 use tokio::sync::mpsc;
@@ -22,6 +29,11 @@ pub enum Exit {
     Failed(String),
     /// Killed on request.
     Canceled,
+}
+
+/// Why a trainer was stopped at its deadline.
+pub fn deadline_message(seconds: u64) -> String {
+    format!("deadline exceeded after {seconds} s")
 }
 
 /// Variables of training-service's own environment a local trainer inherits: what locates
@@ -62,16 +74,17 @@ impl LocalBackend {
         self.log_dir.join(format!("job-{job_id}.log"))
     }
 
-    /// Starts `command` with `args` and `env` for `job_id`; returns its pid. The exit is sent
-    /// to `exits`.
+    /// Starts `command` with `args` and `env` for `job_id`, to be killed after `deadline`;
+    /// returns its identity (`pid:start`). The exit is sent to `exits`.
     pub fn launch(
         &self,
         job_id: i64,
         command: &Path,
         args: &[String],
         env: &[(String, String)],
+        deadline: Duration,
         exits: mpsc::UnboundedSender<(i64, Exit)>,
-    ) -> Result<u32, TrainingError> {
+    ) -> Result<String, TrainingError> {
         std::fs::create_dir_all(&self.log_dir)?;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -91,6 +104,8 @@ impl LocalBackend {
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
+            // Its own group: cancel and the deadline stop what it started too.
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .map_err(|err| {
@@ -100,6 +115,12 @@ impl LocalBackend {
                 ))
             })?;
         let pid = child.id().unwrap_or_default();
+        let identity = identity_of(pid).ok_or_else(|| {
+            TrainingError::FailedPrecondition(format!(
+                "trainer {} ended before it could be followed",
+                command.display()
+            ))
+        })?;
         let cancel = CancellationToken::new();
         if let Ok(mut running) = self.running.lock() {
             running.insert(job_id, cancel.clone());
@@ -115,13 +136,19 @@ impl LocalBackend {
                     Err(err) => Exit::Failed(format!("lost the trainer process: {err}")),
                 },
                 () = cancel.cancelled() => {
+                    kill_group(pid);
                     let _ = child.kill().await;
                     Exit::Canceled
+                }
+                () = tokio::time::sleep(deadline) => {
+                    kill_group(pid);
+                    let _ = child.kill().await;
+                    Exit::Failed(deadline_message(deadline.as_secs()))
                 }
             };
             let _ = exits.send((job_id, exit));
         });
-        Ok(pid)
+        Ok(identity)
     }
 
     /// Kills a job's trainer; false when this process does not run it.
@@ -148,9 +175,87 @@ impl LocalBackend {
     }
 }
 
-/// Whether a process with this pid exists (Linux: /proc).
-pub fn process_alive(pid: &str) -> bool {
-    !pid.is_empty()
-        && pid.bytes().all(|b| b.is_ascii_digit())
-        && Path::new(&format!("/proc/{pid}")).exists()
+/// The kernel's start time of running process `pid` (clock ticks after boot, `/proc/<pid>/stat`
+/// field 22), which tells it from a later process given the same pid; `None` once it ended.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after its end.
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    // A zombie (state Z) has ended; only its parent has yet to reap it.
+    if fields.next()? == "Z" {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
+}
+
+/// `pid:start` of a running process.
+pub fn identity_of(pid: u32) -> Option<String> {
+    Some(format!("{pid}:{}", start_time(pid)?))
+}
+
+/// The pid of a stored identity, when the process it names still runs; `None` for a pid now
+/// used by another process, a process that ended, or a reference without a start time.
+fn verified_pid(identity: &str) -> Option<u32> {
+    let (pid, start) = identity.split_once(':')?;
+    let pid: u32 = pid.parse().ok().filter(|pid| *pid > 1)?;
+    let start: u64 = start.parse().ok()?;
+    (start_time(pid) == Some(start)).then_some(pid)
+}
+
+/// Whether the trainer of a stored identity still runs.
+pub fn trainer_alive(identity: &str) -> bool {
+    verified_pid(identity).is_some()
+}
+
+/// Kills the trainer of a stored identity and its process group, only if that pid is still
+/// the process this backend started; false when it is not (or is gone).
+pub fn kill_trainer(identity: &str) -> bool {
+    let Some(pid) = identity
+        .split_once(':')
+        .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        .and_then(|pid| Pid::from_raw(i32::try_from(pid).ok()?))
+    else {
+        return false;
+    };
+    // Hold the process by a pidfd first: once its start time is verified, the signal cannot
+    // reach a process that took the pid in between.
+    let Ok(pidfd) = rustix::process::pidfd_open(pid, PidfdFlags::empty()) else {
+        return false;
+    };
+    if verified_pid(identity).is_none() {
+        return false;
+    }
+    let _ = rustix::process::pidfd_send_signal(&pidfd, Signal::KILL);
+    let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+    true
+}
+
+/// Kills the process group a trainer leads (it was started as its own group); only called
+/// before the trainer is reaped, while its pid cannot be given to another process.
+fn kill_group(pid: u32) {
+    if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+        let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pid_with_another_start_time_is_not_the_trainer() {
+        let me = std::process::id();
+        let identity = identity_of(me).expect("own identity");
+        assert!(trainer_alive(&identity));
+        let (pid, start) = identity.split_once(':').expect("pid:start");
+        let start: u64 = start.parse().expect("number");
+        let reused = format!("{pid}:{}", start + 1);
+        assert!(!trainer_alive(&reused));
+        assert!(
+            !kill_trainer(&reused),
+            "never signals a process it did not start"
+        );
+        assert!(!trainer_alive(pid), "a bare pid cannot be verified");
+        assert!(!trainer_alive("1:0") && !trainer_alive("") && !trainer_alive("x:y"));
+    }
 }

@@ -15,9 +15,10 @@ pub const MAX_PARAMETERS: usize = 64;
 pub const MAX_TEXT: usize = 4096;
 
 /// The state of a job, numbered as the contract's `TrainingStatus`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum JobStatus {
     /// Waiting in the queue.
+    #[default]
     Queuing,
     /// Claimed; the trainer is being started.
     Launch,
@@ -75,6 +76,57 @@ pub struct Resources {
     pub memory: String,
     /// GPUs.
     pub gpus: i32,
+    /// Longest run time in seconds; filled with the configured default at submission (0 only
+    /// on jobs stored before deadlines existed).
+    #[serde(default)]
+    pub max_runtime_seconds: i64,
+}
+
+/// A job's priority among its own tenant's queued jobs.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// After the tenant's normal and high jobs.
+    Low,
+    /// The default.
+    #[default]
+    Normal,
+    /// Before the tenant's normal and low jobs.
+    High,
+}
+
+impl Priority {
+    /// The stored rank: higher starts first.
+    pub fn rank(self) -> i64 {
+        match self {
+            Priority::Low => 0,
+            Priority::Normal => 1,
+            Priority::High => 2,
+        }
+    }
+
+    /// From the contract's `JobPriority` number.
+    pub fn from_contract(number: i32) -> Result<Self, TrainingError> {
+        match number {
+            0 => Ok(Priority::Normal),
+            1 => Ok(Priority::Low),
+            2 => Ok(Priority::High),
+            other => Err(TrainingError::InvalidArgument(format!(
+                "metadata.priority: {other} is not a priority (PRIORITY_NORMAL, PRIORITY_LOW, PRIORITY_HIGH)"
+            ))),
+        }
+    }
+
+    /// The contract's `JobPriority` number.
+    pub fn contract(self) -> i32 {
+        match self {
+            Priority::Normal => 0,
+            Priority::Low => 1,
+            Priority::High => 2,
+        }
+    }
 }
 
 /// What a job trains, as the client sent it.
@@ -96,6 +148,9 @@ pub struct JobSpec {
     pub resources: Resources,
     /// Run to fine-tune from, empty for none.
     pub base_run_id: String,
+    /// Order among the tenant's own queued jobs.
+    #[serde(default)]
+    pub priority: Priority,
     /// Id of the `Train` call that queued the job; the trainer gets it as AUTOML_REQUEST_ID.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub request_id: String,
@@ -106,7 +161,7 @@ pub struct JobSpec {
 }
 
 /// A stored job.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Job {
     /// The job id, also the run id.
     pub job_id: i64,
@@ -120,8 +175,13 @@ pub struct Job {
     pub spec: JobSpec,
     /// The backend that runs it (`local`).
     pub backend: String,
-    /// The backend's handle (process id).
+    /// The backend's handle (`pid:start-time` of a local trainer, the Kubernetes Job name).
     pub backend_ref: String,
+    /// When it was claimed (ms since the Unix epoch), 0 while queued.
+    pub claimed_ms: i64,
+    /// A cancel was asked for and the trainer is not yet known to be gone: the job keeps its
+    /// slot (and reads `canceling`) until it is.
+    pub canceling: bool,
 }
 
 /// Trainer variables that training-service sets itself: a parameter of the same name would

@@ -1,8 +1,10 @@
-//! The training-service operations: submission checks, the FIFO scheduler that waits for
-//! snapshots and claims jobs under the concurrency limit, launching through the local backend,
-//! exit handling, restart reconciliation, and the status watch and log follow streams.
+//! The training-service operations: submission checks, the fair-share scheduler that waits
+//! for snapshots and claims jobs under the concurrency limit and tenant quotas (see
+//! [`crate::policy`]), launching through the local or Kubernetes backend, deadlines and the
+//! launch timeout, cancels that hold until the trainer is gone, exit handling, restart
+//! reconciliation, and the status watch and log follow streams.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,9 +32,10 @@ use tracing::Instrument;
 use crate::config::{BackendKind, TrainingConfig, host_port};
 use crate::error::TrainingError;
 use crate::kubernetes::{DEFAULT_TRAINER, JobRef, KubernetesBackend, Observed, TrainerSpec};
-use crate::local::{Exit, LocalBackend, process_alive};
+use crate::local::{Exit, LocalBackend, deadline_message, kill_trainer, trainer_alive};
 use crate::model::{AlgorithmStatus, Job, JobSpec, JobStatus, check_spec, default_algorithm};
-use crate::store::JobStore;
+use crate::policy::{TenantLoad, check_resources, quota_wait, serve_first};
+use crate::store::{Claim, JobStore};
 
 /// The backend name recorded on jobs run as local processes.
 pub const LOCAL: &str = "local";
@@ -40,6 +43,14 @@ pub const LOCAL: &str = "local";
 pub const KUBERNETES: &str = "kubernetes";
 /// Longest a snapshot check waits before looking again.
 const MAX_SNAPSHOT_BACKOFF: Duration = Duration::from_secs(5);
+/// Most queued jobs one scheduling pass considers (oldest first).
+const QUEUE_SCAN: i64 = 10_000;
+/// A canceled job's message until its trainer is gone.
+const CANCELING: &str = "canceling: stopping the trainer";
+/// Longest a cancel waits for a killed local trainer's exit before it answers `canceling`.
+const CANCEL_WAIT: Duration = Duration::from_secs(5);
+/// A canceled job's final message.
+const CANCELED: &str = "canceled by request";
 
 /// Authentication and TLS of the service's own calls and its trainers.
 #[derive(Debug, Clone, Default)]
@@ -104,6 +115,9 @@ pub struct Training {
     exits: mpsc::UnboundedSender<(i64, Exit)>,
     backoff: Mutex<HashMap<i64, (Instant, Duration)>>,
     launching: Mutex<HashSet<i64>>,
+    /// Jobs whose Job this process is deleting because they did not start, with the reason:
+    /// the watch's report that the Job is gone must not tell another story.
+    stopping: Mutex<HashMap<i64, String>>,
     launched_at: Mutex<HashMap<i64, Instant>>,
     shutdown: CancellationToken,
 }
@@ -160,6 +174,7 @@ impl Training {
             exits,
             backoff: Mutex::new(HashMap::new()),
             launching: Mutex::new(HashSet::new()),
+            stopping: Mutex::new(HashMap::new()),
             launched_at: Mutex::new(HashMap::new()),
             shutdown,
         });
@@ -177,6 +192,11 @@ impl Training {
     /// Train: checks the submission and queues the job.
     pub async fn submit(&self, tenant: &str, mut spec: JobSpec) -> Result<i64, TrainingError> {
         check_spec(&spec)?;
+        check_resources(
+            &mut spec,
+            &self.config.limits,
+            &self.config.quotas.of(tenant),
+        )?;
         spec.submission = uuid::Uuid::new_v4().simple().to_string();
         if !self.config.algorithms.contains_key(&spec.algorithm) {
             let known: Vec<&str> = self.config.algorithms.keys().map(String::as_str).collect();
@@ -286,11 +306,28 @@ impl Training {
     /// GetTrainingStatus.
     pub async fn status(&self, tenant: &str, job_id: i64) -> Result<JobView, TrainingError> {
         let job = self.store.get(tenant, job_id).await?;
-        let position = if job.status == JobStatus::Queuing {
-            self.store.position(job_id).await?
-        } else {
-            0
+        self.view(job, None).await
+    }
+
+    /// A job with its place among its tenant's queued jobs and, when its tenant is at its
+    /// quota, why it waits. `load` is the tenant's, when the caller has read it already.
+    async fn view(&self, mut job: Job, load: Option<TenantLoad>) -> Result<JobView, TrainingError> {
+        if job.status != JobStatus::Queuing {
+            return Ok(JobView { job, position: 0 });
+        }
+        let position = self.store.position(&job).await?;
+        let load = match load {
+            Some(load) => load,
+            None => self
+                .store
+                .tenant_loads(&[job.tenant.as_str()])
+                .await?
+                .remove(&job.tenant)
+                .unwrap_or_default(),
         };
+        let quota = self.config.quotas.of(&job.tenant);
+        job.message =
+            quota_wait(&quota, &load, i64::from(job.spec.resources.gpus)).unwrap_or_default();
         Ok(JobView { job, position })
     }
 
@@ -311,19 +348,21 @@ impl Training {
             .store
             .list(tenant, statuses, i64::from(limit), i64::from(index))
             .await?;
+        let load = if jobs.iter().any(|job| job.status == JobStatus::Queuing) {
+            self.store.tenant_loads(&[tenant]).await?.remove(tenant)
+        } else {
+            None
+        };
         let mut views = Vec::with_capacity(jobs.len());
         for job in jobs {
-            let position = if job.status == JobStatus::Queuing {
-                self.store.position(job.job_id).await?
-            } else {
-                0
-            };
-            views.push(JobView { job, position });
+            views.push(self.view(job, load).await?);
         }
         Ok((views, total))
     }
 
-    /// CancelTrainingJob: a queued job is taken out of the queue, a running one is killed.
+    /// CancelTrainingJob: a queued job is taken out of the queue; a launched or running one
+    /// reads `canceling` and keeps its slot until its trainer is gone (the process killed, the
+    /// Kubernetes Job deleted, retried until it is), then ends `canceled`.
     pub async fn cancel(&self, tenant: &str, job_id: i64) -> Result<JobView, TrainingError> {
         let job = self.store.get(tenant, job_id).await?;
         if job.status.is_final() {
@@ -331,28 +370,110 @@ impl Training {
                 "job {job_id} has already ended"
             )));
         }
-        let message = "canceled by request";
-        let moved = self
-            .store
-            .transition(
-                job_id,
-                &[JobStatus::Queuing, JobStatus::Launch, JobStatus::Running],
-                JobStatus::Canceled,
-                message,
-                None,
-                &now_iso(),
-            )
-            .await?;
-        if moved {
-            if job.status != JobStatus::Queuing {
-                self.stop_trainer(&job).await;
-                self.end_run(&job.tenant, job_id, message).await;
-            }
-            tracing::info!(job_id, "job canceled");
+        if job.status == JobStatus::Queuing
+            && self
+                .store
+                .transition(
+                    job_id,
+                    &[JobStatus::Queuing],
+                    JobStatus::Canceled,
+                    CANCELED,
+                    None,
+                    &now_iso(),
+                )
+                .await?
+        {
+            tracing::info!(job_id, "queued job canceled");
             self.record_end(job_id, JobStatus::Canceled);
-            self.changed(job_id, JobStatus::Canceled, message);
+            self.changed(job_id, JobStatus::Canceled, CANCELED);
+            return self.status(tenant, job_id).await;
+        }
+        // Launched or running (or claimed just now).
+        if self
+            .store
+            .mark_canceling(job_id, CANCELING, &now_iso())
+            .await?
+        {
+            tracing::info!(job_id, "canceling the job");
+            let job = self.store.get(tenant, job_id).await?;
+            self.stop_canceling(&job).await?;
+            // A killed local process is gone in moments: answer with the outcome then.
+            let until = Instant::now() + CANCEL_WAIT;
+            while job.backend == LOCAL && Instant::now() < until {
+                if self.store.get(tenant, job_id).await?.status.is_final() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
         self.status(tenant, job_id).await
+    }
+
+    /// One attempt to stop a canceling job's trainer; the job ends `canceled` once it is gone,
+    /// and the next scheduling pass tries again while it is not.
+    async fn stop_canceling(&self, job: &Job) -> Result<(), TrainingError> {
+        if job.backend == KUBERNETES {
+            let Some(kubernetes) = &self.kubernetes else {
+                tracing::warn!(
+                    job_id = job.job_id,
+                    "job runs on Kubernetes but this training-service has the local backend"
+                );
+                return Ok(());
+            };
+            // A Job being created right now is deleted once it exists (next pass).
+            if self.is_launching(job.job_id) {
+                return Ok(());
+            }
+            return match kubernetes.cancel(job.job_id).await {
+                Ok(()) => self.canceled(job).await,
+                Err(err) => {
+                    tracing::warn!(job_id = job.job_id, error = %error_chain(&err), "cannot delete the Job yet; retrying");
+                    let message = format!(
+                        "{CANCELING}: cannot delete the Kubernetes Job yet ({err}); retrying"
+                    );
+                    self.store
+                        .transition(
+                            job.job_id,
+                            &[JobStatus::Launch, JobStatus::Running],
+                            job.status,
+                            &message,
+                            None,
+                            &now_iso(),
+                        )
+                        .await?;
+                    Ok(())
+                }
+            };
+        }
+        // This process's child: killed now, recorded `canceled` by the exit handler.
+        if self.backend.cancel(job.job_id) {
+            return Ok(());
+        }
+        // Started by an earlier process (or another replica on this machine): signalled only if
+        // its pid still names the process that was started.
+        if job.status == JobStatus::Running && trainer_alive(&job.backend_ref) {
+            kill_trainer(&job.backend_ref);
+            if trainer_alive(&job.backend_ref) {
+                return Ok(());
+            }
+        }
+        // Claimed but not yet started here: the launch sees the cancel and stops.
+        if job.status == JobStatus::Launch && self.is_launching(job.job_id) {
+            return Ok(());
+        }
+        self.canceled(job).await
+    }
+
+    /// A canceling job whose trainer is gone ends `canceled`.
+    async fn canceled(&self, job: &Job) -> Result<(), TrainingError> {
+        self.end_run(&job.tenant, job.job_id, CANCELED).await;
+        self.finish(
+            job.job_id,
+            &[JobStatus::Launch, JobStatus::Running],
+            JobStatus::Canceled,
+            CANCELED,
+        )
+        .await
     }
 
     /// WatchTrainingStatus: the job now, then each change, ending after a final state.
@@ -551,25 +672,6 @@ impl Training {
         }
     }
 
-    /// Stops a job's trainer, wherever it runs.
-    async fn stop_trainer(&self, job: &Job) {
-        if job.backend == KUBERNETES {
-            match &self.kubernetes {
-                Some(kubernetes) => {
-                    if let Err(err) = kubernetes.cancel(job.job_id).await {
-                        tracing::error!(job_id = job.job_id, error = %error_chain(&err), "cannot delete the Job");
-                    }
-                }
-                None => tracing::warn!(
-                    job_id = job.job_id,
-                    "job runs on Kubernetes but this training-service has the local backend"
-                ),
-            }
-        } else if !self.backend.cancel(job.job_id) && process_alive(&job.backend_ref) {
-            kill_pid(&job.backend_ref).await;
-        }
-    }
-
     fn changed(&self, job_id: i64, status: JobStatus, message: &str) {
         let _ = self.events.send(Change {
             job_id,
@@ -619,6 +721,9 @@ impl Training {
 
     async fn schedule_forever(self: Arc<Self>) {
         loop {
+            if let Err(err) = self.supervise().await {
+                tracing::warn!(error = %error_chain(&err), "supervising pass failed");
+            }
             if let Err(err) = self.schedule_once().await {
                 tracing::warn!(error = %error_chain(&err), "scheduling pass failed");
             }
@@ -642,25 +747,138 @@ impl Training {
         }
     }
 
-    /// One pass: in queue order, launch every job whose snapshot is READY while the limit
-    /// allows; fail those whose snapshot FAILED.
-    async fn schedule_once(&self) -> Result<(), TrainingError> {
-        for job in self.store.queued(256).await? {
-            if !self.due(job.job_id) {
-                continue;
-            }
+    /// Active jobs that need the service: canceling ones whose trainer is not yet gone, and
+    /// Kubernetes jobs whose pod has not started within the launch timeout.
+    async fn supervise(&self) -> Result<(), TrainingError> {
+        let launch_timeout = self.config.limits.launch_timeout_seconds;
+        let now = now_ms();
+        for job in self.store.active().await? {
             let (id, span) = job_scope(job.job_id, &job.spec.request_id);
-            let at_limit = request_id::scope(id, self.schedule_job(&job).instrument(span)).await?;
-            if at_limit {
-                return Ok(());
+            let result = if job.canceling {
+                request_id::scope(id, self.stop_canceling(&job).instrument(span)).await
+            } else if job.backend == KUBERNETES
+                && job.status == JobStatus::Launch
+                && job.claimed_ms > 0
+                && now - job.claimed_ms > launch_timeout.saturating_mul(1000)
+                && !self.is_launching(job.job_id)
+            {
+                request_id::scope(id, self.launch_timed_out(&job).instrument(span)).await
+            } else {
+                Ok(())
+            };
+            if let Err(err) = result {
+                tracing::warn!(job_id = job.job_id, error = %error_chain(&err), "cannot supervise a job");
             }
         }
         Ok(())
     }
 
-    /// Launches or fails one queued job as its snapshot says; true when the concurrency limit
-    /// (or another replica) kept it from launching.
-    async fn schedule_job(&self, job: &Job) -> Result<bool, TrainingError> {
+    /// A Kubernetes job whose pod did not start in time: its Job is deleted (retried on the
+    /// next pass when that fails) and the job fails with the pod's reason, freeing the slot.
+    async fn launch_timed_out(&self, job: &Job) -> Result<(), TrainingError> {
+        let Some(kubernetes) = &self.kubernetes else {
+            return Ok(());
+        };
+        let reason = kubernetes.pending_reason(job.job_id).await;
+        let message = format!(
+            "the trainer did not start within {} s: {reason}",
+            self.config.limits.launch_timeout_seconds
+        );
+        if let Ok(mut stopping) = self.stopping.lock() {
+            stopping.insert(job.job_id, message.clone());
+        }
+        let result = match kubernetes.cancel(job.job_id).await {
+            Ok(()) => self.fail_unstarted(job, &message).await,
+            Err(err) => Err(err),
+        };
+        if let Ok(mut stopping) = self.stopping.lock() {
+            stopping.remove(&job.job_id);
+        }
+        result
+    }
+
+    async fn fail_unstarted(&self, job: &Job, message: &str) -> Result<(), TrainingError> {
+        self.end_run(&job.tenant, job.job_id, message).await;
+        self.finish(
+            job.job_id,
+            &[JobStatus::Launch],
+            JobStatus::Failure,
+            message,
+        )
+        .await
+    }
+
+    /// One pass: serve tenants in fair order (see [`crate::policy`]), each tenant's queued jobs
+    /// by priority then age; launch jobs whose snapshot is READY while the concurrency limit
+    /// and the tenant's quota allow; fail those whose snapshot FAILED.
+    async fn schedule_once(&self) -> Result<(), TrainingError> {
+        let queued = self.store.queued(QUEUE_SCAN).await?;
+        if queued.is_empty() {
+            return Ok(());
+        }
+        let mut queues: BTreeMap<String, VecDeque<Job>> = BTreeMap::new();
+        for job in queued {
+            queues.entry(job.tenant.clone()).or_default().push_back(job);
+        }
+        for queue in queues.values_mut() {
+            queue
+                .make_contiguous()
+                .sort_by_key(|job| (std::cmp::Reverse(job.spec.priority), job.job_id));
+        }
+        let tenants: Vec<&str> = queues.keys().map(String::as_str).collect();
+        let mut loads = self.store.tenant_loads(&tenants).await?;
+        let mut next_claim = loads.values().map(|l| l.last_claim).max().unwrap_or(0) + 1;
+        loop {
+            let Some(tenant) = queues
+                .iter()
+                .filter(|(_, queue)| !queue.is_empty())
+                .map(|(tenant, _)| tenant)
+                .min_by(|a, b| {
+                    let load = |t: &str| loads.get(t).copied().unwrap_or_default();
+                    let weight = |t: &str| self.config.quotas.of(t).weight;
+                    serve_first((a, &load(a), weight(a)), (b, &load(b), weight(b)))
+                })
+                .cloned()
+            else {
+                return Ok(());
+            };
+            let quota = self.config.quotas.of(&tenant);
+            let Some(job) = queues.get_mut(&tenant).and_then(VecDeque::pop_front) else {
+                continue;
+            };
+            if !self.due(job.job_id) {
+                continue;
+            }
+            let (id, span) = job_scope(job.job_id, &job.spec.request_id);
+            let claim =
+                request_id::scope(id, self.schedule_job(&job, &quota).instrument(span)).await?;
+            match claim {
+                Some(Claim::Claimed) => {
+                    let load = loads.entry(tenant).or_default();
+                    load.active += 1;
+                    load.gpus += i64::from(job.spec.resources.gpus);
+                    load.last_claim = next_claim;
+                    next_claim += 1;
+                }
+                // The platform is full: the rest waits for a change.
+                Some(Claim::AtLimit) => return Ok(()),
+                // This tenant is at its quota: its other jobs wait too (they say why when
+                // asked).
+                Some(Claim::Quota(_)) => {
+                    queues.remove(&tenant);
+                }
+                Some(Claim::Gone) | None => {}
+            }
+        }
+    }
+
+    /// Launches or fails one queued job as its snapshot says; the claim's outcome when the
+    /// snapshot is READY, `None` otherwise.
+    async fn schedule_job(
+        &self,
+        job: &Job,
+        quota: &crate::config::Quota,
+    ) -> Result<Option<Claim>, TrainingError> {
         let snapshot = match self.snapshot(&job.tenant, &job.spec).await {
             Ok(snapshot) => snapshot,
             Err(TrainingError::VersionNotFound { .. }) => {
@@ -669,7 +887,10 @@ impl Training {
             Err(err) => return Err(err),
         };
         match snapshot {
-            Snapshot::NotYet => self.back_off(job.job_id),
+            Snapshot::NotYet => {
+                self.back_off(job.job_id);
+                Ok(None)
+            }
             Snapshot::Failed(reason) => {
                 self.finish(
                     job.job_id,
@@ -678,21 +899,42 @@ impl Training {
                     &format!("snapshot FAILED: {reason}"),
                 )
                 .await?;
+                Ok(None)
             }
             Snapshot::Ready(path) => {
-                if !self
+                let claim = self
                     .store
-                    .claim(job.job_id, self.config.max_concurrent_jobs, &now_iso())
-                    .await?
-                {
-                    // At the limit (or another replica took it): wait for a change.
-                    return Ok(true);
+                    .claim(
+                        job,
+                        self.config.max_concurrent_jobs,
+                        quota,
+                        &now_iso(),
+                        now_ms(),
+                    )
+                    .await?;
+                if claim == Claim::Claimed {
+                    self.changed(job.job_id, JobStatus::Launch, "launching the trainer");
+                    self.launch(job, &path).await?;
                 }
-                self.changed(job.job_id, JobStatus::Launch, "launching the trainer");
-                self.launch(job, &path).await?;
+                Ok(Some(claim))
             }
         }
-        Ok(false)
+    }
+
+    /// The longest `job`'s trainer may run.
+    fn max_runtime(&self, job: &Job) -> Duration {
+        let seconds = match job.spec.resources.max_runtime_seconds {
+            0 => self.config.limits.default_max_runtime_seconds,
+            seconds => seconds,
+        };
+        Duration::from_secs(u64::try_from(seconds).unwrap_or(1).max(1))
+    }
+
+    /// How long what a job's trainer is given (object grants, its token) must stay valid: its
+    /// launch timeout and its run time.
+    pub fn job_lifetime(&self, job: &Job) -> Duration {
+        let launch = u64::try_from(self.config.limits.launch_timeout_seconds).unwrap_or(0);
+        self.max_runtime(job) + Duration::from_secs(launch)
     }
 
     fn due(&self, job_id: i64) -> bool {
@@ -735,13 +977,15 @@ impl Training {
     }
 
     /// The trainer environment of the contract; `pretrained` is the `<name>@<digest>` of the
-    /// pretrained model the algorithm builds on.
-    fn trainer_env(
+    /// pretrained model the algorithm builds on. The trainer reaches its objects through
+    /// presigned URLs (`AUTOML_OBJECT_GRANTS`); only `raw_s3_access` algorithms get the object
+    /// store's keys.
+    async fn trainer_env(
         &self,
         job: &Job,
         data_path: &str,
         pretrained: Option<String>,
-    ) -> Vec<(String, String)> {
+    ) -> Result<Vec<(String, String)>, TrainingError> {
         let spec = &job.spec;
         let mut env: Vec<(String, String)> = [
             ("JOB_ID", job.job_id.to_string()),
@@ -758,14 +1002,29 @@ impl Training {
             ("MODEL_BUCKET", self.s3.models_bucket.clone()),
             ("MODEL_NAME", spec.output_model_name.clone()),
             ("MINIO_SERVER", self.minio_server.clone()),
-            ("MINIO_SERVER_ACCESS_KEY", self.s3.access_key.clone()),
-            ("MINIO_SERVER_SECRET_KEY", self.s3.secret_key.clone()),
             ("TRAINING_DATA_BUCKET", self.s3.datasets_bucket.clone()),
             ("TRAINING_DATA_PATH", data_path.to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
+        let algorithm = self
+            .config
+            .algorithms
+            .get(&spec.algorithm)
+            .cloned()
+            .unwrap_or_default();
+        if algorithm.raw_s3_access {
+            env.extend(crate::grants::s3_key_env(&algorithm, &self.s3));
+        } else {
+            let grants = self
+                .object_grants(job, &algorithm, data_path, pretrained.as_deref())
+                .await?;
+            env.push((
+                automl_common::s3::grants::GRANTS_ENV.into(),
+                grants.to_json(),
+            ));
+        }
         if !spec.base_run_id.is_empty() {
             env.push(("BASE_RUN_ID".into(), spec.base_run_id.clone()));
         }
@@ -805,7 +1064,72 @@ impl Training {
                 .filter(|(k, _)| !crate::model::is_reserved_variable(k))
                 .map(|(k, v)| (k.clone(), v.clone())),
         );
-        env
+        Ok(env)
+    }
+
+    /// Presigned URLs of exactly the objects `job`'s trainer needs, valid for the job's
+    /// lifetime.
+    async fn object_grants(
+        &self,
+        job: &Job,
+        algorithm: &crate::config::AlgorithmConfig,
+        data_path: &str,
+        pretrained: Option<&str>,
+    ) -> Result<automl_common::s3::grants::ObjectGrants, TrainingError> {
+        let base = if job.spec.base_run_id.is_empty() {
+            None
+        } else {
+            self.base_artifact(&job.tenant, &job.spec.base_run_id)
+                .await?
+        };
+        let objects = crate::grants::JobObjects {
+            job,
+            algorithm,
+            data_path,
+            datasets_bucket: &self.s3.datasets_bucket,
+            models_bucket: &self.s3.models_bucket,
+            pretrained,
+            base: base
+                .as_ref()
+                .map(|(bucket, path)| (bucket.as_str(), path.as_str())),
+        };
+        let signer = crate::grants::signer(&self.s3, &self.minio_server);
+        crate::grants::for_job(&signer, &objects, self.job_lifetime(job)).await
+    }
+
+    /// (bucket, path) of base run `run_id`'s artifact (GetArtifact on the tenant's behalf);
+    /// none when it has none, which the trainer then reports.
+    async fn base_artifact(
+        &self,
+        tenant: &str,
+        run_id: &str,
+    ) -> Result<Option<(String, String)>, TrainingError> {
+        let request = automl_proto::metadata_store::GetArtifactRequest {
+            run_id: run_id.to_string(),
+        };
+        match self
+            .metadata
+            .clone()
+            .get_artifact(self.on_behalf(tenant, request))
+            .await
+        {
+            Ok(found) => Ok(found
+                .into_inner()
+                .artifact
+                .map(|artifact| (artifact.bucket, artifact.path))),
+            Err(status)
+                if matches!(
+                    status.code(),
+                    Code::NotFound | Code::InvalidArgument | Code::PermissionDenied
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), message = status.message(), "cannot locate the base run's artifact");
+                Err(TrainingError::Unavailable("metadata-store".into()))
+            }
+        }
     }
 
     async fn launch(&self, job: &Job, data_path: &str) -> Result<(), TrainingError> {
@@ -816,41 +1140,66 @@ impl Training {
             Ok(pretrained) => pretrained,
             Err(err) => return self.launch_failed(job.job_id, &err).await,
         };
-        let env = self.trainer_env(job, data_path, pretrained);
+        let env = match self.trainer_env(job, data_path, pretrained).await {
+            Ok(env) => env,
+            Err(err) => return self.launch_failed(job.job_id, &err).await,
+        };
         if let Some(kubernetes) = &self.kubernetes {
             return self.launch_kubernetes(kubernetes, job, env).await;
         }
         let (command, args) = self.trainer_command(&job.spec.algorithm);
-        match self
-            .backend
-            .launch(job.job_id, &command, &args, &env, self.exits.clone())
-        {
-            Ok(pid) => {
-                let moved = self
-                    .store
-                    .transition(
-                        job.job_id,
-                        &[JobStatus::Launch],
-                        JobStatus::Running,
-                        "trainer running",
-                        Some(&pid.to_string()),
-                        &now_iso(),
-                    )
-                    .await?;
-                if !moved {
-                    // Canceled while the process was starting: nobody would stop it later.
-                    tracing::info!(
-                        job_id = job.job_id,
-                        "canceled during launch; stopping the trainer"
-                    );
-                    self.backend.cancel(job.job_id);
-                    return Ok(());
-                }
-                tracing::info!(job_id = job.job_id, pid, request_id = %job.spec.request_id, "trainer started");
-                self.changed(job.job_id, JobStatus::Running, "trainer running");
-                Ok(())
-            }
+        self.set_launching(job.job_id, true);
+        let started = self.backend.launch(
+            job.job_id,
+            &command,
+            &args,
+            &env,
+            self.max_runtime(job),
+            self.exits.clone(),
+        );
+        let result = match started {
+            Ok(identity) => self.started(job, &identity).await,
             Err(err) => self.launch_failed(job.job_id, &err).await,
+        };
+        self.set_launching(job.job_id, false);
+        result
+    }
+
+    /// Records a local trainer that started (`pid:start`).
+    async fn started(&self, job: &Job, identity: &str) -> Result<(), TrainingError> {
+        let moved = self
+            .store
+            .transition(
+                job.job_id,
+                &[JobStatus::Launch],
+                JobStatus::Running,
+                "trainer running",
+                Some(identity),
+                &now_iso(),
+            )
+            .await?;
+        let canceling = moved && self.store.get_by_id(job.job_id).await?.canceling;
+        if !moved || canceling {
+            // Canceled while the process was starting: stop it now; its exit records the end.
+            tracing::info!(
+                job_id = job.job_id,
+                "canceled during launch; stopping the trainer"
+            );
+            self.backend.cancel(job.job_id);
+            return Ok(());
+        }
+        tracing::info!(job_id = job.job_id, trainer = identity, request_id = %job.spec.request_id, "trainer started");
+        self.changed(job.job_id, JobStatus::Running, "trainer running");
+        Ok(())
+    }
+
+    fn set_launching(&self, job_id: i64, launching: bool) {
+        if let Ok(mut set) = self.launching.lock() {
+            if launching {
+                set.insert(job_id);
+            } else {
+                set.remove(&job_id);
+            }
         }
     }
 
@@ -881,14 +1230,14 @@ impl Training {
             command,
             env,
         };
-        if let Ok(mut launching) = self.launching.lock() {
-            launching.insert(job.job_id);
-        }
-        let launched = kubernetes.launch(job, &trainer).await;
-        let result = self.launched(job, &trainer, launched).await;
-        if let Ok(mut launching) = self.launching.lock() {
-            launching.remove(&job.job_id);
-        }
+        // The Job carries the run-time deadline (`activeDeadlineSeconds`).
+        let mut job = job.clone();
+        job.spec.resources.max_runtime_seconds =
+            i64::try_from(self.max_runtime(&job).as_secs()).unwrap_or(i64::MAX);
+        self.set_launching(job.job_id, true);
+        let launched = kubernetes.launch(&job, &trainer).await;
+        let result = self.launched(&job, &trainer, launched).await;
+        self.set_launching(job.job_id, false);
         result
     }
 
@@ -974,13 +1323,25 @@ impl Training {
     async fn apply_observed(&self, job: &Job, item: Observed) -> Result<(), TrainingError> {
         match item {
             Observed::Running(_) => self.running(job.job_id).await,
-            Observed::Exited(_, exit) => self.record_exit(job.job_id, &job.tenant, exit).await,
+            Observed::Exited(_, exit) => self.record_exit(job, exit).await,
+            // Deleted on a cancel: the job ends as asked.
+            Observed::Gone(_) if job.canceling => self.canceled(job).await,
             Observed::Gone(_) => {
-                self.settle(
-                    job.job_id,
-                    "the Kubernetes Job was deleted before it finished",
-                )
-                .await
+                let stopping = self
+                    .stopping
+                    .lock()
+                    .ok()
+                    .and_then(|stopping| stopping.get(&job.job_id).cloned());
+                match stopping {
+                    Some(reason) => self.fail_unstarted(job, &reason).await,
+                    None => {
+                        self.settle(
+                            job.job_id,
+                            "the Kubernetes Job was deleted before it finished",
+                        )
+                        .await
+                    }
+                }
             }
             Observed::Listed(present) => self.settle_missing(&present).await,
         }
@@ -1095,12 +1456,15 @@ impl Training {
     async fn handle_exits(self: Arc<Self>, mut exits: mpsc::UnboundedReceiver<(i64, Exit)>) {
         while let Some((job_id, exit)) = exits.recv().await {
             self.backend.finished(job_id);
-            let (tenant, id) = self.store.get_by_id(job_id).await.map_or_else(
-                |_| (DEFAULT_TENANT.to_string(), String::new()),
-                |job| (job.tenant, job.spec.request_id),
-            );
-            let (id, span) = job_scope(job_id, &id);
-            let recorded = self.record_exit(job_id, &tenant, exit).instrument(span);
+            let job = match self.store.get_by_id(job_id).await {
+                Ok(job) => job,
+                Err(err) => {
+                    tracing::error!(job_id, error = %error_chain(&err), "cannot read a job whose trainer ended");
+                    continue;
+                }
+            };
+            let (id, span) = job_scope(job_id, &job.spec.request_id);
+            let recorded = self.record_exit(&job, exit).instrument(span);
             let recorded = request_id::scope(id, recorded);
             if let Err(err) = recorded.await {
                 tracing::error!(job_id, error = %error_chain(&err), "cannot record a trainer's exit");
@@ -1108,13 +1472,21 @@ impl Training {
         }
     }
 
-    async fn record_exit(
-        &self,
-        job_id: i64,
-        tenant: &str,
-        exit: Exit,
-    ) -> Result<(), TrainingError> {
+    async fn record_exit(&self, job: &Job, exit: Exit) -> Result<(), TrainingError> {
+        let (job_id, tenant) = (job.job_id, job.tenant.as_str());
         let active = [JobStatus::Launch, JobStatus::Running];
+        // A cancel was asked for: whatever the trainer did last, the job ends as asked.
+        if job.canceling || exit == Exit::Canceled {
+            return self.canceled(job).await;
+        }
+        // Kubernetes stopped the Job at its `activeDeadlineSeconds`.
+        let exit = match exit {
+            Exit::Failed(reason) if reason.contains("DeadlineExceeded") => Exit::Failed(format!(
+                "{} ({reason})",
+                deadline_message(self.max_runtime(job).as_secs())
+            )),
+            other => other,
+        };
         match exit {
             Exit::Success => {
                 let message = self
@@ -1129,8 +1501,7 @@ impl Training {
                 self.finish(job_id, &active, JobStatus::Failure, &reason)
                     .await
             }
-            // The cancel already recorded it.
-            Exit::Canceled => Ok(()),
+            Exit::Canceled => self.canceled(job).await,
         }
     }
 
@@ -1191,8 +1562,10 @@ impl Training {
         }
     }
 
-    /// After a restart: jobs this backend was running are followed until their process is
-    /// gone, then settled from their run's outcome; none stays running forever.
+    /// After a restart: local jobs that were running are followed until their trainer is
+    /// gone (stopped at their deadline), then settled from their run's outcome; none stays
+    /// running forever. A trainer is known by its pid and start time: a pid now used by
+    /// another process is neither signalled nor taken for the trainer.
     async fn reconcile(self: &Arc<Self>) -> Result<(), TrainingError> {
         for job in self.store.active().await? {
             if job.backend != LOCAL {
@@ -1200,23 +1573,45 @@ impl Training {
             }
             let this = Arc::clone(self);
             tokio::spawn(async move {
-                while process_alive(&job.backend_ref) {
+                let max_runtime = this.max_runtime(&job);
+                let deadline_ms = job
+                    .claimed_ms
+                    .saturating_add(i64::try_from(max_runtime.as_millis()).unwrap_or(i64::MAX));
+                let mut reason = "the trainer process ended while training-service was down";
+                let deadline = deadline_message(max_runtime.as_secs());
+                while trainer_alive(&job.backend_ref) {
+                    if job.claimed_ms > 0 && now_ms() >= deadline_ms {
+                        kill_trainer(&job.backend_ref);
+                        reason = &deadline;
+                        continue;
+                    }
                     tokio::select! {
                         () = this.shutdown.cancelled() => return,
                         () = tokio::time::sleep(Duration::from_secs(1)) => {}
                     }
                 }
-                let reason = "the trainer process ended while training-service was down";
                 let (id, span) = job_scope(job.job_id, &job.spec.request_id);
-                let settled =
-                    request_id::scope(id, this.settle(job.job_id, reason).instrument(span));
-                if let Err(err) = settled.await {
+                let settled = async {
+                    // A cancel asked for meanwhile ends the job as asked.
+                    match this.store.get_by_id(job.job_id).await {
+                        Ok(current) if current.canceling => this.canceled(&current).await,
+                        _ => this.settle(job.job_id, reason).await,
+                    }
+                };
+                if let Err(err) = request_id::scope(id, settled.instrument(span)).await {
                     tracing::error!(error = %error_chain(&err), "cannot settle a job after a restart");
                 }
             });
         }
         Ok(())
     }
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Why a job of `algorithm` cannot be trained yet.
@@ -1231,13 +1626,6 @@ fn not_imported(algorithm: &str, pretrained: &str) -> String {
 fn job_scope(job_id: i64, request_id: &str) -> (String, tracing::Span) {
     let span = tracing::info_span!("job", job_id, request_id = %request_id);
     (request_id.to_string(), span)
-}
-
-async fn kill_pid(pid: &str) {
-    let _ = tokio::process::Command::new("kill")
-        .args(["-KILL", pid])
-        .status()
-        .await;
 }
 
 /// New complete lines of `path` from `offset`; an unfinished last line stays in `partial`.

@@ -5,8 +5,12 @@ use automl_common::db::{Backend, Database, Timed};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+use std::collections::HashMap;
+
+use crate::config::Quota;
 use crate::error::TrainingError;
 use crate::model::{Job, JobSpec, JobStatus};
+use crate::policy::{TenantLoad, quota_wait};
 
 /// Key of the Postgres advisory lock that serializes claims across replicas.
 const CLAIM_LOCK: i64 = 0x6175_746f_6d6c;
@@ -17,7 +21,21 @@ pub struct JobStore {
     db: Database,
 }
 
-const COLUMNS: &str = "job_id, tenant, status, message, metadata, backend, backend_ref";
+const COLUMNS: &str =
+    "job_id, tenant, status, message, metadata, backend, backend_ref, claimed_ms, canceling";
+
+/// What a claim found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The job is now `launch`, this replica's to start.
+    Claimed,
+    /// The platform's concurrency limit is reached.
+    AtLimit,
+    /// The tenant's quota is reached; the text says which.
+    Quota(String),
+    /// Another replica took it, or it was canceled.
+    Gone,
+}
 
 impl JobStore {
     /// A store over an open, migrated database.
@@ -37,13 +55,16 @@ impl JobStore {
             serde_json::to_string(spec).map_err(|err| TrainingError::Corrupt(err.to_string()))?;
         let row = sqlx::query(
             "INSERT INTO jobs (tenant, status, message, metadata, backend, backend_ref, \
-             created_at, updated_at) VALUES ($1, $2, '', $3, $4, '', $5, $5) RETURNING job_id",
+             created_at, updated_at, priority, gpus) \
+             VALUES ($1, $2, '', $3, $4, '', $5, $5, $6, $7) RETURNING job_id",
         )
         .bind(tenant)
         .bind(JobStatus::Queuing.number())
         .bind(metadata)
         .bind(backend)
         .bind(now)
+        .bind(spec.priority.rank())
+        .bind(i64::from(spec.resources.gpus.max(0)))
         .fetch_one(&self.db.pool)
         .timed("insert")
         .await?;
@@ -64,15 +85,84 @@ impl JobStore {
         decode(&row)
     }
 
-    /// Queued jobs ahead of `job_id`.
-    pub async fn position(&self, job_id: i64) -> Result<i64, TrainingError> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM jobs WHERE status = $1 AND job_id < $2")
-            .bind(JobStatus::Queuing.number())
-            .bind(job_id)
-            .fetch_one(&self.db.pool)
-            .timed("select")
-            .await?;
+    /// The tenant's own queued jobs ahead of `job` (higher priority, or the same and older).
+    pub async fn position(&self, job: &Job) -> Result<i64, TrainingError> {
+        let rank = job.spec.priority.rank();
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM jobs WHERE tenant = $1 AND status = $2 \
+             AND (priority > $3 OR (priority = $3 AND job_id < $4))",
+        )
+        .bind(&job.tenant)
+        .bind(JobStatus::Queuing.number())
+        .bind(rank)
+        .bind(job.job_id)
+        .fetch_one(&self.db.pool)
+        .timed("select")
+        .await?;
         Ok(row.try_get("n")?)
+    }
+
+    /// What each tenant holds now (launched and running jobs, their GPUs) and when it was
+    /// last served, for the tenants named.
+    pub async fn tenant_loads(
+        &self,
+        tenants: &[&str],
+    ) -> Result<HashMap<String, TenantLoad>, TrainingError> {
+        let mut loads: HashMap<String, TenantLoad> = tenants
+            .iter()
+            .map(|t| (t.to_string(), TenantLoad::default()))
+            .collect();
+        let rows = sqlx::query(
+            "SELECT tenant, COUNT(*) AS n, CAST(COALESCE(SUM(gpus), 0) AS BIGINT) AS g \
+             FROM jobs WHERE status IN ($1, $2) GROUP BY tenant",
+        )
+        .bind(JobStatus::Launch.number())
+        .bind(JobStatus::Running.number())
+        .fetch_all(&self.db.pool)
+        .timed("select")
+        .await?;
+        for row in rows {
+            let tenant: String = row.try_get("tenant")?;
+            if let Some(load) = loads.get_mut(&tenant) {
+                load.active = row.try_get("n")?;
+                load.gpus = row.try_get("g")?;
+            }
+        }
+        for tenant in tenants {
+            let last: Option<i64> =
+                sqlx::query("SELECT MAX(claim_seq) AS s FROM jobs WHERE tenant = $1")
+                    .bind(*tenant)
+                    .fetch_one(&self.db.pool)
+                    .timed("select")
+                    .await?
+                    .try_get("s")?;
+            if let Some(load) = loads.get_mut(*tenant) {
+                load.last_claim = last.unwrap_or(0);
+            }
+        }
+        Ok(loads)
+    }
+
+    /// Marks a launched or running job as being canceled; false when it is in neither state.
+    pub async fn mark_canceling(
+        &self,
+        job_id: i64,
+        message: &str,
+        now: &str,
+    ) -> Result<bool, TrainingError> {
+        let updated = sqlx::query(
+            "UPDATE jobs SET canceling = 1, message = $1, updated_at = $2 \
+             WHERE job_id = $3 AND status IN ($4, $5)",
+        )
+        .bind(message)
+        .bind(now)
+        .bind(job_id)
+        .bind(JobStatus::Launch.number())
+        .bind(JobStatus::Running.number())
+        .execute(&self.db.pool)
+        .timed("update")
+        .await?;
+        Ok(updated.rows_affected() == 1)
     }
 
     /// A page of jobs in id order, optionally only some states, with the total count.
@@ -168,9 +258,17 @@ impl JobStore {
         rows.iter().map(decode).collect()
     }
 
-    /// Moves a queued job to `launch` if fewer than `limit` jobs are active; one transaction,
-    /// serialized across replicas, so a job is claimed exactly once.
-    pub async fn claim(&self, job_id: i64, limit: i64, now: &str) -> Result<bool, TrainingError> {
+    /// Moves a queued job to `launch` if fewer than `limit` jobs are active and its tenant is
+    /// under `quota`; one transaction, serialized across replicas, so a job is claimed exactly
+    /// once and no limit is passed.
+    pub async fn claim(
+        &self,
+        job: &Job,
+        limit: i64,
+        quota: &Quota,
+        now: &str,
+        now_ms: i64,
+    ) -> Result<Claim, TrainingError> {
         let mut tx = self.db.pool.begin().await?;
         if self.db.backend == Backend::Postgres {
             sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -181,38 +279,63 @@ impl JobStore {
             let locked = sqlx::query(
                 "SELECT job_id FROM jobs WHERE job_id = $1 AND status = $2 FOR UPDATE SKIP LOCKED",
             )
-            .bind(job_id)
+            .bind(job.job_id)
             .bind(JobStatus::Queuing.number())
             .fetch_optional(&mut *tx)
             .timed("select")
             .await?;
             if locked.is_none() {
-                return Ok(false);
+                return Ok(Claim::Gone);
             }
         }
-        let active: i64 = sqlx::query("SELECT COUNT(*) AS n FROM jobs WHERE status IN ($1, $2)")
-            .bind(JobStatus::Launch.number())
-            .bind(JobStatus::Running.number())
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, \
+               COALESCE(SUM(CASE WHEN tenant = $3 THEN 1 ELSE 0 END), 0) AS own, \
+               CAST(COALESCE(SUM(CASE WHEN tenant = $3 THEN gpus ELSE 0 END), 0) AS BIGINT) AS own_gpus \
+             FROM jobs WHERE status IN ($1, $2)",
+        )
+        .bind(JobStatus::Launch.number())
+        .bind(JobStatus::Running.number())
+        .bind(&job.tenant)
+        .fetch_one(&mut *tx)
+        .timed("select")
+        .await?;
+        let active: i64 = row.try_get("n")?;
+        if active >= limit {
+            return Ok(Claim::AtLimit);
+        }
+        let load = TenantLoad {
+            active: row.try_get("own")?,
+            gpus: row.try_get("own_gpus")?,
+            last_claim: 0,
+        };
+        if let Some(reason) = quota_wait(quota, &load, i64::from(job.spec.resources.gpus)) {
+            return Ok(Claim::Quota(reason));
+        }
+        let seq: i64 = sqlx::query("SELECT COALESCE(MAX(claim_seq), 0) + 1 AS s FROM jobs")
             .fetch_one(&mut *tx)
             .timed("select")
             .await?
-            .try_get("n")?;
-        if active >= limit {
-            return Ok(false);
-        }
+            .try_get("s")?;
         let updated = sqlx::query(
-            "UPDATE jobs SET status = $1, message = 'launching the trainer', updated_at = $2 \
-             WHERE job_id = $3 AND status = $4",
+            "UPDATE jobs SET status = $1, message = 'launching the trainer', updated_at = $2, \
+             claim_seq = $3, claimed_ms = $4 WHERE job_id = $5 AND status = $6",
         )
         .bind(JobStatus::Launch.number())
         .bind(now)
-        .bind(job_id)
+        .bind(seq)
+        .bind(now_ms)
+        .bind(job.job_id)
         .bind(JobStatus::Queuing.number())
         .execute(&mut *tx)
         .timed("update")
         .await?;
         tx.commit().timed("transaction").await?;
-        Ok(updated.rows_affected() == 1)
+        Ok(if updated.rows_affected() == 1 {
+            Claim::Claimed
+        } else {
+            Claim::Gone
+        })
     }
 
     /// Moves a job from one of `from` to `to`; false when it was in none of them.
@@ -264,5 +387,7 @@ fn decode(row: &AnyRow) -> Result<Job, TrainingError> {
             .map_err(|err| TrainingError::Corrupt(err.to_string()))?,
         backend: row.try_get("backend")?,
         backend_ref: row.try_get("backend_ref")?,
+        claimed_ms: row.try_get("claimed_ms")?,
+        canceling: row.try_get::<i64, _>("canceling")? != 0,
     })
 }

@@ -64,6 +64,8 @@ exit "$code"
 mod kube_api;
 #[path = "training/kubernetes.rs"]
 mod kubernetes;
+#[path = "training/scheduling.rs"]
+mod scheduling;
 
 struct Cluster {
     env: TestEnv,
@@ -74,6 +76,8 @@ struct Cluster {
     metadata: MetadataStoreServiceClient<Channel>,
     client: TrainingServiceClient<Channel>,
     trace: PathBuf,
+    /// The first training-service, for calls on other tenants' behalf.
+    service: std::sync::Arc<automl_training_service::service::Training>,
 }
 
 impl Cluster {
@@ -128,7 +132,7 @@ impl Cluster {
         };
         customize(&mut config);
         let training_token = CancellationToken::new();
-        let (routes, _, db) = automl_training_service::start(
+        let (routes, service, db) = automl_training_service::start(
             &env.common,
             &config,
             &env.objects.endpoint,
@@ -152,6 +156,7 @@ impl Cluster {
             metadata,
             client,
             trace,
+            service,
         };
         cluster.dataset().await;
         cluster
@@ -183,7 +188,7 @@ impl Cluster {
         self.databases.remove(0).close().await;
         while_down();
         let token = CancellationToken::new();
-        let (routes, _, db) = automl_training_service::start(
+        let (routes, service, db) = automl_training_service::start(
             &self.env.common,
             &self.config,
             &self.env.objects.endpoint,
@@ -193,6 +198,7 @@ impl Cluster {
         .expect("restart");
         let server = TestServer::start(routes, token).await.expect("server");
         self.client = TrainingServiceClient::new(server.channel().await.expect("channel"));
+        self.service = service;
         self.servers.insert(0, server);
         self.databases.insert(0, db);
     }

@@ -43,6 +43,8 @@ struct Objects {
     secrets: BTreeMap<String, Value>,
     history: Vec<Event>,
     requests: Vec<String>,
+    /// Job deletes still to refuse (an API server that is failing).
+    refuse_deletes: usize,
 }
 
 #[derive(Clone)]
@@ -281,6 +283,15 @@ async fn job_delete(
         .and_then(|v| v["propagationPolicy"].as_str().map(str::to_string))
         .or_else(|| query.get("propagationPolicy").cloned())
         .unwrap_or_default();
+    if objects.refuse_deletes > 0 {
+        objects.refuse_deletes -= 1;
+        objects.requests.push(format!("DELETE Job {name} refused"));
+        return status(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "etcdserver: request timed out",
+        );
+    }
     objects.requests.push(format!("DELETE Job {name} {policy}"));
     let Some(job) = objects.remove(&shared.events, Kind::Job, &name) else {
         return status(
@@ -522,6 +533,31 @@ impl KubeApi {
                 }],
             });
             o.store(events, Kind::Job, job);
+        });
+    }
+
+    /// Refuses the next `count` Job deletes with 500.
+    pub fn refuse_deletes(&self, count: usize) {
+        self.with(|o, _| o.refuse_deletes = count);
+    }
+
+    /// Plays the scheduler: Job `name`'s pod cannot be placed (it stays Pending).
+    pub fn unschedulable(&self, name: &str, message: &str) {
+        self.with(|o, events| {
+            let pod_name = format!("{name}-x7k2p");
+            let Some(mut pod) = o.pods.get(&pod_name).cloned() else {
+                panic!("no pod {pod_name}");
+            };
+            pod["status"] = json!({
+                "phase": "Pending",
+                "conditions": [{
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": message,
+                }],
+            });
+            o.store(events, Kind::Pod, pod);
         });
     }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 use automl_common::db::Backend;
 use automl_common::testing::backends;
 use automl_proto::training as pb;
+use automl_training_service::TrainingConfig;
 use automl_training_service::config::{
     AlgorithmConfig, BackendKind, KubernetesConfig, TolerationConfig,
 };
@@ -15,6 +16,16 @@ use super::Cluster;
 use super::kube_api::KubeApi;
 
 async fn cluster(backend: Backend, api: &KubeApi, limit: i64) -> Cluster {
+    cluster_with(backend, api, limit, |_| {}).await
+}
+
+/// A Kubernetes cluster whose configuration `customize` adjusts further.
+async fn cluster_with(
+    backend: Backend,
+    api: &KubeApi,
+    limit: i64,
+    customize: impl FnOnce(&mut TrainingConfig),
+) -> Cluster {
     let url = api.url();
     Cluster::start_with(backend, limit, move |config| {
         config.backend = BackendKind::Kubernetes;
@@ -43,6 +54,7 @@ async fn cluster(backend: Backend, api: &KubeApi, limit: i64) -> Cluster {
                 ..AlgorithmConfig::default()
             };
         }
+        customize(config);
     })
     .await
 }
@@ -117,6 +129,7 @@ async fn jobs_run_as_kubernetes_jobs() {
                 cpu: "2".into(),
                 memory: "4Gi".into(),
                 gpus: 1,
+                ..Default::default()
             });
         }
         let first = cluster
@@ -142,6 +155,8 @@ async fn jobs_run_as_kubernetes_jobs() {
         assert_eq!(labels["automl.io/job-id"], "1");
         assert_eq!(labels["automl.io/algorithm"], "intent-classification");
         assert_eq!(job["spec"]["backoffLimit"], 2);
+        // The configured default run time, enforced by Kubernetes.
+        assert_eq!(job["spec"]["activeDeadlineSeconds"], 86_400);
         assert_eq!(job["spec"]["ttlSecondsAfterFinished"], 600);
         let pod = &job["spec"]["template"]["spec"];
         assert_eq!(pod["restartPolicy"], "Never");
@@ -173,18 +188,20 @@ async fn jobs_run_as_kubernetes_jobs() {
         assert!(env_value(&job, "TRAINING_DATA_PATH").is_some_and(|p| !p.is_empty()));
         // The id of the Train call, so the trainer's calls can be followed in the logs.
         assert!(env_value(&job, "AUTOML_REQUEST_ID").is_some_and(|id| !id.is_empty()));
-        for (name, key) in [
-            ("MINIO_SERVER_ACCESS_KEY", "accesskey"),
-            ("MINIO_SERVER_SECRET_KEY", "secretkey"),
-        ] {
-            let var = env_of(&job)
-                .into_iter()
-                .find(|e| e["name"] == name)
-                .expect(name);
-            assert_eq!(var["valueFrom"]["secretKeyRef"]["name"], "automl-s3");
-            assert_eq!(var["valueFrom"]["secretKeyRef"]["key"], key);
-            assert!(var["value"].is_null());
+        // The built-in algorithm gets presigned URLs of its own objects, no S3 Secret at all.
+        for name in ["MINIO_SERVER_ACCESS_KEY", "MINIO_SERVER_SECRET_KEY"] {
+            assert!(
+                env_of(&job).iter().all(|e| e["name"] != name),
+                "{name} in the Job spec"
+            );
         }
+        assert!(
+            !job.to_string().contains("automl-s3"),
+            "the S3 Secret is referenced"
+        );
+        assert!(
+            env_value(&job, "AUTOML_OBJECT_GRANTS").is_some_and(|g| g.contains("X-Amz-Signature"))
+        );
         let secret = &cluster.env.common.s3.secret_key;
         assert!(!job.to_string().contains(secret.as_str()));
 
@@ -362,6 +379,7 @@ fn stored_job(job_id: i64, submission: &str) -> automl_training_service::model::
         },
         backend: "kubernetes".into(),
         backend_ref: String::new(),
+        ..Job::default()
     }
 }
 
@@ -461,4 +479,131 @@ async fn job_tokens_go_into_owned_secrets_and_stale_jobs_are_replaced() {
     assert!(api.job("automl-train-7").is_none());
     assert!(api.secret("automl-train-7-token").is_none());
     api.stop();
+}
+
+/// A canceled job is `canceled` only once its Job is deleted: while the API server refuses the
+/// delete the job reads `canceling` and keeps its slot; a retry deletes it and frees the slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_holds_until_the_job_is_deleted() {
+    let api = KubeApi::start().await;
+    let mut cluster = cluster(backends()[0], &api, 1).await;
+    let first = cluster.train(&[]).await;
+    until("the first Job exists", || {
+        api.job("automl-train-1").is_some()
+    })
+    .await;
+    api.set_pod("automl-train-1", "Running", None, "epoch 1\n");
+    until_status(&mut cluster, first, pb::TrainingStatus::Running).await;
+    let second = cluster.train(&[]).await;
+    api.refuse_deletes(3);
+    let answer = cluster
+        .client
+        .cancel_training_job(pb::GetTrainingStatusRequest { job_id: first })
+        .await
+        .expect("cancel")
+        .into_inner();
+    assert_eq!(answer.status(), pb::TrainingStatus::Running);
+    assert!(
+        answer.message.starts_with("canceling"),
+        "{}",
+        answer.message
+    );
+    let refused = |api: &KubeApi| {
+        api.requests()
+            .iter()
+            .filter(|r| *r == "DELETE Job automl-train-1 refused")
+            .count()
+    };
+    until("the delete is retried", || refused(&api) >= 2).await;
+    // Not canceled, and the slot stays taken, while the Job exists.
+    let status = cluster.status(first).await;
+    assert_eq!(status.status(), pb::TrainingStatus::Running);
+    assert!(
+        status
+            .message
+            .contains("cannot delete the Kubernetes Job yet"),
+        "{}",
+        status.message
+    );
+    assert!(api.job("automl-train-1").is_some());
+    assert!(api.job("automl-train-2").is_none());
+    assert_eq!(
+        cluster.status(second).await.status(),
+        pb::TrainingStatus::Queuing
+    );
+    // A later retry succeeds: canceled, and the next job gets the slot.
+    let message = until_status(&mut cluster, first, pb::TrainingStatus::Canceled).await;
+    assert_eq!(message, "canceled by request");
+    assert_eq!(refused(&api), 3);
+    assert!(api.job("automl-train-1").is_none());
+    until("the second Job exists", || {
+        api.job("automl-train-2").is_some()
+    })
+    .await;
+    cluster.stop().await;
+}
+
+/// A pod that stays Pending past the launch timeout fails its job with the scheduler's reason,
+/// its Job is deleted and the slot goes to the next job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_that_never_starts_fails_its_job_and_frees_the_slot() {
+    for backend in backends() {
+        let api = KubeApi::start().await;
+        let mut cluster = cluster_with(backend, &api, 1, |config| {
+            config.limits.launch_timeout_seconds = 2;
+        })
+        .await;
+        let first = cluster.train(&[]).await;
+        until("the first Job exists", || {
+            api.job("automl-train-1").is_some()
+        })
+        .await;
+        api.unschedulable(
+            "automl-train-1",
+            "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+        );
+        let mut request = cluster.job(&[]);
+        if let Some(metadata) = request.metadata.as_mut() {
+            metadata.resources = Some(pb::Resources {
+                max_runtime_seconds: 120,
+                ..Default::default()
+            });
+        }
+        let second = cluster
+            .client
+            .train(request)
+            .await
+            .expect("train")
+            .into_inner()
+            .job_id;
+        let message = until_status(&mut cluster, first, pb::TrainingStatus::Failure).await;
+        assert_eq!(
+            message,
+            "the trainer did not start within 2 s: Unschedulable: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
+        );
+        assert!(
+            api.job("automl-train-1").is_none(),
+            "the Job was not deleted"
+        );
+        until("the second Job exists", || {
+            api.job("automl-train-2").is_some()
+        })
+        .await;
+        let job = api.job("automl-train-2").expect("job");
+        assert_eq!(job["spec"]["activeDeadlineSeconds"], 120);
+        until_status(&mut cluster, second, pb::TrainingStatus::Launch).await;
+        // Kubernetes stops it at its deadline: the job says so.
+        api.finish_job(
+            "automl-train-2",
+            false,
+            "DeadlineExceeded",
+            "Job was active longer than specified deadline",
+        );
+        let message = until_status(&mut cluster, second, pb::TrainingStatus::Failure).await;
+        assert!(
+            message.starts_with("deadline exceeded after 120 s"),
+            "{message}"
+        );
+        cluster.stop().await;
+    }
 }
