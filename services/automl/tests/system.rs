@@ -19,6 +19,8 @@ mod observability;
 mod prediction;
 #[path = "system/pretrained.rs"]
 mod pretrained;
+#[path = "system/resilience.rs"]
+mod resilience;
 #[path = "system/support.rs"]
 mod support;
 #[path = "system/training.rs"]

@@ -46,9 +46,22 @@ impl Automl {
         env: &[(&str, String)],
         stderr: Stdio,
     ) -> Automl {
+        Self::spawn_serving(program, "all", &SERVICES, cwd, env, stderr)
+    }
+
+    /// `program serve <service>` (one service, or `all`); waits until each of `expected` has
+    /// announced its address.
+    pub fn spawn_serving(
+        program: &Path,
+        service: &str,
+        expected: &[&str],
+        cwd: &Path,
+        env: &[(&str, String)],
+        stderr: Stdio,
+    ) -> Automl {
         let mut command = Command::new(program);
         command
-            .args(["serve", "all"])
+            .args(["serve", service])
             .current_dir(cwd)
             .env("AUTOML__DATA_MANAGEMENT__HOST", "127.0.0.1")
             .env("AUTOML__DATA_MANAGEMENT__PORT", "0")
@@ -79,16 +92,17 @@ impl Automl {
         });
         let mut addrs = HashMap::new();
         tokio::task::block_in_place(|| {
-            Self::await_announcements(&receiver, &mut addrs);
+            Self::await_announcements(&receiver, expected, &mut addrs);
         });
         Automl { child, addrs }
     }
 
     fn await_announcements(
         receiver: &std::sync::mpsc::Receiver<String>,
+        expected: &[&str],
         addrs: &mut HashMap<String, String>,
     ) {
-        while !SERVICES.iter().all(|name| addrs.contains_key(*name)) {
+        while !expected.iter().all(|name| addrs.contains_key(*name)) {
             let line = receiver
                 .recv_timeout(Duration::from_secs(60))
                 .expect("automl announces its services within 60 s");

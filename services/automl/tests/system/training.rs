@@ -179,9 +179,11 @@ async fn kill_9_while_a_job_runs_then_restart_reconciles_and_runs_the_queue() {
         "data_management.DataManagementService/PrepareTrainingDataset",
         r#"{"dataset_id":"1"}"#,
     );
+    // The trainer left running by the killed process cannot reach the restarted services (new
+    // ports): it stops retrying its calls to metadata-store after 2 s instead of 5 minutes.
     let train = |epochs: u32| {
         format!(
-            r#"{{"metadata":{{"algorithm":"intent-classification","dataset_id":"1","train_data_version_hash":"hashAg==","output_model_name":"intent","parameters":{{"EPOCHS":"{epochs}"}}}}}}"#
+            r#"{{"metadata":{{"algorithm":"intent-classification","dataset_id":"1","train_data_version_hash":"hashAg==","output_model_name":"intent","parameters":{{"EPOCHS":"{epochs}","METADATA_RETRY_SECONDS":"2"}}}}}}"#
         )
     };
     let training = automl.addr("training-service");

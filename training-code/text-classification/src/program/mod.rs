@@ -21,6 +21,7 @@ mod encoder_job;
 mod local;
 mod objects;
 mod remote;
+mod retry;
 mod trainer_env;
 
 use std::collections::HashMap;

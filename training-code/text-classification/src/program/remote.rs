@@ -11,9 +11,7 @@ use crate::params::TrainParams;
 use crate::train::EpochReport;
 use anyhow::Context;
 use automl_common::auth::{Credentials, TOKEN_ENV};
-use automl_common::config::S3Config;
 use automl_common::request_id;
-use automl_common::s3::{ObjectStore, S3Error};
 use automl_common::time::now_iso;
 use automl_proto::data_management::FileInfo;
 use automl_proto::metadata_store as pb;
@@ -22,6 +20,8 @@ use candle_core::Device;
 use tonic::codegen::InterceptedService;
 use tonic::transport::Channel;
 
+use super::objects::Objects;
+use super::retry;
 use super::trainer_env::{TrainerEnv, url};
 use super::{epoch_line, train_blocking};
 
@@ -56,12 +56,16 @@ pub async fn run(env: TrainerEnv, job: super::Job, device: Device) -> anyhow::Re
         (false, false) => format!("https://{}", env.metadata_store),
         _ => url(&env.metadata_store),
     };
+    // Connected on first use, and again after the connection breaks (metadata-store restarted):
+    // the calls' retries cover a metadata-store that is not up yet. Keep-alive pings find a
+    // connection to a host that vanished without closing it.
     let channel = tls
         .endpoint(&metadata_url)?
         .connect_timeout(std::time::Duration::from_secs(10))
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach metadata-store at {}", env.metadata_store))?;
+        .http2_keep_alive_interval(std::time::Duration::from_secs(20))
+        .keep_alive_timeout(std::time::Duration::from_secs(10))
+        .keep_alive_while_idle(true)
+        .connect_lazy();
     let id = std::env::var(request_id::ENV_VAR)
         .ok()
         .filter(|id| request_id::is_valid(id));
@@ -78,22 +82,24 @@ pub async fn run(env: TrainerEnv, job: super::Job, device: Device) -> anyhow::Re
             credentials,
         },
     );
-    let started = client
-        .log_run_start(pb::LogRunStartRequest {
-            start_time: now_iso(),
-            run_id: env.job_id.clone(),
-            run_name: env.model_name.clone(),
-            tracing: Some(pb::TracingInformation {
-                dataset_id: env.dataset_id.clone(),
-                version_hash: env.version_hash.clone(),
-                code_version: env.code_version.clone(),
-                base_run_id: env.base_run_id.clone().unwrap_or_default(),
-                pretrained_model: env.pretrained_model.clone().unwrap_or_default(),
-            }),
-        })
-        .await
-        .context("LogRunStart failed")?
-        .into_inner();
+    let start = pb::LogRunStartRequest {
+        start_time: now_iso(),
+        run_id: env.job_id.clone(),
+        run_name: env.model_name.clone(),
+        tracing: Some(pb::TracingInformation {
+            dataset_id: env.dataset_id.clone(),
+            version_hash: env.version_hash.clone(),
+            code_version: env.code_version.clone(),
+            base_run_id: env.base_run_id.clone().unwrap_or_default(),
+            pretrained_model: env.pretrained_model.clone().unwrap_or_default(),
+        }),
+    };
+    let started = retry::call("LogRunStart", &start, |request| {
+        let mut client = client.clone();
+        async move { client.log_run_start(request).await }
+    })
+    .await
+    .with_context(|| format!("LogRunStart failed (metadata-store at {metadata_url})"))?;
     println!("run {} started", env.job_id);
     let bucket = non_empty(started.bucket, &env.model_bucket);
     let path = non_empty(started.path, &format!("run_{}", env.job_id));
@@ -111,15 +117,18 @@ pub async fn run(env: TrainerEnv, job: super::Job, device: Device) -> anyhow::Re
         Err(err) => (false, format!("{err:#}")),
     };
     println!("run {} ended: {message}", env.job_id);
-    client
-        .log_run_end(pb::LogRunEndRequest {
-            run_id: env.job_id.clone(),
-            end_time: now_iso(),
-            success,
-            message,
-        })
-        .await
-        .context("LogRunEnd failed")?;
+    let end = pb::LogRunEndRequest {
+        run_id: env.job_id.clone(),
+        end_time: now_iso(),
+        success,
+        message,
+    };
+    retry::call("LogRunEnd", &end, |request| {
+        let mut client = client.clone();
+        async move { client.log_run_end(request).await }
+    })
+    .await
+    .context("LogRunEnd failed")?;
     outcome.map(|_| ())
 }
 
@@ -140,7 +149,7 @@ async fn train_and_publish(
     bucket: &str,
     path: &str,
 ) -> anyhow::Result<f64> {
-    let store = object_store(env);
+    let store = Objects::from_env(env)?;
     let prefix = env.data_path.trim_end_matches('/');
     let examples =
         download_text(&store, &env.data_bucket, &format!("{prefix}/examples.csv")).await?;
@@ -180,7 +189,10 @@ async fn train_and_publish(
     let files = artifact::encode(&trained.model, &trained.vocab, &manifest)?;
     for (name, bytes) in files.files {
         let key = format!("{path}/{name}");
-        store.put_bytes(bucket, &key, bytes).await?;
+        store
+            .put(bucket, &key, bytes)
+            .await
+            .with_context(|| format!("cannot write {bucket}/{key}"))?;
         println!("uploaded {bucket}/{key}");
     }
     record_artifact(env, client, bucket, path).await?;
@@ -206,18 +218,21 @@ where
     while let Some((report, end_time)) = receiver.recv().await {
         println!("{}", epoch_line(&report, epochs));
         let start_time = start_of(&end_time, report.seconds);
-        client
-            .log_epoch(pb::LogEpochRequest {
-                epoch_info: Some(pb::EpochInfo {
-                    start_time,
-                    end_time,
-                    run_id: env.job_id.clone(),
-                    epoch_id: report.epoch.to_string(),
-                    metrics: epoch_metrics(&report),
-                }),
-            })
-            .await
-            .with_context(|| format!("LogEpoch {} failed", report.epoch))?;
+        let epoch = pb::LogEpochRequest {
+            epoch_info: Some(pb::EpochInfo {
+                start_time,
+                end_time,
+                run_id: env.job_id.clone(),
+                epoch_id: report.epoch.to_string(),
+                metrics: epoch_metrics(&report),
+            }),
+        };
+        retry::call(&format!("LogEpoch {}", report.epoch), &epoch, |request| {
+            let mut client = client.clone();
+            async move { client.log_epoch(request).await }
+        })
+        .await
+        .with_context(|| format!("LogEpoch {} failed", report.epoch))?;
     }
     Ok(training.await.context("training thread failed")??)
 }
@@ -229,19 +244,21 @@ pub(super) async fn record_artifact(
     bucket: &str,
     path: &str,
 ) -> anyhow::Result<()> {
-    let created = client
-        .create_artifact(pb::CreateArtifactRequest {
-            artifact: Some(FileInfo {
-                name: env.model_name.clone(),
-                bucket: bucket.to_string(),
-                path: path.to_string(),
-            }),
-            run_id: env.job_id.clone(),
-            algorithm: env.algorithm.clone(),
-        })
-        .await
-        .context("CreateArtifact failed")?
-        .into_inner();
+    let artifact = pb::CreateArtifactRequest {
+        artifact: Some(FileInfo {
+            name: env.model_name.clone(),
+            bucket: bucket.to_string(),
+            path: path.to_string(),
+        }),
+        run_id: env.job_id.clone(),
+        algorithm: env.algorithm.clone(),
+    };
+    let created = retry::call("CreateArtifact", &artifact, |request| {
+        let mut client = client.clone();
+        async move { client.create_artifact(request).await }
+    })
+    .await
+    .context("CreateArtifact failed")?;
     println!("artifact {} version {}", env.model_name, created.version);
     Ok(())
 }
@@ -272,39 +289,15 @@ pub fn epoch_metrics(report: &EpochReport) -> HashMap<String, String> {
     ])
 }
 
-pub(super) fn object_store(env: &TrainerEnv) -> ObjectStore {
-    let config = S3Config {
-        access_key: env.access_key.clone(),
-        secret_key: env.secret_key.clone(),
-        ..S3Config::default()
-    };
-    ObjectStore::new(&config, &url(&env.minio_server))
-}
-
-pub(super) async fn download(
-    store: &ObjectStore,
-    bucket: &str,
-    key: &str,
-) -> anyhow::Result<Vec<u8>> {
-    let object = store
-        .client()
-        .get_object()
-        .bucket(bucket)
-        .key(key)
-        .send()
+pub(super) async fn download(store: &Objects, bucket: &str, key: &str) -> anyhow::Result<Vec<u8>> {
+    store
+        .get(bucket, key)
         .await
-        .map_err(|err| S3Error::from_sdk("get object", err))
-        .with_context(|| format!("cannot read {bucket}/{key}"))?;
-    let body = object
-        .body
-        .collect()
-        .await
-        .with_context(|| format!("cannot read {bucket}/{key}"))?;
-    Ok(body.into_bytes().to_vec())
+        .with_context(|| format!("cannot read {bucket}/{key}"))
 }
 
 pub(super) async fn download_text(
-    store: &ObjectStore,
+    store: &Objects,
     bucket: &str,
     key: &str,
 ) -> anyhow::Result<String> {
@@ -314,13 +307,15 @@ pub(super) async fn download_text(
 
 /// Where the model of base run `run_id` lies, through GetArtifact.
 pub(super) async fn base_location(client: &mut Client, run_id: &str) -> anyhow::Result<FileInfo> {
-    let found = client
-        .get_artifact(pb::GetArtifactRequest {
-            run_id: run_id.to_string(),
-        })
-        .await
-        .with_context(|| format!("no model artifact for base run {run_id}"))?
-        .into_inner();
+    let lookup = pb::GetArtifactRequest {
+        run_id: run_id.to_string(),
+    };
+    let found = retry::call("GetArtifact", &lookup, |request| {
+        let mut client = client.clone();
+        async move { client.get_artifact(request).await }
+    })
+    .await
+    .with_context(|| format!("no model artifact for base run {run_id}"))?;
     found
         .artifact
         .with_context(|| format!("base run {run_id} has no artifact location"))
@@ -329,7 +324,7 @@ pub(super) async fn base_location(client: &mut Client, run_id: &str) -> anyhow::
 /// The model of `run_id`, located through GetArtifact.
 async fn load_base(
     client: &mut Client,
-    store: &ObjectStore,
+    store: &Objects,
     run_id: &str,
     device: &Device,
 ) -> anyhow::Result<BaseModel> {
