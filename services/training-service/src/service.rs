@@ -1042,7 +1042,8 @@ impl Training {
             env.push((CA_FILE_ENV.into(), self.ca_file.clone()));
         }
         if let Some(auth) = &self.auth {
-            // The trainer's token reaches its own run and snapshot only.
+            // The trainer's token reaches its own run and snapshot only, and expires with the
+            // job's deadline.
             let token = auth.mint(
                 &job.tenant,
                 &format!("job-{}", job.job_id),
@@ -1052,7 +1053,8 @@ impl Training {
                     version_hash: spec.train_data_version_hash.clone(),
                     base_run_id: spec.base_run_id.clone(),
                 },
-                automl_common::auth::JOB_TOKEN_TTL,
+                self.job_lifetime(job)
+                    .min(automl_common::auth::JOB_TOKEN_TTL),
             );
             env.push((TOKEN_ENV.into(), token));
         }
