@@ -30,8 +30,9 @@
 #              READY, and jobs per second through the queue with 1,000 queued jobs of a trivial
 #              trainer (a script that records its start and exits); then the fairness run:
 #              BENCH_TENANTS (default 20) tenants with tokens of their own each submit
-#              BENCH_TENANT_JOBS (default 20) jobs, one tenant after another; jobs/s and the
-#              spread of the tenants' median waits, with the load average.
+#              BENCH_TENANT_JOBS (default 20) jobs of a trainer that sleeps 50 ms (so the queue
+#              backs up), one tenant after another; jobs/s and the spread of the tenants' median
+#              waits beside a FIFO queue's with the same time per job, with the load average.
 #   train      the intent classifier: automl-train (candle, CPU) against a PyTorch reference
 #              of the same model and data split; accuracy, wall time, examples/s
 #              (scripts/bench/train.sh says more).
@@ -330,7 +331,7 @@ bench_overhead() {
 bench_schedule() {
   local dir="$work/schedule" trivial="$work/trivial-trainer.sh" trace="$work/trace"
   # shellcheck disable=SC2016 # the variables belong to the script written, not to this one
-  printf '#!/bin/sh\necho "$JOB_ID $(date +%%s%%N)" >> "$TRACE"\n' >"$trivial"
+  printf '#!/bin/sh\necho "$JOB_ID $(date +%%s%%N)" >> "$TRACE"\n[ -z "$SLEEP" ] || sleep "$SLEEP"\n' >"$trivial"
   chmod +x "$trivial"
   : >"$work/out"
   AUTOML__DATA_DIR="$dir" AUTOML__S3__EMBEDDED_BIND=127.0.0.1:0 RUST_LOG=warn \
@@ -364,11 +365,11 @@ bench_fairness() {
   mkdir -p "$dir"
   : >"$work/tokens"
   for i in $(seq 1 "$tenants"); do
-    echo "team-$i $(target/release/automl token --data-dir "$dir" create --tenant "team-$i")" >>"$work/tokens"
+    echo "team-$i $(target/release/automl token --data-dir "$dir" create --tenant "team-$i" 2>/dev/null)" >>"$work/tokens"
   done
   : >"$work/out"
   AUTOML__DATA_DIR="$dir" AUTOML__S3__EMBEDDED_BIND=127.0.0.1:0 RUST_LOG=warn \
-    AUTOML__AUTH__ENABLED=true \
+    AUTOML__AUTH__ENABLED=true AUTOML__AUTH__INTERNAL_SECRET="bench-internal-secret-$RANDOM$RANDOM" \
     AUTOML__DATA_MANAGEMENT__PORT=0 AUTOML__METADATA_STORE__PORT=0 \
     AUTOML__PREDICTION_SERVICE__PORT=0 AUTOML__TRAINING_SERVICE__PORT=0 \
     AUTOML__TRAINING_SERVICE__ALGORITHMS__TRIVIAL__COMMAND="$trivial" \
@@ -383,14 +384,18 @@ bench_fairness() {
   done
   [ -n "$ts" ] || { cat "$work/err" >&2; return 1; }
   dm=127.0.0.1:${dm##*:} ts=127.0.0.1:${ts##*:}
-  while read -r _ token; do
-    AUTOML_TOKEN=$token target/release/automl dataset --server "$dm" create --name tiny \
-      --file "$work/tiny.csv" >/dev/null
-    AUTOML_TOKEN=$token target/release/automl dataset --server "$dm" prepare --dataset 1 \
-      --wait >/dev/null
+  local tenant token dataset
+  : >"$work/tenants"
+  while read -r tenant token; do
+    dataset=$(AUTOML_TOKEN=$token target/release/automl dataset --server "$dm" create \
+      --name tiny --file "$work/tiny.csv" 2>/dev/null |
+      sed -n 's/.*"datasetId": "\([^"]*\)".*/\1/p')
+    AUTOML_TOKEN=$token target/release/automl dataset --server "$dm" prepare \
+      --dataset "$dataset" --wait >/dev/null
+    echo "$tenant $token $dataset" >>"$work/tenants"
   done <"$work/tokens"
   echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
-  "$bench_bin" --addr "$ts" --trace "$trace" --tenants "$work/tokens" --jobs-per-tenant "$jobs"
+  "$bench_bin" --addr "$ts" --trace "$trace" --tenants "$work/tenants" --jobs-per-tenant "$jobs"
   echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
   stop_server
 }

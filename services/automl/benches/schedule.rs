@@ -1,13 +1,15 @@
 //! training-service scheduling against `automl serve all` (set up by `scripts/bench.sh
 //! schedule`) with a trivial trainer that only records when it started: the time from Train to
 //! the trainer's start when the snapshot is READY, and jobs per second through the queue with
-//! 1,000 queued jobs. With `--tenants FILE` (lines `tenant token`, authentication on) the
-//! fairness run instead: each tenant in turn submits `--jobs-per-tenant` jobs (the first
-//! tenant's all before the second's first: FIFO's worst case), and the bench reports jobs per
-//! second and each tenant's median wait from Train to its trainer's start.
+//! 1,000 queued jobs. With `--tenants FILE` (lines `tenant token dataset-id`, authentication
+//! on) the fairness run instead: each tenant in turn submits `--jobs-per-tenant` jobs (the
+//! first tenant's all before the second's first: FIFO's worst case) of a trainer that sleeps
+//! `--trainer-sleep` seconds (so the queue backs up), and the bench reports jobs per second and
+//! each tenant's median wait from Train to its trainer's start, beside what a FIFO queue with
+//! the same time per job would give.
 //!
 //! Usage: `cargo bench -p automl --bench schedule -- --addr HOST:PORT --trace FILE
-//!        [--latency-jobs 50] [--queue-jobs 1000] [--tenants FILE --jobs-per-tenant 20]`
+//!        [--latency-jobs 50] [--queue-jobs 1000] [--tenants FILE --jobs-per-tenant 20 --trainer-sleep 0.05]`
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -43,18 +45,21 @@ async fn fairness(
     trace: &str,
     tenants_file: &str,
     per_tenant: usize,
+    sleep: String,
 ) -> anyhow::Result<()> {
-    let tenants: Vec<(String, String)> = std::fs::read_to_string(tenants_file)?
+    // `tenant token dataset-id` per line.
+    let tenants: Vec<(String, String, String)> = std::fs::read_to_string(tenants_file)?
         .lines()
         .filter_map(|line| {
-            let (tenant, token) = line.split_once(' ')?;
-            Some((tenant.to_string(), token.trim().to_string()))
+            let mut fields = line.split_whitespace();
+            let (tenant, token, dataset) = (fields.next()?, fields.next()?, fields.next()?);
+            Some((tenant.to_string(), token.to_string(), dataset.to_string()))
         })
         .collect();
     anyhow::ensure!(!tenants.is_empty(), "{tenants_file} names no tenant");
     let mut submitted: Vec<(usize, i32, u128)> = Vec::new();
     let started = Instant::now();
-    for (index, (_, token)) in tenants.iter().enumerate() {
+    for (index, (_, token, dataset)) in tenants.iter().enumerate() {
         let value: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse()?;
         let mut client = TrainingServiceClient::with_interceptor(
             channel.clone(),
@@ -65,7 +70,13 @@ async fn fairness(
         );
         for _ in 0..per_tenant {
             let sent = now_ns();
-            let job = client.train(request(trace)).await?.into_inner().job_id;
+            let mut request = request(trace);
+            if let Some(metadata) = request.metadata.as_mut() {
+                metadata.dataset_id = dataset.clone();
+                // Long enough that the queue backs up while the tenants submit.
+                metadata.parameters.insert("SLEEP".into(), sleep.clone());
+            }
+            let job = client.train(request).await?.into_inner().job_id;
             submitted.push((index, job, sent));
         }
     }
@@ -80,6 +91,23 @@ async fn fairness(
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let elapsed = started.elapsed();
+    // The same jobs in a FIFO queue with the same mean time per job, for comparison: each job
+    // starts when the one submitted before it has had its turn (or when it is submitted).
+    let first_start = starts.values().min().copied().unwrap_or_default();
+    let last_start = starts.values().max().copied().unwrap_or_default();
+    let per_job = last_start.saturating_sub(first_start) / (total.max(2) as u128 - 1);
+    let mut fifo_waits: Vec<Vec<f64>> = vec![Vec::new(); tenants.len()];
+    let mut free_at = 0u128;
+    for (tenant, _, sent) in &submitted {
+        let start = free_at.max(*sent);
+        fifo_waits[*tenant].push(start.saturating_sub(*sent) as f64 / 1e9);
+        free_at = start + per_job;
+    }
+    let median = |waits: &mut Vec<f64>| {
+        waits.sort_by(f64::total_cmp);
+        waits[waits.len() / 2]
+    };
+    let fifo: Vec<f64> = fifo_waits.iter_mut().map(median).collect();
     let mut medians = Vec::new();
     for index in 0..tenants.len() {
         let mut waits: Vec<f64> = submitted
@@ -91,10 +119,11 @@ async fn fairness(
         medians.push(waits[waits.len() / 2]);
     }
     let (first, last) = (medians[0], medians[medians.len() - 1]);
+    let (fifo_first, fifo_last) = (fifo[0], fifo[fifo.len() - 1]);
     let mut sorted = medians.clone();
     sorted.sort_by(f64::total_cmp);
     println!(
-        "fairness: {} tenants × {per_tenant} jobs submitted tenant after tenant (limit 1, trivial trainer): \
+        "fairness: {} tenants × {per_tenant} jobs submitted tenant after tenant (limit 1, a trainer sleeping {sleep} s): \
          {total} jobs in {:.1} s, {:.1} jobs/s",
         tenants.len(),
         elapsed.as_secs_f64(),
@@ -107,6 +136,12 @@ async fn fairness(
         sorted[sorted.len() / 2],
         sorted[sorted.len() - 1],
         sorted[sorted.len() - 1] / sorted[0].max(1e-9)
+    );
+    println!(
+        "  a FIFO queue with the same {:.1} ms per job would give the first tenant {fifo_first:.2} s \
+         and the last {fifo_last:.2} s (max/min {:.1})",
+        per_job as f64 / 1e6,
+        fifo_last / fifo_first.max(1e-9)
     );
     Ok(())
 }
@@ -143,6 +178,7 @@ async fn main() -> anyhow::Result<()> {
     let mut trace = String::new();
     let (mut latency_jobs, mut queue_jobs) = (50usize, 1000usize);
     let (mut tenants, mut per_tenant) = (String::new(), 20usize);
+    let mut sleep = String::from("0.05");
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -152,6 +188,7 @@ async fn main() -> anyhow::Result<()> {
             "--queue-jobs" => queue_jobs = args.next().context("value")?.parse()?,
             "--tenants" => tenants = args.next().context("--tenants needs a value")?,
             "--jobs-per-tenant" => per_tenant = args.next().context("value")?.parse()?,
+            "--trainer-sleep" => sleep = args.next().context("value")?,
             _ => {}
         }
     }
@@ -160,7 +197,7 @@ async fn main() -> anyhow::Result<()> {
         .connect()
         .await?;
     if !tenants.is_empty() {
-        return fairness(channel, &trace, &tenants, per_tenant).await;
+        return fairness(channel, &trace, &tenants, per_tenant, sleep).await;
     }
     let mut client = TrainingServiceClient::new(channel);
 

@@ -38,6 +38,15 @@ pub const CONTAINER: &str = "trainer";
 pub const DEFAULT_TRAINER: &str = "automl-train";
 /// Key of the job token in the job's own Secret.
 pub const TOKEN_KEY: &str = "token";
+/// Key of the job's object grants (presigned URLs) in the job's own Secret.
+pub const GRANTS_KEY: &str = "grants";
+
+/// Trainer variables that reach the pod through the job's own Secret, never as plain values in
+/// the Job spec (which anyone who may read Jobs in the namespace can read): (variable, key).
+const JOB_SECRET_VARS: [(&str, &str); 2] = [
+    (TOKEN_ENV, TOKEN_KEY),
+    (automl_common::s3::grants::GRANTS_ENV, GRANTS_KEY),
+];
 /// Trainer variables that come from the S3 Secret instead of a value (only `raw_s3_access`
 /// algorithms have them; the others get presigned URLs).
 pub const ACCESS_KEY_VAR: &str = "MINIO_SERVER_ACCESS_KEY";
@@ -87,7 +96,7 @@ pub struct TrainerSpec {
     pub env: Vec<(String, String)>,
 }
 
-/// The Secret holding a job's token (deleted with its Job).
+/// The Secret holding a job's token and object grants (deleted with its Job).
 pub fn token_secret_name(job_id: i64) -> String {
     format!("automl-train-{job_id}-token")
 }
@@ -159,11 +168,14 @@ pub fn job_manifest(
         .iter()
         .map(|(name, value)| {
             let token_secret = token_secret_name(job.job_id);
+            let own = JOB_SECRET_VARS
+                .iter()
+                .find(|(var, _)| var == name)
+                .map(|(_, key)| (&token_secret, *key));
             let secret = match name.as_str() {
                 ACCESS_KEY_VAR => Some((&config.s3_secret_name, config.s3_access_key_key.as_str())),
                 SECRET_KEY_VAR => Some((&config.s3_secret_name, config.s3_secret_key_key.as_str())),
-                TOKEN_ENV => Some((&token_secret, TOKEN_KEY)),
-                _ => None,
+                _ => own,
             };
             match secret {
                 Some((secret, key)) => json!({
@@ -379,10 +391,17 @@ impl KubernetesBackend {
                 }
             }
         };
-        if let Some((_, token)) = trainer.env.iter().find(|(k, _)| k == TOKEN_ENV)
-            && let Err(err) = self.create_token_secret(job.job_id, &created, token).await
+        let data: serde_json::Map<String, serde_json::Value> = JOB_SECRET_VARS
+            .iter()
+            .filter_map(|(var, key)| {
+                let (_, value) = trainer.env.iter().find(|(k, _)| k == var)?;
+                Some(((*key).to_string(), json!(value)))
+            })
+            .collect();
+        if !data.is_empty()
+            && let Err(err) = self.create_job_secret(job.job_id, &created, data).await
         {
-            // Without its token the pod could never start: take the Job back.
+            // Without its token and grants the pod could never start: take the Job back.
             let _ = self.cancel(job.job_id).await;
             return Err(err);
         }
@@ -404,12 +423,13 @@ impl KubernetesBackend {
         }
     }
 
-    /// The job token's Secret, owned by the Job so that it goes when the Job goes.
-    async fn create_token_secret(
+    /// The job's own Secret (its token, its object grants), owned by the Job so that it goes
+    /// when the Job goes.
+    async fn create_job_secret(
         &self,
         job_id: i64,
         owner: &KubeJob,
-        token: &str,
+        data: serde_json::Map<String, serde_json::Value>,
     ) -> Result<(), TrainingError> {
         let secret: Secret = serde_json::from_value(json!({
             "apiVersion": "v1",
@@ -426,7 +446,7 @@ impl KubernetesBackend {
                 }],
             },
             "type": "Opaque",
-            "stringData": {TOKEN_KEY: token},
+            "stringData": data,
         }))
         .map_err(|err| TrainingError::Corrupt(format!("secret manifest: {err}")))?;
         match self.secrets.create(&PostParams::default(), &secret).await {

@@ -199,8 +199,31 @@ async fn jobs_run_as_kubernetes_jobs() {
             !job.to_string().contains("automl-s3"),
             "the S3 Secret is referenced"
         );
+        // Its grants reach the pod through the job's own Secret (owned by the Job), never as a
+        // plain value of the Job spec.
+        let grants = env_of(&job)
+            .into_iter()
+            .find(|e| e["name"] == "AUTOML_OBJECT_GRANTS")
+            .expect("grants");
+        assert!(grants["value"].is_null(), "{grants}");
+        assert_eq!(
+            grants["valueFrom"]["secretKeyRef"]["name"],
+            "automl-train-1-token"
+        );
+        assert_eq!(grants["valueFrom"]["secretKeyRef"]["key"], "grants");
+        assert!(!job.to_string().contains("X-Amz-Signature"));
+        let job_secret = api
+            .secret("automl-train-1-token")
+            .expect("the job's Secret");
         assert!(
-            env_value(&job, "AUTOML_OBJECT_GRANTS").is_some_and(|g| g.contains("X-Amz-Signature"))
+            job_secret["stringData"]["grants"]
+                .as_str()
+                .is_some_and(|g| g.contains("X-Amz-Signature")),
+            "{job_secret}"
+        );
+        assert_eq!(
+            job_secret["metadata"]["ownerReferences"][0]["name"],
+            "automl-train-1"
         );
         let secret = &cluster.env.common.s3.secret_key;
         assert!(!job.to_string().contains(secret.as_str()));
