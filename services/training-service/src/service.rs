@@ -206,6 +206,24 @@ impl Training {
                 known.join(", ")
             )));
         }
+        // The built-in trainer's parameters are checked now, as it will read them, instead of
+        // failing the job after its wait in the queue.
+        if self
+            .config
+            .algorithms
+            .get(&spec.algorithm)
+            .is_some_and(|algorithm| algorithm.command.is_empty())
+        {
+            let parameters: HashMap<String, String> = spec
+                .parameters
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            automl_text_classification::program::check_parameters(&spec.algorithm, &parameters)
+                .map_err(|err| {
+                    TrainingError::InvalidArgument(format!("metadata.parameters: {err}"))
+                })?;
+        }
         if let Some(name) = self.pretrained_of(&spec.algorithm)
             && self.pretrained_current(name).await?.is_none()
         {
@@ -1499,12 +1517,43 @@ impl Training {
                     .await
             }
             Exit::Failed(reason) => {
+                // The trainer's own error line says more than its exit code.
+                let reason = match self.trainer_error(job).await {
+                    Some(line) if reason.starts_with("exit code") => format!("{reason}: {line}"),
+                    _ => reason,
+                };
                 self.end_run(tenant, job_id, &reason).await;
                 self.finish(job_id, &active, JobStatus::Failure, &reason)
                     .await
             }
             Exit::Canceled => self.canceled(job).await,
         }
+    }
+
+    /// The last error line automl-train wrote to a local job's log (`automl-train: error: …`).
+    async fn trainer_error(&self, job: &Job) -> Option<String> {
+        const PREFIX: &str = "automl-train: error: ";
+        const TAIL: u64 = 64 * 1024;
+        if job.backend != LOCAL {
+            return None;
+        }
+        let mut file = tokio::fs::File::open(self.backend.log_path(job.job_id))
+            .await
+            .ok()?;
+        let length = file.metadata().await.ok()?.len();
+        file.seek(std::io::SeekFrom::Start(length.saturating_sub(TAIL)))
+            .await
+            .ok()?;
+        let mut tail = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut file, &mut tail)
+            .await
+            .ok()?;
+        let text = String::from_utf8_lossy(&tail);
+        let line = text
+            .lines()
+            .rev()
+            .find_map(|line| line.strip_prefix(PREFIX))?;
+        Some(line.chars().take(1024).collect())
     }
 
     /// A request to another service on `tenant`'s behalf (with a service token when

@@ -22,7 +22,8 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 /// A trainer that follows the contract: LogRunStart, prints its environment, sleeps `SLEEP`,
-/// LogRunEnd, exits `EXIT_CODE`. Each start and end is appended to `$TRACE`.
+/// LogRunEnd, exits `EXIT_CODE` (after the error line `FAIL_WITH`, as automl-train writes
+/// it). Each start and end is appended to `$TRACE`.
 fn trainer_script(dir: &Path) -> PathBuf {
     let path = dir.join("fake-trainer.sh");
     let grpcurl = grpcurl();
@@ -42,6 +43,7 @@ echo "PRETRAINED_MODEL=$PRETRAINED_MODEL DEVICE=$DEVICE ARGS=$*"
 echo "MINIO_SERVER_ACCESS_KEY=${{MINIO_SERVER_ACCESS_KEY-unset}} MINIO_SERVER_SECRET_KEY=${{MINIO_SERVER_SECRET_KEY-unset}}"
 echo "AUTOML_OBJECT_GRANTS=$AUTOML_OBJECT_GRANTS"
 sleep "${{SLEEP:-0.1}}"
+[ -z "$FAIL_WITH" ] || echo "automl-train: error: $FAIL_WITH" >&2
 code="${{EXIT_CODE:-0}}"
 if [ "$code" = 0 ]; then
   {grpcurl} -plaintext -d "{{\"run_id\":\"$JOB_ID\",\"success\":true,\"message\":\"test accuracy 0.900\"}}" "$METADATA_STORE_SERVER" metadata_store.MetadataStoreService/LogRunEnd >/dev/null
@@ -691,6 +693,12 @@ async fn failures_say_why() {
         let status = cluster.wait_final(failing).await;
         assert_eq!(status.status(), pb::TrainingStatus::Failure);
         assert_eq!(status.message, "exit code 1");
+        // The trainer's own error line, when it wrote one, goes with the exit code.
+        let explained = cluster
+            .train(&[("EXIT_CODE", "1"), ("FAIL_WITH", "bad snapshot: no labels")])
+            .await;
+        let status = cluster.wait_final(explained).await;
+        assert_eq!(status.message, "exit code 1: bad snapshot: no labels");
         let run = cluster
             .metadata
             .get_run_status(ms::GetRunStatusRequest {

@@ -210,7 +210,7 @@ async fn tenants_are_served_in_turn_and_priorities_order_a_tenants_jobs() {
             "team-b's first job started after team-a's third: {order:?}"
         );
         // The caller's position counts its own queued jobs only.
-        let blocker = cluster.submit_as("team-a", "2", Priority::Normal).await;
+        let blocker = cluster.submit_as("team-a", "3", Priority::Normal).await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while cluster
             .service
@@ -270,7 +270,7 @@ async fn a_tenant_at_its_quota_waits_while_another_runs() {
             config.quotas.max_running_jobs = Some(1);
         })
         .await;
-        let first = cluster.submit_as("team-a", "3", Priority::Normal).await;
+        let first = cluster.submit_as("team-a", "6", Priority::Normal).await;
         let second = cluster.submit_as("team-a", "0", Priority::Normal).await;
         let other = cluster.submit_as("team-b", "0", Priority::Normal).await;
         // team-b's job runs to the end while team-a's second waits for its quota.
@@ -342,5 +342,33 @@ async fn a_reused_pid_is_neither_signalled_nor_taken_for_the_trainer() {
     let _ = std::process::Command::new("kill")
         .args(["-KILL", trainer_pid])
         .status();
+    cluster.stop().await;
+}
+
+/// The built-in trainer's parameters are checked at submission, as the trainer reads them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_built_in_trainers_parameters_are_checked_at_submission() {
+    let mut cluster = Cluster::start_with(backends()[0], 1, |config| {
+        // The built-in trainer (no command of its own).
+        for algorithm in config.algorithms.values_mut() {
+            algorithm.command.clear();
+        }
+    })
+    .await;
+    for (parameters, named) in [
+        (vec![("EPOCHS", "-5")], "invalid parameter EPOCHS"),
+        (vec![("LR", "fast")], "invalid parameter LR"),
+        (vec![("OPTIMIZER", "adam")], "invalid parameter OPTIMIZER"),
+        (vec![("DEVICE", "tpu")], "invalid parameter DEVICE"),
+    ] {
+        let refused = cluster.client.train(cluster.job(&parameters)).await;
+        assert_status(refused, Code::InvalidArgument, named);
+    }
+    let (jobs, _) = cluster
+        .service
+        .list("default", &[], 0, 0)
+        .await
+        .expect("list");
+    assert!(jobs.is_empty(), "a refused job was queued");
     cluster.stop().await;
 }

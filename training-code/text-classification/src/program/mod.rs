@@ -125,6 +125,29 @@ pub enum Job {
     Encoder(crate::encoder::params::EncoderParams),
 }
 
+/// What a job of `algorithm` trains with the parameters in `env`, as the trainer reads them.
+pub fn job_of(algorithm: &str, env: &HashMap<String, String>) -> crate::Result<Job> {
+    Ok(if algorithm.trim() == crate::encoder::ALGORITHM {
+        Job::Encoder(crate::encoder::params::EncoderParams::from_map(env)?)
+    } else {
+        Job::Bag(TrainParams::from_map(env)?)
+    })
+}
+
+/// Checks a job's parameters exactly as the trainer will read them (its training parameters
+/// and `DEVICE`), so that training-service refuses at submission what the trainer would refuse
+/// after a wait in the queue.
+pub fn check_parameters(
+    algorithm: &str,
+    parameters: &HashMap<String, String>,
+) -> crate::Result<()> {
+    job_of(algorithm, parameters)?;
+    if let Some(device) = parameters.get("DEVICE") {
+        device.parse::<DeviceChoice>()?;
+    }
+    Ok(())
+}
+
 /// Runs the program with `args` (the first is the program name) and returns its exit code.
 ///
 /// The caller must have fixed candle's thread count first
@@ -203,11 +226,7 @@ fn run(cli: Cli, env: &HashMap<String, String>) -> anyhow::Result<()> {
         .or_else(|| env.get("ALGORITHM_NAME").cloned())
         .filter(|a| !a.trim().is_empty())
         .unwrap_or_else(|| "intent-classification".into());
-    let job = if algorithm.trim() == crate::encoder::ALGORITHM {
-        Job::Encoder(crate::encoder::params::EncoderParams::from_map(env)?)
-    } else {
-        Job::Bag(TrainParams::from_map(env)?)
-    };
+    let job = job_of(&algorithm, env)?;
     let device = device()?;
     let params_json = match &job {
         Job::Bag(params) => serde_json::to_string(params)?,
