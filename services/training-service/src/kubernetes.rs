@@ -34,6 +34,8 @@ pub const SUBMISSION_LABEL: &str = "automl.io/submission";
 pub const ALGORITHM_LABEL: &str = "automl.io/algorithm";
 /// The trainer container's name.
 pub const CONTAINER: &str = "trainer";
+/// How automl-train starts the error line it writes before a failing exit.
+pub const TRAINER_ERROR: &str = "automl-train: error: ";
 /// The trainer program in the image when the registry names no command.
 pub const DEFAULT_TRAINER: &str = "automl-train";
 /// Key of the job token in the job's own Secret.
@@ -216,6 +218,8 @@ pub fn job_manifest(
             "image": trainer.image,
             "imagePullPolicy": config.image_pull_policy,
             "command": [trainer.command],
+            // A failing trainer's last log lines become its termination message.
+            "terminationMessagePolicy": "FallbackToLogsOnError",
             "env": env,
             "resources": {"requests": quantities, "limits": limits},
         }],
@@ -291,18 +295,47 @@ pub fn job_outcome(job: &KubeJob) -> Option<Exit> {
 }
 
 /// What a Pod says about its job: running, and the trainer's exit code once it has ended.
-fn pod_state(pod: &Pod) -> (bool, Option<i32>) {
+fn pod_state(pod: &Pod) -> (bool, Option<Ended>) {
     let Some(status) = pod.status.as_ref() else {
         return (false, None);
     };
     let running = status.phase.as_deref() == Some("Running");
-    let exit_code = status
+    let ended = status
         .container_statuses
         .iter()
         .flatten()
         .filter(|c| c.name == CONTAINER)
-        .find_map(|c| c.state.as_ref()?.terminated.as_ref().map(|t| t.exit_code));
-    (running, exit_code)
+        .find_map(|c| c.state.as_ref()?.terminated.as_ref())
+        .map(|terminated| Ended {
+            code: terminated.exit_code,
+            // The trainer's last log lines (`FallbackToLogsOnError`): its own error line.
+            error: terminated.message.as_deref().and_then(|message| {
+                message
+                    .lines()
+                    .rev()
+                    .find_map(|line| line.strip_prefix(TRAINER_ERROR))
+                    .map(|line| line.chars().take(1024).collect())
+            }),
+        });
+    (running, ended)
+}
+
+/// How the trainer container ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Ended {
+    code: i32,
+    /// automl-train's error line, when it wrote one.
+    error: Option<String>,
+}
+
+impl Ended {
+    /// Why the job failed: the exit code, the trainer's error line, the Job's reason.
+    fn failure(&self, reason: &str) -> String {
+        match &self.error {
+            Some(error) => format!("exit code {}: {error} ({reason})", self.code),
+            None => format!("exit code {} ({reason})", self.code),
+        }
+    }
 }
 
 /// Runs trainers as Kubernetes Jobs.
@@ -612,12 +645,12 @@ impl KubernetesBackend {
         if reason.starts_with("exit code") {
             return Observed::Exited(job, Exit::Failed(reason));
         }
-        let code = match self.pod_of(job.job_id).await {
+        let ended = match self.pod_of(job.job_id).await {
             Ok(Some(pod)) => pod_state(&pod).1,
             _ => None,
         };
-        let reason = match code {
-            Some(code) if code != 0 => format!("exit code {code} ({reason})"),
+        let reason = match ended {
+            Some(ended) if ended.code != 0 => ended.failure(&reason),
             _ => reason,
         };
         Observed::Exited(job, Exit::Failed(reason))
@@ -641,7 +674,7 @@ struct Tracker {
     /// Jobs reported finished or gone.
     ended: HashSet<JobRef>,
     /// The trainer exit codes pods reported, by job.
-    exit_codes: HashMap<JobRef, i32>,
+    exit_codes: HashMap<JobRef, Ended>,
 }
 
 impl Tracker {
@@ -686,14 +719,12 @@ impl Tracker {
         let Some(id) = job_ref(pod.metadata.labels.as_ref()) else {
             return;
         };
-        let (running, exit_code) = pod_state(&pod);
-        if let Some(code) = exit_code {
-            self.exit_codes.insert(id.clone(), code);
+        let (running, ended) = pod_state(&pod);
+        let exited = ended.is_some();
+        if let Some(ended) = ended {
+            self.exit_codes.insert(id.clone(), ended);
         }
-        if (running || exit_code.is_some())
-            && !self.ended.contains(&id)
-            && self.running.insert(id.clone())
-        {
+        if (running || exited) && !self.ended.contains(&id) && self.running.insert(id.clone()) {
             out.push(Observed::Running(id));
         }
     }
@@ -709,8 +740,8 @@ impl Tracker {
             return;
         }
         let exit = match (exit, self.exit_codes.get(&id)) {
-            (Exit::Failed(reason), Some(code)) if *code != 0 => {
-                Exit::Failed(format!("exit code {code} ({reason})"))
+            (Exit::Failed(reason), Some(ended)) if ended.code != 0 => {
+                Exit::Failed(ended.failure(&reason))
             }
             (exit, _) => exit,
         };

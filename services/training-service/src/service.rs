@@ -1530,9 +1530,10 @@ impl Training {
         }
     }
 
-    /// The last error line automl-train wrote to a local job's log (`automl-train: error: …`).
+    /// The last error line automl-train wrote to a local job's log (`automl-train: error: …`);
+    /// a Kubernetes pod's comes with its termination message.
     async fn trainer_error(&self, job: &Job) -> Option<String> {
-        const PREFIX: &str = "automl-train: error: ";
+        const PREFIX: &str = crate::kubernetes::TRAINER_ERROR;
         const TAIL: u64 = 64 * 1024;
         if job.backend != LOCAL {
             return None;

@@ -495,10 +495,18 @@ impl KubeApi {
             let Some(mut pod) = o.pods.get(&pod_name).cloned() else {
                 panic!("no pod {pod_name}");
             };
-            let state = match exit_code {
+            let mut state = match exit_code {
                 Some(code) => json!({"terminated": {"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" }}}),
                 None => json!({"running": {"startedAt": "2026-11-22T00:00:02Z"}}),
             };
+            // `FallbackToLogsOnError`: a failed container's last log lines (at most 80) are
+            // its termination message.
+            let policy = &pod["spec"]["containers"][0]["terminationMessagePolicy"];
+            if exit_code.is_some_and(|code| code != 0) && *policy == json!("FallbackToLogsOnError") {
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = lines[lines.len().saturating_sub(80)..].join("\n");
+                state["terminated"]["message"] = json!(tail);
+            }
             pod["status"] = json!({
                 "phase": phase,
                 "containerStatuses": [{

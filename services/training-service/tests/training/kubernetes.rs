@@ -262,7 +262,16 @@ async fn jobs_run_as_kubernetes_jobs() {
         assert!(job["spec"]["template"]["spec"]["nodeSelector"]["accelerator"].is_null());
         api.set_pod("automl-train-2", "Running", None, "");
         until_status(&mut cluster, second, pb::TrainingStatus::Running).await;
-        api.set_pod("automl-train-2", "Failed", Some(1), "boom\n");
+        assert_eq!(
+            container["terminationMessagePolicy"],
+            "FallbackToLogsOnError"
+        );
+        api.set_pod(
+            "automl-train-2",
+            "Failed",
+            Some(1),
+            "boom\nautoml-train: error: bad snapshot: no labels\n",
+        );
         api.finish_job(
             "automl-train-2",
             false,
@@ -270,8 +279,11 @@ async fn jobs_run_as_kubernetes_jobs() {
             "Job has reached the specified backoff limit",
         );
         let message = until_status(&mut cluster, second, pb::TrainingStatus::Failure).await;
-        assert!(message.contains("exit code 1"), "{message}");
-        assert!(message.contains("BackoffLimitExceeded"), "{message}");
+        // The exit code, the trainer's own error line (its termination message), the reason.
+        assert!(
+            message.starts_with("exit code 1: bad snapshot: no labels (BackoffLimitExceeded"),
+            "{message}"
+        );
 
         // Cancel deletes the Job and its pods.
         let third = cluster.train(&[]).await;
