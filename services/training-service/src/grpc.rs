@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 use crate::error::TrainingError;
 use crate::model::{JobSpec, JobStatus, Priority, Resources};
 use crate::service::{JobView, Training};
+use automl_text_classification::declare::{Declared, Kind};
 
 /// The gRPC face of training-service.
 #[derive(Debug, Clone)]
@@ -109,6 +110,26 @@ fn response(view: JobView) -> pb::GetTrainingStatusResponse {
             priority: spec.priority.contract(),
         }),
         position_in_queue: i32::try_from(view.position).unwrap_or(i32::MAX),
+    }
+}
+
+/// A declared parameter as the contract describes it.
+fn parameter_spec(declared: &Declared) -> pb::ParameterSpec {
+    let kind = match declared.kind {
+        Kind::Int => pb::ParameterType::ParameterInt,
+        Kind::Double => pb::ParameterType::ParameterDouble,
+        Kind::Categorical => pb::ParameterType::ParameterCategorical,
+    };
+    pb::ParameterSpec {
+        name: declared.name.to_string(),
+        r#type: kind.into(),
+        min: declared.min,
+        max: declared.max,
+        min_exclusive: declared.min_exclusive,
+        max_exclusive: declared.max_exclusive,
+        values: declared.values.iter().map(|v| v.to_string()).collect(),
+        default_value: declared.default.to_string(),
+        help: declared.help.to_string(),
     }
 }
 
@@ -223,6 +244,7 @@ impl TrainingService for TrainingGrpc {
             algorithms: algorithms
                 .into_iter()
                 .map(|algorithm| pb::Algorithm {
+                    parameters: algorithm.parameters.iter().map(parameter_spec).collect(),
                     name: algorithm.name,
                     pretrained_model: algorithm.pretrained_model,
                     ready: algorithm.ready,

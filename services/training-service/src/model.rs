@@ -213,7 +213,7 @@ pub const RESERVED_VARIABLES: &[&str] = &[
 ];
 
 /// An algorithm of the registry, and whether it can be trained now.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AlgorithmStatus {
     /// Its name (a key of the registry).
     pub name: String,
@@ -223,6 +223,8 @@ pub struct AlgorithmStatus {
     pub ready: bool,
     /// Why it is not ready; empty when it is.
     pub message: String,
+    /// The parameters its trainer reads (the built-in trainer's; empty for others).
+    pub parameters: &'static [automl_text_classification::declare::Declared],
 }
 
 /// The algorithm a client that names none trains: the encoder when it is registered and
@@ -386,6 +388,7 @@ mod tests {
             pretrained_model: String::new(),
             ready,
             message: String::new(),
+            parameters: &[],
         }
     }
 

@@ -266,11 +266,19 @@ impl Training {
                     ),
                 }
             };
+            // The built-in trainer's parameters; an algorithm with a trainer of its own
+            // declares none.
+            let parameters = if algorithm.command.is_empty() {
+                automl_text_classification::declare::parameters(name)
+            } else {
+                &[]
+            };
             algorithms.push(AlgorithmStatus {
                 name: name.clone(),
                 pretrained_model: algorithm.pretrained.clone(),
                 ready: message.is_empty(),
                 message,
+                parameters,
             });
         }
         let default = default_algorithm(&algorithms);

@@ -25,6 +25,7 @@ pub mod artifact;
 pub mod backprop;
 pub mod csv;
 pub mod data;
+pub mod declare;
 pub mod demo;
 pub mod device;
 pub mod encoder;

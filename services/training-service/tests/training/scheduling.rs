@@ -345,9 +345,10 @@ async fn a_reused_pid_is_neither_signalled_nor_taken_for_the_trainer() {
     cluster.stop().await;
 }
 
-/// The built-in trainer's parameters are checked at submission, as the trainer reads them.
+/// The built-in trainer's parameters are declared by ListAlgorithms and checked at submission,
+/// as the trainer reads them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_built_in_trainers_parameters_are_checked_at_submission() {
+async fn the_built_in_trainers_parameters_are_declared_and_checked_at_submission() {
     let mut cluster = Cluster::start_with(backends()[0], 1, |config| {
         // The built-in trainer (no command of its own).
         for algorithm in config.algorithms.values_mut() {
@@ -370,5 +371,29 @@ async fn the_built_in_trainers_parameters_are_checked_at_submission() {
         .await
         .expect("list");
     assert!(jobs.is_empty(), "a refused job was queued");
+    // ListAlgorithms declares what the trainer reads.
+    let algorithms = cluster.algorithms().await;
+    let bag = algorithms
+        .algorithms
+        .iter()
+        .find(|a| a.name == "intent-classification")
+        .expect("registered");
+    let epochs = bag
+        .parameters
+        .iter()
+        .find(|p| p.name == "EPOCHS")
+        .expect("EPOCHS declared");
+    assert_eq!(epochs.r#type(), pb::ParameterType::ParameterInt);
+    assert_eq!((epochs.min, epochs.max), (0.0, 100_000.0));
+    assert_eq!(epochs.default_value, "20");
+    let optimizer = bag
+        .parameters
+        .iter()
+        .find(|p| p.name == "OPTIMIZER")
+        .expect("OPTIMIZER declared");
+    assert_eq!(optimizer.r#type(), pb::ParameterType::ParameterCategorical);
+    assert_eq!(optimizer.values, ["adamw", "sgd"]);
+    let lr = bag.parameters.iter().find(|p| p.name == "LR").expect("LR");
+    assert!(lr.min_exclusive && lr.max.is_infinite());
     cluster.stop().await;
 }
