@@ -328,19 +328,20 @@ bench_overhead() {
   stop_server
 }
 
-bench_schedule() {
-  local dir="$work/schedule" trivial="$work/trivial-trainer.sh" trace="$work/trace"
-  # shellcheck disable=SC2016 # the variables belong to the script written, not to this one
-  printf '#!/bin/sh\necho "$JOB_ID $(date +%%s%%N)" >> "$TRACE"\n[ -z "$SLEEP" ] || sleep "$SLEEP"\n' >"$trivial"
-  chmod +x "$trivial"
+# Starts `automl serve all` in DIR with the trivial trainer as algorithm `trivial`, and any
+# further VAR=value settings; sets $dm and $ts (data-management's and training-service's
+# host:port) and $server_pid.
+start_serve_all() {
+  local dir=$1
+  shift
   : >"$work/out"
-  AUTOML__DATA_DIR="$dir" AUTOML__S3__EMBEDDED_BIND=127.0.0.1:0 RUST_LOG=warn \
+  env AUTOML__DATA_DIR="$dir" AUTOML__S3__EMBEDDED_BIND=127.0.0.1:0 RUST_LOG=warn \
     AUTOML__DATA_MANAGEMENT__PORT=0 AUTOML__METADATA_STORE__PORT=0 \
     AUTOML__PREDICTION_SERVICE__PORT=0 AUTOML__TRAINING_SERVICE__PORT=0 \
-    AUTOML__TRAINING_SERVICE__ALGORITHMS__TRIVIAL__COMMAND="$trivial" \
+    AUTOML__TRAINING_SERVICE__ALGORITHMS__TRIVIAL__COMMAND="$work/trivial-trainer.sh" "$@" \
     target/release/automl serve all >"$work/out" 2>"$work/err" &
   server_pid=$!
-  local dm='' ts=''
+  dm='' ts=''
   for _ in $(seq 1 100); do
     dm=$(sed -n 's/^automl: data-management listening on //p' "$work/out")
     ts=$(sed -n 's/^automl: training-service listening on //p' "$work/out")
@@ -349,6 +350,14 @@ bench_schedule() {
   done
   [ -n "$ts" ] || { cat "$work/err" >&2; return 1; }
   dm=127.0.0.1:${dm##*:} ts=127.0.0.1:${ts##*:}
+}
+
+bench_schedule() {
+  local dir="$work/schedule" trivial="$work/trivial-trainer.sh" trace="$work/trace"
+  # shellcheck disable=SC2016 # the variables belong to the script written, not to this one
+  printf '#!/bin/sh\necho "$JOB_ID $(date +%%s%%N)" >> "$TRACE"\n[ -z "$SLEEP" ] || sleep "$SLEEP"\n' >"$trivial"
+  chmod +x "$trivial"
+  start_serve_all "$dir"
   printf 'hello,greeting\n' >"$work/tiny.csv"
   target/release/automl dataset --server "$dm" create --name tiny --file "$work/tiny.csv" >/dev/null
   target/release/automl dataset --server "$dm" prepare --dataset 1 --wait >/dev/null
@@ -360,30 +369,15 @@ bench_schedule() {
 # The fairness run: BENCH_TENANTS (default 20) tenants, each with its own token and dataset,
 # submit BENCH_TENANT_JOBS (default 20) jobs each, one tenant after the other.
 bench_fairness() {
-  local dir="$work/fairness" trivial="$work/trivial-trainer.sh" trace="$work/fair-trace"
+  local dir="$work/fairness" trace="$work/fair-trace"
   local tenants=${BENCH_TENANTS:-20} jobs=${BENCH_TENANT_JOBS:-20}
   mkdir -p "$dir"
   : >"$work/tokens"
   for i in $(seq 1 "$tenants"); do
     echo "team-$i $(target/release/automl token --data-dir "$dir" create --tenant "team-$i" 2>/dev/null)" >>"$work/tokens"
   done
-  : >"$work/out"
-  AUTOML__DATA_DIR="$dir" AUTOML__S3__EMBEDDED_BIND=127.0.0.1:0 RUST_LOG=warn \
-    AUTOML__AUTH__ENABLED=true AUTOML__AUTH__INTERNAL_SECRET="bench-internal-secret-$RANDOM$RANDOM" \
-    AUTOML__DATA_MANAGEMENT__PORT=0 AUTOML__METADATA_STORE__PORT=0 \
-    AUTOML__PREDICTION_SERVICE__PORT=0 AUTOML__TRAINING_SERVICE__PORT=0 \
-    AUTOML__TRAINING_SERVICE__ALGORITHMS__TRIVIAL__COMMAND="$trivial" \
-    target/release/automl serve all >"$work/out" 2>"$work/err" &
-  server_pid=$!
-  local dm='' ts=''
-  for _ in $(seq 1 100); do
-    dm=$(sed -n 's/^automl: data-management listening on //p' "$work/out")
-    ts=$(sed -n 's/^automl: training-service listening on //p' "$work/out")
-    [ -n "$ts" ] && break
-    sleep 0.1
-  done
-  [ -n "$ts" ] || { cat "$work/err" >&2; return 1; }
-  dm=127.0.0.1:${dm##*:} ts=127.0.0.1:${ts##*:}
+  start_serve_all "$dir" AUTOML__AUTH__ENABLED=true \
+    AUTOML__AUTH__INTERNAL_SECRET="bench-internal-secret-$RANDOM$RANDOM"
   local tenant token dataset
   : >"$work/tenants"
   while read -r tenant token; do

@@ -101,6 +101,41 @@ pub enum JobsCommand {
         /// The job id.
         job_id: i32,
     },
+    /// The algorithms training-service can train, whether each is ready, and the parameters
+    /// each one's trainer reads.
+    Algorithms,
+}
+
+/// `int 0..=100000`, `double (0, inf)`, `adamw|sgd`.
+fn parameter_range(parameter: &pb::ParameterSpec) -> String {
+    let bound = |value: f64| {
+        if value.is_infinite() {
+            "inf".to_string()
+        } else {
+            value.to_string()
+        }
+    };
+    match parameter.r#type() {
+        pb::ParameterType::ParameterCategorical => parameter.values.join("|"),
+        kind => {
+            let name = if kind == pb::ParameterType::ParameterInt {
+                "int"
+            } else {
+                "double"
+            };
+            let open = if parameter.min_exclusive { '(' } else { '[' };
+            let close = if parameter.max_exclusive || parameter.max.is_infinite() {
+                ')'
+            } else {
+                ']'
+            };
+            format!(
+                "{name} {open}{}, {}{close}",
+                bound(parameter.min),
+                bound(parameter.max)
+            )
+        }
+    }
 }
 
 fn parse_param(text: &str) -> Result<(String, String), String> {
@@ -253,6 +288,34 @@ async fn follow_epochs(server: String, job_id: i32, epochs: u64) {
 pub async fn jobs(server: &str, command: JobsCommand) -> anyhow::Result<()> {
     let mut client = TrainingServiceClient::new(connect(server).await?);
     match command {
+        JobsCommand::Algorithms => {
+            let listed = client
+                .list_algorithms(pb::ListAlgorithmsRequest::default())
+                .await?
+                .into_inner();
+            for algorithm in &listed.algorithms {
+                let default = if algorithm.name == listed.default_algorithm {
+                    " (default)"
+                } else {
+                    ""
+                };
+                let ready = if algorithm.ready {
+                    "ready".to_string()
+                } else {
+                    format!("not ready: {}", algorithm.message)
+                };
+                println!("{}{default}: {ready}", algorithm.name);
+                for parameter in &algorithm.parameters {
+                    println!(
+                        "  {:<14} {:<28} default {:<8} {}",
+                        parameter.name,
+                        parameter_range(parameter),
+                        parameter.default_value,
+                        parameter.help
+                    );
+                }
+            }
+        }
         JobsCommand::List => {
             let listed = client
                 .list_training_jobs(pb::ListTrainingJobsRequest::default())

@@ -277,6 +277,19 @@ impl Cluster {
 
     async fn train(&mut self, parameters: &[(&str, &str)]) -> i32 {
         let request = self.job(parameters);
+        self.submit(request).await
+    }
+
+    /// A job with these parameters and resources.
+    async fn train_with(&mut self, parameters: &[(&str, &str)], resources: pb::Resources) -> i32 {
+        let mut request = self.job(parameters);
+        if let Some(metadata) = request.metadata.as_mut() {
+            metadata.resources = Some(resources);
+        }
+        self.submit(request).await
+    }
+
+    async fn submit(&mut self, request: pb::TrainRequest) -> i32 {
         self.client
             .train(request)
             .await

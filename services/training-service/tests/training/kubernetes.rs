@@ -123,22 +123,17 @@ async fn jobs_run_as_kubernetes_jobs() {
         let mut cluster = cluster(backend, &api, 3).await;
 
         // A GPU job: the Job spec as the contract and the configuration say.
-        let mut request = cluster.job(&[("EPOCHS", "3")]);
-        if let Some(metadata) = request.metadata.as_mut() {
-            metadata.resources = Some(pb::Resources {
-                cpu: "2".into(),
-                memory: "4Gi".into(),
-                gpus: 1,
-                ..Default::default()
-            });
-        }
         let first = cluster
-            .client
-            .train(request)
-            .await
-            .expect("train")
-            .into_inner()
-            .job_id;
+            .train_with(
+                &[("EPOCHS", "3")],
+                pb::Resources {
+                    cpu: "2".into(),
+                    memory: "4Gi".into(),
+                    gpus: 1,
+                    ..Default::default()
+                },
+            )
+            .await;
         until("the first Job exists", || {
             api.job("automl-train-1").is_some()
         })
@@ -597,20 +592,15 @@ async fn a_pod_that_never_starts_fails_its_job_and_frees_the_slot() {
             "automl-train-1",
             "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
         );
-        let mut request = cluster.job(&[]);
-        if let Some(metadata) = request.metadata.as_mut() {
-            metadata.resources = Some(pb::Resources {
-                max_runtime_seconds: 120,
-                ..Default::default()
-            });
-        }
         let second = cluster
-            .client
-            .train(request)
-            .await
-            .expect("train")
-            .into_inner()
-            .job_id;
+            .train_with(
+                &[],
+                pb::Resources {
+                    max_runtime_seconds: 120,
+                    ..Default::default()
+                },
+            )
+            .await;
         let message = until_status(&mut cluster, first, pb::TrainingStatus::Failure).await;
         assert_eq!(
             message,

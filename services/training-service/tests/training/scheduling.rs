@@ -71,20 +71,15 @@ impl Cluster {
 async fn a_trainer_past_its_deadline_fails_and_frees_its_slot() {
     for backend in backends() {
         let mut cluster = Cluster::start(backend, 1).await;
-        let mut request = cluster.job(&[("SLEEP", "30")]);
-        if let Some(metadata) = request.metadata.as_mut() {
-            metadata.resources = Some(pb::Resources {
-                max_runtime_seconds: 1,
-                ..Default::default()
-            });
-        }
         let stuck = cluster
-            .client
-            .train(request)
-            .await
-            .expect("train")
-            .into_inner()
-            .job_id;
+            .train_with(
+                &[("SLEEP", "30")],
+                pb::Resources {
+                    max_runtime_seconds: 1,
+                    ..Default::default()
+                },
+            )
+            .await;
         let next = cluster.train(&[]).await;
         let ended = cluster.wait_final(stuck).await;
         assert_eq!(ended.status(), pb::TrainingStatus::Failure);
