@@ -314,19 +314,11 @@ impl TrainingConfig {
                     .into(),
             ));
         }
-        for (key, value, parse) in [
-            (
-                "max_cpu",
-                &limits.max_cpu,
-                crate::policy::cpu_millis as fn(&str) -> Option<u128>,
-            ),
-            (
-                "max_memory",
-                &limits.max_memory,
-                crate::policy::memory_bytes,
-            ),
+        for (key, value) in [
+            ("max_cpu", &limits.max_cpu),
+            ("max_memory", &limits.max_memory),
         ] {
-            if !value.is_empty() && parse(value).is_none() {
+            if !value.is_empty() && crate::policy::quantity(value).is_none() {
                 return Err(ConfigError::Validation(format!(
                     "training_service.limits.{key} `{value}` is not a Kubernetes quantity"
                 )));

@@ -193,12 +193,19 @@ pub fn identity_of(pid: u32) -> Option<String> {
     Some(format!("{pid}:{}", start_time(pid)?))
 }
 
+/// The pid and start time a stored identity (`pid:start`) names.
+fn parse_identity(identity: &str) -> Option<(u32, u64)> {
+    let (pid, start) = identity.split_once(':')?;
+    Some((
+        pid.parse().ok().filter(|pid| *pid > 1)?,
+        start.parse().ok()?,
+    ))
+}
+
 /// The pid of a stored identity, when the process it names still runs; `None` for a pid now
 /// used by another process, a process that ended, or a reference without a start time.
 fn verified_pid(identity: &str) -> Option<u32> {
-    let (pid, start) = identity.split_once(':')?;
-    let pid: u32 = pid.parse().ok().filter(|pid| *pid > 1)?;
-    let start: u64 = start.parse().ok()?;
+    let (pid, start) = parse_identity(identity)?;
     (start_time(pid) == Some(start)).then_some(pid)
 }
 
@@ -210,10 +217,8 @@ pub fn trainer_alive(identity: &str) -> bool {
 /// Kills the trainer of a stored identity and its process group, only if that pid is still
 /// the process this backend started; false when it is not (or is gone).
 pub fn kill_trainer(identity: &str) -> bool {
-    let Some(pid) = identity
-        .split_once(':')
-        .and_then(|(pid, _)| pid.parse::<u32>().ok())
-        .and_then(|pid| Pid::from_raw(i32::try_from(pid).ok()?))
+    let Some(pid) =
+        parse_identity(identity).and_then(|(pid, _)| Pid::from_raw(i32::try_from(pid).ok()?))
     else {
         return false;
     };

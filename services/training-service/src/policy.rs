@@ -52,16 +52,6 @@ pub fn quantity(text: &str) -> Option<f64> {
     (value.is_finite() && value >= 0.0).then_some(value)
 }
 
-/// CPU in millicores, for configuration checks.
-pub fn cpu_millis(text: &str) -> Option<u128> {
-    quantity(text).map(|cores| (cores * 1000.0).round() as u128)
-}
-
-/// Memory in bytes, for configuration checks.
-pub fn memory_bytes(text: &str) -> Option<u128> {
-    quantity(text).map(|bytes| bytes.round() as u128)
-}
-
 /// Checks a submission's resources against the ceilings and the tenant's GPU quota, and fills
 /// the default run time.
 pub fn check_resources(

@@ -890,7 +890,7 @@ impl Training {
                 Some(Claim::AtLimit) => return Ok(()),
                 // This tenant is at its quota: its other jobs wait too (they say why when
                 // asked).
-                Some(Claim::Quota(_)) => {
+                Some(Claim::Quota) => {
                     queues.remove(&tenant);
                 }
                 Some(Claim::Gone) | None => {}

@@ -31,8 +31,8 @@ pub enum Claim {
     Claimed,
     /// The platform's concurrency limit is reached.
     AtLimit,
-    /// The tenant's quota is reached; the text says which.
-    Quota(String),
+    /// The tenant's quota is reached (its queued jobs say which when read).
+    Quota,
     /// Another replica took it, or it was canceled.
     Gone,
 }
@@ -309,8 +309,8 @@ impl JobStore {
             gpus: row.try_get("own_gpus")?,
             last_claim: 0,
         };
-        if let Some(reason) = quota_wait(quota, &load, i64::from(job.spec.resources.gpus)) {
-            return Ok(Claim::Quota(reason));
+        if quota_wait(quota, &load, i64::from(job.spec.resources.gpus)).is_some() {
+            return Ok(Claim::Quota);
         }
         let seq: i64 = sqlx::query("SELECT COALESCE(MAX(claim_seq), 0) + 1 AS s FROM jobs")
             .fetch_one(&mut *tx)

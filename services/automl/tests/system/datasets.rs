@@ -1,7 +1,6 @@
 //! data-management through the `automl` process: the MiniAutoML demo with grpcurl, and crashes
 //! (`kill -9`) during an ingest and during a snapshot build.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use automl_common::testing::{TestEnv, backends};
@@ -9,14 +8,7 @@ use automl_proto::data_management as pb;
 use automl_proto::data_management::data_management_service_client::DataManagementServiceClient;
 use tonic::transport::Channel;
 
-use crate::support::{Automl, grpcurl_json, process_env};
-
-fn clinc_data(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../data/clinc")
-        .join(name);
-    std::fs::read(&path).unwrap_or_else(|err| panic!("{} is needed: {err}", path.display()))
-}
+use crate::support::{Automl, clinc_data, grpcurl_json, process_env};
 
 /// Splits CSV bytes into two halves at a line boundary.
 fn halves(data: &[u8]) -> (Vec<u8>, Vec<u8>) {

@@ -247,10 +247,7 @@ async fn one_request_id_follows_train_through_the_trainer_to_log_run_end() {
     let env = TestEnv::new(automl_common::db::Backend::Sqlite)
         .await
         .expect("env");
-    let data = std::fs::read(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/clinc/clinc-intents-part1.csv"),
-    )
-    .expect("the CLINC data in data/clinc");
+    let data = crate::support::clinc_data("clinc-intents-part1.csv");
     env.objects
         .put_bytes(&env.objects.datasets_bucket, "upload/part1.csv", data)
         .await

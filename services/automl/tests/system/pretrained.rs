@@ -125,11 +125,8 @@ async fn a_lone_automl_binary_trains_with_its_own_trainer() {
     let env = TestEnv::new(automl_common::db::Backend::Sqlite)
         .await
         .expect("env");
-    let bin = env.path().join("bin");
-    std::fs::create_dir_all(&bin).expect("bin dir");
-    let program = bin.join("automl");
-    std::fs::copy(env!("CARGO_BIN_EXE_automl"), &program).expect("copy automl");
-    assert!(!bin.join("automl-train").exists());
+    let program = crate::support::lone_automl(env.path());
+    assert!(!env.path().join("bin/automl-train").exists());
     let data = std::fs::read(demo("intents-part1.csv")).expect("demo data");
     env.objects
         .put_bytes(&env.objects.datasets_bucket, "upload/demo.csv", data)

@@ -3,7 +3,7 @@
 //! a few seconds later on the same address and database, and the run still ends `succeed` with
 //! every epoch recorded once.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,7 @@ use automl_proto::metadata_store as pb;
 use automl_proto::metadata_store::metadata_store_service_client::MetadataStoreServiceClient;
 use tonic::transport::Channel;
 
-use crate::support::{Automl, grpcurl_json, process_env, run_grpcurl};
+use crate::support::{Automl, clinc_data, grpcurl_json, lone_automl, process_env, run_grpcurl};
 
 const EPOCHS: usize = 12;
 
@@ -56,15 +56,9 @@ async fn a_run_survives_metadata_store_killed_and_restarted_mid_training() {
         .await
         .expect("env");
     // A lone copy of `automl`: training-service runs `automl trainer`, this build's trainer.
-    let bin = env.path().join("bin");
-    std::fs::create_dir_all(&bin).expect("bin dir");
-    let program = bin.join("automl");
-    std::fs::copy(env!("CARGO_BIN_EXE_automl"), &program).expect("copy automl");
+    let program = lone_automl(env.path());
     let data_dir = env.path().join("automl");
-    let data = std::fs::read(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/clinc/clinc-intents-part1.csv"),
-    )
-    .expect("the CLINC data in data/clinc");
+    let data = clinc_data("clinc-intents-part1.csv");
     env.objects
         .put_bytes(&env.objects.datasets_bucket, "upload/part1.csv", data)
         .await

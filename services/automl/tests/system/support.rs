@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -189,4 +189,22 @@ pub fn process_env(env: &TestEnv, data_dir: &Path) -> Vec<(&'static str, String)
         ("AUTOML__DATABASE__URL", env.common.database.url.clone()),
         ("AUTOML__S3__ENDPOINT", env.common.s3.endpoint.clone()),
     ]
+}
+
+/// The bytes of a CLINC150 file of `data/clinc`.
+pub fn clinc_data(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../data/clinc")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|err| panic!("{} is needed: {err}", path.display()))
+}
+
+/// A copy of this build's `automl` alone in `<dir>/bin`: with no `automl-train` beside it,
+/// training-service runs `automl trainer`, this build's trainer.
+pub fn lone_automl(dir: &Path) -> PathBuf {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).expect("bin dir");
+    let program = bin.join("automl");
+    std::fs::copy(env!("CARGO_BIN_EXE_automl"), &program).expect("copy automl");
+    program
 }

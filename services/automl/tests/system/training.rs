@@ -7,13 +7,7 @@ use std::time::Duration;
 
 use automl_common::testing::TestEnv;
 
-use crate::support::{Automl, grpcurl_json, process_env};
-
-fn clinc(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../data/clinc")
-        .join(name)
-}
+use crate::support::{Automl, clinc_data, grpcurl_json, process_env};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn train_with_miniautoml_json_then_predict() {
@@ -26,8 +20,7 @@ async fn train_with_miniautoml_json_then_predict() {
     let env = TestEnv::new(automl_common::db::Backend::Sqlite)
         .await
         .expect("env");
-    let data =
-        std::fs::read(clinc("clinc-intents-part2.csv")).expect("the CLINC data in data/clinc");
+    let data = clinc_data("clinc-intents-part2.csv");
     env.objects
         .put_bytes(&env.objects.datasets_bucket, "upload/part2.csv", data)
         .await
@@ -160,8 +153,7 @@ async fn kill_9_while_a_job_runs_then_restart_reconciles_and_runs_the_queue() {
     let env = TestEnv::new(automl_common::db::Backend::Sqlite)
         .await
         .expect("env");
-    let data =
-        std::fs::read(clinc("clinc-intents-part1.csv")).expect("the CLINC data in data/clinc");
+    let data = clinc_data("clinc-intents-part1.csv");
     env.objects
         .put_bytes(&env.objects.datasets_bucket, "upload/part1.csv", data)
         .await

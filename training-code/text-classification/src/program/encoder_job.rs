@@ -339,12 +339,6 @@ pub async fn train_and_publish(
         }
     }
     println!("test accuracy {:.4}", trained.test_accuracy);
-    let lineage = Lineage {
-        run_id: env.job_id.clone(),
-        dataset_id: env.dataset_id.clone(),
-        version_hash: env.version_hash.clone(),
-        base_run_id: env.base_run_id.clone(),
-    };
     let manifest = EncoderManifest::describe(
         &trained,
         params,
@@ -352,7 +346,7 @@ pub async fn train_and_publish(
         PretrainedInfo::from(&reference),
         &env.algorithm,
         &env.code_version,
-        lineage,
+        env.lineage(),
         &now_iso(),
     );
     let out = scratch.0.join("model");

@@ -10,6 +10,7 @@ use std::time::Duration;
 use automl_common::config::S3Config;
 use automl_common::s3::grants::{Method, ObjectGrant, ObjectGrants};
 use automl_common::s3::{ObjectStore, S3Error};
+use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
 use futures::StreamExt;
 use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
@@ -289,31 +290,37 @@ impl Granted {
         Fut: Future<Output = Result<T, Attempt>>,
     {
         let what = format!("{} {}/{}", grant.method, grant.bucket, grant.key);
-        let mut delay = FIRST_DELAY;
-        let mut attempt = 1;
-        loop {
-            let outcome = match self.attempt(grant, source).await {
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(FIRST_DELAY)
+            .with_factor(2.0)
+            .with_max_delay(FIRST_DELAY * 2u32.pow(ATTEMPTS))
+            .with_max_times(ATTEMPTS as usize - 1);
+        let try_once = || async {
+            match self.attempt(grant, source).await {
                 Ok(body) => read(body).await,
                 Err(err) => Err(err),
-            };
-            let reason = match outcome {
-                Ok(value) => return Ok(value),
-                Err(Attempt::Final(err)) => return Err(err),
-                Err(Attempt::Retry(reason)) => reason,
-            };
-            if attempt >= ATTEMPTS {
-                return Err(S3Error::Unavailable(format!(
-                    "{what}: {reason} (after {attempt} attempts)"
-                )));
             }
-            println!(
-                "retrying {what} in {:.1}s (attempt {attempt}/{ATTEMPTS} failed: {reason})",
-                delay.as_secs_f64()
-            );
-            tokio::time::sleep(delay).await;
-            delay *= 2;
-            attempt += 1;
-        }
+        };
+        let mut failed = 0;
+        try_once
+            .retry(backoff)
+            .when(|outcome| matches!(outcome, Attempt::Retry(_)))
+            .notify(|outcome, delay| {
+                failed += 1;
+                if let Attempt::Retry(reason) = outcome {
+                    println!(
+                        "retrying {what} in {:.1}s (attempt {failed}/{ATTEMPTS} failed: {reason})",
+                        delay.as_secs_f64()
+                    );
+                }
+            })
+            .await
+            .map_err(|outcome| match outcome {
+                Attempt::Final(err) => err,
+                Attempt::Retry(reason) => {
+                    S3Error::Unavailable(format!("{what}: {reason} (after {ATTEMPTS} attempts)"))
+                }
+            })
     }
 
     /// One request; the body of a 2xx answer.

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use crate::artifact::{self, Lineage, Manifest};
+use crate::artifact::{self, Manifest};
 use crate::data::Dataset;
 use crate::finetune::BaseModel;
 use crate::params::TrainParams;
@@ -172,18 +172,12 @@ async fn train_and_publish(
     })
     .await?;
     println!("test accuracy {:.4}", trained.test_accuracy);
-    let lineage = Lineage {
-        run_id: env.job_id.clone(),
-        dataset_id: env.dataset_id.clone(),
-        version_hash: env.version_hash.clone(),
-        base_run_id: env.base_run_id.clone(),
-    };
     let manifest = Manifest::describe(
         &trained,
         params,
         &env.algorithm,
         &env.code_version,
-        lineage,
+        env.lineage(),
         &now_iso(),
     );
     let files = artifact::encode(&trained.model, &trained.vocab, &manifest)?;

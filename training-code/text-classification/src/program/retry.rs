@@ -8,6 +8,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use backon::{ExponentialBuilder, Retryable};
 use tonic::{Code, Status};
 
 /// The most a single call may take.
@@ -100,31 +101,40 @@ where
     Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
 {
     let started = Instant::now();
-    let mut delay = policy.first_delay;
-    loop {
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(policy.first_delay)
+        .with_max_delay(policy.max_delay)
+        .with_factor(2.0)
+        .without_max_times();
+    let try_once = || {
         let mut attempt = tonic::Request::new(request.clone());
         // The server sees the deadline too (grpc-timeout); the timer below also covers a
         // connection that never completes.
         attempt.set_timeout(policy.call_timeout);
-        let status = match tokio::time::timeout(policy.call_timeout, send(attempt)).await {
-            Ok(Ok(response)) => return Ok(response.into_inner()),
-            Ok(Err(status)) => status,
-            Err(_) => Status::deadline_exceeded(format!(
-                "no answer within {} s",
-                policy.call_timeout.as_secs_f64()
-            )),
-        };
-        if !is_transient(&status) || started.elapsed() + delay > policy.budget {
-            return Err(status);
+        let answer = tokio::time::timeout(policy.call_timeout, send(attempt));
+        async move {
+            match answer.await {
+                Ok(answer) => answer.map(tonic::Response::into_inner),
+                Err(_) => Err(Status::deadline_exceeded(format!(
+                    "no answer within {} s",
+                    policy.call_timeout.as_secs_f64()
+                ))),
+            }
         }
-        println!(
-            "metadata-store unavailable ({}); retrying {what} in {:.1} s",
-            describe(&status),
-            delay.as_secs_f64()
-        );
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(policy.max_delay);
-    }
+    };
+    try_once
+        .retry(backoff)
+        .when(is_transient)
+        // No try starts later than the budget allows.
+        .adjust(|_, delay| delay.filter(|delay| started.elapsed() + *delay <= policy.budget))
+        .notify(|status, delay| {
+            println!(
+                "metadata-store unavailable ({}); retrying {what} in {:.1} s",
+                describe(status),
+                delay.as_secs_f64()
+            );
+        })
+        .await
 }
 
 /// `UNAVAILABLE: message` on one line.

@@ -66,6 +66,16 @@ impl std::fmt::Debug for TrainerEnv {
 impl TrainerEnv {
     /// Reads the trainer environment from `env`; a missing required variable is named in the
     /// error.
+    /// The run's lineage as its artifact's manifest records it.
+    pub fn lineage(&self) -> crate::artifact::Lineage {
+        crate::artifact::Lineage {
+            run_id: self.job_id.clone(),
+            dataset_id: self.dataset_id.clone(),
+            version_hash: self.version_hash.clone(),
+            base_run_id: self.base_run_id.clone(),
+        }
+    }
+
     pub fn from_map(env: &HashMap<String, String>) -> anyhow::Result<Self> {
         let optional = |name: &str| {
             env.get(name)
