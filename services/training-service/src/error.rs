@@ -12,6 +12,9 @@ pub enum TrainingError {
     /// No job with this id.
     #[error("job {0} not found")]
     JobNotFound(i64),
+    /// No experiment with this id.
+    #[error("experiment {0} not found")]
+    ExperimentNotFound(i64),
     /// The dataset version does not exist in data-management.
     #[error("version {version_hash} of dataset {dataset_id} not found")]
     VersionNotFound {
@@ -41,7 +44,9 @@ impl ServiceError for TrainingError {
     fn code(&self) -> Code {
         match self {
             TrainingError::InvalidArgument(_) => Code::InvalidArgument,
-            TrainingError::JobNotFound(_) | TrainingError::VersionNotFound { .. } => Code::NotFound,
+            TrainingError::JobNotFound(_)
+            | TrainingError::ExperimentNotFound(_)
+            | TrainingError::VersionNotFound { .. } => Code::NotFound,
             TrainingError::FailedPrecondition(_) => Code::FailedPrecondition,
             TrainingError::Unavailable(_) => Code::Unavailable,
             TrainingError::Db(_) | TrainingError::Io(_) | TrainingError::Corrupt(_) => {

@@ -14,6 +14,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::error::TrainingError;
+use crate::experiment::{
+    Direction, EarlyStopping, ExperimentSpec, ExperimentStatus, ExperimentView, Objective,
+    SearchAlgorithm, SearchParameter, SpaceKind, Trial,
+};
 use crate::model::{JobSpec, JobStatus, Priority, Resources};
 use crate::service::{JobView, Training};
 use automl_text_classification::declare::{Declared, Kind};
@@ -37,6 +41,7 @@ pub fn routes(service: Arc<Training>) -> ServiceRoutes {
 type StatusStream =
     Pin<Box<dyn Stream<Item = Result<pb::GetTrainingStatusResponse, Status>> + Send>>;
 type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogLine, Status>> + Send>>;
+type ExperimentStream = Pin<Box<dyn Stream<Item = Result<pb::Experiment, Status>> + Send>>;
 
 fn status_number(status: JobStatus) -> pb::TrainingStatus {
     match status {
@@ -49,8 +54,27 @@ fn status_number(status: JobStatus) -> pb::TrainingStatus {
     }
 }
 
+fn resources_of(resources: Option<pb::Resources>) -> Resources {
+    let resources = resources.unwrap_or_default();
+    Resources {
+        cpu: resources.cpu,
+        memory: resources.memory,
+        gpus: resources.gpus,
+        max_runtime_seconds: resources.max_runtime_seconds,
+    }
+}
+
+fn resources_message(resources: Resources) -> pb::Resources {
+    pb::Resources {
+        cpu: resources.cpu,
+        memory: resources.memory,
+        gpus: resources.gpus,
+        max_runtime_seconds: resources.max_runtime_seconds,
+    }
+}
+
 fn spec_of(metadata: pb::TrainingJobMetadata) -> Result<JobSpec, Status> {
-    let resources = metadata.resources.unwrap_or_default();
+    let resources = resources_of(metadata.resources);
     let priority = Priority::from_contract(metadata.priority)
         .map_err(|err| Status::invalid_argument(err.to_string()))?;
     Ok(JobSpec {
@@ -60,12 +84,7 @@ fn spec_of(metadata: pb::TrainingJobMetadata) -> Result<JobSpec, Status> {
         train_data_version_hash: metadata.train_data_version_hash,
         parameters: metadata.parameters.into_iter().collect(),
         output_model_name: metadata.output_model_name,
-        resources: Resources {
-            cpu: resources.cpu,
-            memory: resources.memory,
-            gpus: resources.gpus,
-            max_runtime_seconds: resources.max_runtime_seconds,
-        },
+        resources,
         base_run_id: metadata.base_run_id,
         priority,
         request_id: automl_common::request_id::current().unwrap_or_default(),
@@ -100,12 +119,7 @@ fn response(view: JobView) -> pb::GetTrainingStatusResponse {
             train_data_version_hash: spec.train_data_version_hash,
             parameters: spec.parameters.into_iter().collect(),
             output_model_name: spec.output_model_name,
-            resources: Some(pb::Resources {
-                cpu: spec.resources.cpu,
-                memory: spec.resources.memory,
-                gpus: spec.resources.gpus,
-                max_runtime_seconds: spec.resources.max_runtime_seconds,
-            }),
+            resources: Some(resources_message(spec.resources)),
             base_run_id: spec.base_run_id,
             priority: spec.priority.contract(),
         }),
@@ -131,6 +145,221 @@ fn parameter_spec(declared: &Declared) -> pb::ParameterSpec {
         default_value: declared.default.to_string(),
         help: declared.help.to_string(),
     }
+}
+
+/// An experiment as CreateExperiment received it.
+fn experiment_spec_of(spec: pb::ExperimentSpec) -> Result<ExperimentSpec, Status> {
+    let priority = Priority::from_contract(spec.priority)
+        .map_err(|err| Status::invalid_argument(err.to_string().replace("metadata.", "spec.")))?;
+    let objective = spec.objective.unwrap_or_default();
+    let direction = match pb::ObjectiveType::try_from(objective.r#type) {
+        Ok(pb::ObjectiveType::ObjectiveMaximize) => Direction::Maximize,
+        Ok(pb::ObjectiveType::ObjectiveMinimize) => Direction::Minimize,
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "spec.objective.type: {} is not an objective type",
+                objective.r#type
+            )));
+        }
+    };
+    let search = match pb::SearchAlgorithm::try_from(spec.search_algorithm) {
+        Ok(pb::SearchAlgorithm::SearchRandom) => SearchAlgorithm::Random,
+        Ok(pb::SearchAlgorithm::SearchGrid) => SearchAlgorithm::Grid,
+        Ok(pb::SearchAlgorithm::SearchTpe) => SearchAlgorithm::Tpe,
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "spec.search_algorithm: {} is not a search algorithm (SEARCH_RANDOM, SEARCH_GRID, SEARCH_TPE)",
+                spec.search_algorithm
+            )));
+        }
+    };
+    let mut search_space = Vec::with_capacity(spec.search_space.len());
+    for parameter in spec.search_space {
+        let kind = match pb::ParameterType::try_from(parameter.r#type) {
+            Ok(pb::ParameterType::ParameterInt) => SpaceKind::Int,
+            Ok(pb::ParameterType::ParameterDouble) => SpaceKind::Double,
+            Ok(pb::ParameterType::ParameterCategorical) => SpaceKind::Categorical,
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "spec.search_space[{}].type: {} is not a parameter type",
+                    parameter.name, parameter.r#type
+                )));
+            }
+        };
+        let grid_points = u32::try_from(parameter.grid_points).map_err(|_| {
+            Status::invalid_argument(format!(
+                "spec.search_space[{}].grid_points must not be negative",
+                parameter.name
+            ))
+        })?;
+        search_space.push(SearchParameter {
+            name: parameter.name,
+            kind,
+            min: parameter.min,
+            max: parameter.max,
+            log: parameter.log,
+            values: parameter.values,
+            grid_points,
+        });
+    }
+    let count = |field: &str, value: i32| {
+        u32::try_from(value)
+            .map_err(|_| Status::invalid_argument(format!("spec.{field} must not be negative")))
+    };
+    let stopping = spec.early_stopping.unwrap_or_default();
+    let median = match pb::EarlyStoppingRule::try_from(stopping.rule) {
+        Ok(pb::EarlyStoppingRule::EarlyStoppingNone) => false,
+        Ok(pb::EarlyStoppingRule::EarlyStoppingMedian) => true,
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "spec.early_stopping.rule: {} is not a rule (EARLY_STOPPING_NONE, EARLY_STOPPING_MEDIAN)",
+                stopping.rule
+            )));
+        }
+    };
+    Ok(ExperimentSpec {
+        name: spec.name,
+        dataset_id: spec.dataset_id,
+        train_data_version_hash: spec.train_data_version_hash,
+        algorithm: spec.algorithm,
+        parameters: spec.parameters.into_iter().collect(),
+        output_model_name: spec.output_model_name,
+        resources: resources_of(spec.resources),
+        priority,
+        objective: Objective {
+            metric: objective.metric,
+            direction,
+            goal: objective.goal,
+        },
+        search_space,
+        search,
+        // The seed's bits, whatever its sign.
+        seed: spec.seed as u64,
+        max_trials: count("max_trials", spec.max_trials)?,
+        parallel_trials: count("parallel_trials", spec.parallel_trials)?,
+        max_failed_trials: count("max_failed_trials", spec.max_failed_trials)?,
+        early_stopping: EarlyStopping {
+            median,
+            min_trials_required: count(
+                "early_stopping.min_trials_required",
+                stopping.min_trials_required,
+            )?,
+            start_step: count("early_stopping.start_step", stopping.start_step)?,
+        },
+    })
+}
+
+fn clamp_i32<T: TryInto<i32>>(value: T) -> i32 {
+    value.try_into().unwrap_or(i32::MAX)
+}
+
+fn experiment_spec_message(spec: ExperimentSpec) -> pb::ExperimentSpec {
+    let objective_type = match spec.objective.direction {
+        Direction::Maximize => pb::ObjectiveType::ObjectiveMaximize,
+        Direction::Minimize => pb::ObjectiveType::ObjectiveMinimize,
+    };
+    let search = match spec.search {
+        SearchAlgorithm::Random => pb::SearchAlgorithm::SearchRandom,
+        SearchAlgorithm::Grid => pb::SearchAlgorithm::SearchGrid,
+        SearchAlgorithm::Tpe => pb::SearchAlgorithm::SearchTpe,
+    };
+    let rule = if spec.early_stopping.median {
+        pb::EarlyStoppingRule::EarlyStoppingMedian
+    } else {
+        pb::EarlyStoppingRule::EarlyStoppingNone
+    };
+    pb::ExperimentSpec {
+        name: spec.name,
+        dataset_id: spec.dataset_id,
+        train_data_version_hash: spec.train_data_version_hash,
+        algorithm: spec.algorithm,
+        parameters: spec.parameters.into_iter().collect(),
+        output_model_name: spec.output_model_name,
+        resources: Some(resources_message(spec.resources)),
+        priority: spec.priority.contract(),
+        objective: Some(pb::Objective {
+            metric: spec.objective.metric,
+            r#type: objective_type.into(),
+            goal: spec.objective.goal,
+        }),
+        search_space: spec
+            .search_space
+            .into_iter()
+            .map(|parameter| pb::SearchParameter {
+                name: parameter.name,
+                r#type: match parameter.kind {
+                    SpaceKind::Int => pb::ParameterType::ParameterInt,
+                    SpaceKind::Double => pb::ParameterType::ParameterDouble,
+                    SpaceKind::Categorical => pb::ParameterType::ParameterCategorical,
+                }
+                .into(),
+                min: parameter.min,
+                max: parameter.max,
+                log: parameter.log,
+                values: parameter.values,
+                grid_points: clamp_i32(parameter.grid_points),
+            })
+            .collect(),
+        search_algorithm: search.into(),
+        seed: spec.seed as i64,
+        max_trials: clamp_i32(spec.max_trials),
+        parallel_trials: clamp_i32(spec.parallel_trials),
+        max_failed_trials: clamp_i32(spec.max_failed_trials),
+        early_stopping: Some(pb::EarlyStopping {
+            rule: rule.into(),
+            min_trials_required: clamp_i32(spec.early_stopping.min_trials_required),
+            start_step: clamp_i32(spec.early_stopping.start_step),
+        }),
+    }
+}
+
+fn trial_message(trial: &Trial) -> pb::Trial {
+    let message = if trial.status == JobStatus::Queuing && trial.message.is_empty() {
+        "queued".to_string()
+    } else {
+        trial.message.clone()
+    };
+    pb::Trial {
+        trial_number: clamp_i32(trial.number),
+        job_id: clamp_i32(trial.job_id),
+        run_id: trial.job_id.to_string(),
+        parameters: trial.parameters.clone().into_iter().collect(),
+        status: status_number(trial.status).into(),
+        message,
+        epochs: clamp_i32(trial.curve.len()),
+        objective: trial.objective(),
+        early_stopped_epoch: clamp_i32(trial.early_stopped_epoch),
+    }
+}
+
+fn experiment_status_number(status: ExperimentStatus) -> pb::ExperimentStatus {
+    match status {
+        ExperimentStatus::Running => pb::ExperimentStatus::ExperimentRunning,
+        ExperimentStatus::Succeeded => pb::ExperimentStatus::ExperimentSucceeded,
+        ExperimentStatus::Failed => pb::ExperimentStatus::ExperimentFailed,
+        ExperimentStatus::Stopped => pb::ExperimentStatus::ExperimentStopped,
+    }
+}
+
+fn experiment_message(view: ExperimentView) -> pb::Experiment {
+    let best_trial = view.best().map(trial_message);
+    let experiment = view.experiment;
+    pb::Experiment {
+        experiment_id: clamp_i32(experiment.experiment_id),
+        status: experiment_status_number(experiment.status).into(),
+        message: experiment.message,
+        trials: view.trials.iter().map(trial_message).collect(),
+        best_trial,
+        created_at: experiment.created_at,
+        updated_at: experiment.updated_at,
+        spec: Some(experiment_spec_message(experiment.spec)),
+    }
+}
+
+fn experiment_status(number: i32) -> Result<ExperimentStatus, Status> {
+    ExperimentStatus::from_number(i64::from(number)).map_err(|_| {
+        Status::invalid_argument(format!("statuses: {number} is not an experiment status"))
+    })
 }
 
 fn job_status(number: i32) -> Result<JobStatus, Status> {
@@ -253,6 +482,90 @@ impl TrainingService for TrainingGrpc {
                 .collect(),
             default_algorithm,
         }))
+    }
+
+    async fn create_experiment(
+        &self,
+        request: Request<pb::CreateExperimentRequest>,
+    ) -> Result<Response<pb::Experiment>, Status> {
+        let tenant = tenant_of(&request)?;
+        let spec = request
+            .into_inner()
+            .spec
+            .ok_or_else(|| Status::invalid_argument("spec is required"))?;
+        let view = self
+            .service
+            .create_experiment(&tenant, experiment_spec_of(spec)?)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(experiment_message(view)))
+    }
+
+    async fn get_experiment(
+        &self,
+        request: Request<pb::GetExperimentRequest>,
+    ) -> Result<Response<pb::Experiment>, Status> {
+        let tenant = tenant_of(&request)?;
+        let view = self
+            .service
+            .experiment_view(&tenant, i64::from(request.into_inner().experiment_id))
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(experiment_message(view)))
+    }
+
+    async fn list_experiments(
+        &self,
+        request: Request<pb::ListExperimentsRequest>,
+    ) -> Result<Response<pb::ListExperimentsResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let statuses = request
+            .statuses
+            .iter()
+            .map(|number| experiment_status(*number))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (views, total) = self
+            .service
+            .list_experiments(&tenant, &statuses, request.limit, request.index)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::ListExperimentsResponse {
+            experiments: views.into_iter().map(experiment_message).collect(),
+            total: clamp_i32(total),
+        }))
+    }
+
+    type WatchExperimentStream = ExperimentStream;
+
+    async fn watch_experiment(
+        &self,
+        request: Request<pb::GetExperimentRequest>,
+    ) -> Result<Response<Self::WatchExperimentStream>, Status> {
+        let tenant = tenant_of(&request)?;
+        let receiver = self
+            .service
+            .watch_experiment(&tenant, i64::from(request.into_inner().experiment_id))
+            .await
+            .map_err(to_status)?;
+        let stream = ReceiverStream::new(receiver).map(|view| {
+            view.map(experiment_message)
+                .map_err(|err: TrainingError| to_status(err))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn stop_experiment(
+        &self,
+        request: Request<pb::GetExperimentRequest>,
+    ) -> Result<Response<pb::Experiment>, Status> {
+        let tenant = tenant_of(&request)?;
+        let view = self
+            .service
+            .stop_experiment(&tenant, i64::from(request.into_inner().experiment_id))
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(experiment_message(view)))
     }
 
     type GetTrainingLogsStream = LogStream;

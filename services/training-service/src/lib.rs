@@ -3,6 +3,8 @@
 //!
 //! - [`config`]: the service's configuration section and the algorithm registry.
 //! - [`model`]: job states and specs, and the submission checks.
+//! - [`experiment`]: hyperparameter search: experiments, search space checks, grid, random
+//!   and TPE search, the median stopping rule.
 //! - [`policy`]: per-job ceilings, tenant quotas, and the fair order of tenants.
 //! - [`store`]: SQL persistence; claims are one transaction under the concurrency limit and
 //!   the tenant's quota.
@@ -15,6 +17,7 @@
 
 pub mod config;
 pub mod error;
+pub mod experiment;
 pub mod grants;
 pub mod grpc;
 pub mod kubernetes;
@@ -51,6 +54,12 @@ pub const MIGRATIONS: &[MigrationSource] = &[
         description: "scheduling",
         sqlite: include_str!("../migrations/sqlite/0002_scheduling.sql"),
         postgres: include_str!("../migrations/postgres/0002_scheduling.sql"),
+    },
+    MigrationSource {
+        version: 3,
+        description: "experiments",
+        sqlite: include_str!("../migrations/sqlite/0003_experiments.sql"),
+        postgres: include_str!("../migrations/postgres/0003_experiments.sql"),
     },
 ];
 

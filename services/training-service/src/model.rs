@@ -182,6 +182,8 @@ pub struct Job {
     /// A cancel was asked for and the trainer is not yet known to be gone: the job keeps its
     /// slot (and reads `canceling`) until it is.
     pub canceling: bool,
+    /// Why it is being canceled, when not by request (`early stopped at epoch 4`).
+    pub cancel_reason: String,
 }
 
 /// Trainer variables that training-service sets itself: a parameter of the same name would
@@ -251,6 +253,26 @@ pub fn is_reserved_variable(name: &str) -> bool {
         || RESERVED_PREFIXES.iter().any(|p| upper.starts_with(p))
 }
 
+/// Checks a parameter name: an environment variable name that training-service does not set
+/// itself; `field` names where it came from.
+pub fn check_parameter_key(key: &str, field: &str) -> Result<(), TrainingError> {
+    let valid_key = !key.is_empty()
+        && key.len() <= 128
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !key.as_bytes()[0].is_ascii_digit();
+    if !valid_key {
+        return Err(TrainingError::InvalidArgument(format!(
+            "{field} key `{key}` must be an environment variable name"
+        )));
+    }
+    if is_reserved_variable(key) {
+        return Err(TrainingError::InvalidArgument(format!(
+            "{field} key `{key}` is set by training-service and cannot be a parameter"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks a submission: required fields named as the contract names them, bounded sizes.
 pub fn check_spec(spec: &JobSpec) -> Result<(), TrainingError> {
     for (field, value) in [
@@ -293,20 +315,7 @@ pub fn check_spec(spec: &JobSpec) -> Result<(), TrainingError> {
         )));
     }
     for (key, value) in &spec.parameters {
-        let valid_key = !key.is_empty()
-            && key.len() <= 128
-            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            && !key.as_bytes()[0].is_ascii_digit();
-        if !valid_key {
-            return Err(TrainingError::InvalidArgument(format!(
-                "metadata.parameters key `{key}` must be an environment variable name"
-            )));
-        }
-        if is_reserved_variable(key) {
-            return Err(TrainingError::InvalidArgument(format!(
-                "metadata.parameters key `{key}` is set by training-service and cannot be a parameter"
-            )));
-        }
+        check_parameter_key(key, "metadata.parameters")?;
         if value.len() > MAX_TEXT || value.contains('\0') {
             return Err(TrainingError::InvalidArgument(format!(
                 "metadata.parameters[{key}] is too long or contains NUL"

@@ -37,6 +37,8 @@ use crate::model::{AlgorithmStatus, Job, JobSpec, JobStatus, check_spec, default
 use crate::policy::{TenantLoad, check_resources, quota_wait, serve_first};
 use crate::store::{Claim, JobStore};
 
+mod experiments;
+
 /// The backend name recorded on jobs run as local processes.
 pub const LOCAL: &str = "local";
 /// The backend name recorded on jobs run as Kubernetes Jobs.
@@ -112,6 +114,10 @@ pub struct Training {
     minio_server: String,
     wake: Notify,
     events: broadcast::Sender<Change>,
+    /// Experiments changed by this process (their ids), for watchers.
+    experiment_events: broadcast::Sender<i64>,
+    /// Wakes the experiment driver (a job changed, an experiment was created or stopped).
+    experiments_wake: Notify,
     exits: mpsc::UnboundedSender<(i64, Exit)>,
     backoff: Mutex<HashMap<i64, (Instant, Duration)>>,
     launching: Mutex<HashSet<i64>>,
@@ -171,6 +177,8 @@ impl Training {
             minio_server,
             wake: Notify::new(),
             events,
+            experiment_events: broadcast::channel(1024).0,
+            experiments_wake: Notify::new(),
             exits,
             backoff: Mutex::new(HashMap::new()),
             launching: Mutex::new(HashSet::new()),
@@ -186,18 +194,29 @@ impl Training {
             tokio::spawn(Arc::clone(&service).handle_observed(receiver));
         }
         tokio::spawn(Arc::clone(&service).schedule_forever());
+        tokio::spawn(Arc::clone(&service).drive_forever());
         Ok(service)
     }
 
     /// Train: checks the submission and queues the job.
     pub async fn submit(&self, tenant: &str, mut spec: JobSpec) -> Result<i64, TrainingError> {
-        check_spec(&spec)?;
-        check_resources(
-            &mut spec,
-            &self.config.limits,
-            &self.config.quotas.of(tenant),
-        )?;
+        self.admit(tenant, &mut spec).await?;
         spec.submission = uuid::Uuid::new_v4().simple().to_string();
+        let job_id = self
+            .store
+            .insert(tenant, &spec, self.config.backend.name(), &now_iso())
+            .await?;
+        tracing::info!(job_id, algorithm = %spec.algorithm, dataset_id = %spec.dataset_id, "job queued");
+        self.changed(job_id, JobStatus::Queuing, "");
+        Ok(job_id)
+    }
+
+    /// The checks of a submission (fields, resources and the tenant's ceilings, the algorithm
+    /// and its parameters, its pretrained model, the dataset version); fills in the default
+    /// run time.
+    async fn admit(&self, tenant: &str, spec: &mut JobSpec) -> Result<(), TrainingError> {
+        check_spec(spec)?;
+        check_resources(spec, &self.config.limits, &self.config.quotas.of(tenant))?;
         if !self.config.algorithms.contains_key(&spec.algorithm) {
             let known: Vec<&str> = self.config.algorithms.keys().map(String::as_str).collect();
             return Err(TrainingError::InvalidArgument(format!(
@@ -208,12 +227,7 @@ impl Training {
         }
         // The built-in trainer's parameters are checked now, as it will read them, instead of
         // failing the job after its wait in the queue.
-        if self
-            .config
-            .algorithms
-            .get(&spec.algorithm)
-            .is_some_and(|algorithm| algorithm.command.is_empty())
-        {
+        if self.is_builtin(&spec.algorithm) {
             let parameters: HashMap<String, String> = spec
                 .parameters
                 .iter()
@@ -232,18 +246,20 @@ impl Training {
                 name,
             )));
         }
-        if let Snapshot::Failed(reason) = self.snapshot(tenant, &spec).await? {
+        if let Snapshot::Failed(reason) = self.snapshot(tenant, spec).await? {
             // The version exists but its build failed: accept, the scheduler fails the job
             // with the reason, as for a build that fails later.
             tracing::info!(%reason, "job submitted for a FAILED snapshot");
         }
-        let job_id = self
-            .store
-            .insert(tenant, &spec, self.config.backend.name(), &now_iso())
-            .await?;
-        tracing::info!(job_id, algorithm = %spec.algorithm, dataset_id = %spec.dataset_id, "job queued");
-        self.changed(job_id, JobStatus::Queuing, "");
-        Ok(job_id)
+        Ok(())
+    }
+
+    /// Whether `algorithm` runs the built-in trainer (whose parameters are declared).
+    fn is_builtin(&self, algorithm: &str) -> bool {
+        self.config
+            .algorithms
+            .get(algorithm)
+            .is_some_and(|algorithm| algorithm.command.is_empty())
     }
 
     /// ListAlgorithms: the registry, whether each algorithm is ready, and the default.
@@ -390,12 +406,25 @@ impl Training {
     /// reads `canceling` and keeps its slot until its trainer is gone (the process killed, the
     /// Kubernetes Job deleted, retried until it is), then ends `canceled`.
     pub async fn cancel(&self, tenant: &str, job_id: i64) -> Result<JobView, TrainingError> {
+        self.cancel_for(tenant, job_id, "", true).await
+    }
+
+    /// Cancels a job for `reason` (empty: by request); a local trainer's end is awaited a
+    /// few seconds when `wait`.
+    async fn cancel_for(
+        &self,
+        tenant: &str,
+        job_id: i64,
+        reason: &str,
+        wait: bool,
+    ) -> Result<JobView, TrainingError> {
         let job = self.store.get(tenant, job_id).await?;
         if job.status.is_final() {
             return Err(TrainingError::FailedPrecondition(format!(
                 "job {job_id} has already ended"
             )));
         }
+        let message = if reason.is_empty() { CANCELED } else { reason };
         if job.status == JobStatus::Queuing
             && self
                 .store
@@ -403,29 +432,29 @@ impl Training {
                     job_id,
                     &[JobStatus::Queuing],
                     JobStatus::Canceled,
-                    CANCELED,
+                    message,
                     None,
                     &now_iso(),
                 )
                 .await?
         {
-            tracing::info!(job_id, "queued job canceled");
+            tracing::info!(job_id, reason = message, "queued job canceled");
             self.record_end(job_id, JobStatus::Canceled);
-            self.changed(job_id, JobStatus::Canceled, CANCELED);
+            self.changed(job_id, JobStatus::Canceled, message);
             return self.status(tenant, job_id).await;
         }
         // Launched or running (or claimed just now).
         if self
             .store
-            .mark_canceling(job_id, CANCELING, &now_iso())
+            .mark_canceling(job_id, CANCELING, reason, &now_iso())
             .await?
         {
-            tracing::info!(job_id, "canceling the job");
+            tracing::info!(job_id, reason = message, "canceling the job");
             let job = self.store.get(tenant, job_id).await?;
             self.stop_canceling(&job).await?;
             // A killed local process is gone in moments: answer with the outcome then.
             let until = Instant::now() + CANCEL_WAIT;
-            while job.backend == LOCAL && Instant::now() < until {
+            while wait && job.backend == LOCAL && Instant::now() < until {
                 if self.store.get(tenant, job_id).await?.status.is_final() {
                     break;
                 }
@@ -492,12 +521,17 @@ impl Training {
 
     /// A canceling job whose trainer is gone ends `canceled`.
     async fn canceled(&self, job: &Job) -> Result<(), TrainingError> {
-        self.end_run(&job.tenant, job.job_id, CANCELED).await;
+        let message = if job.cancel_reason.is_empty() {
+            CANCELED
+        } else {
+            job.cancel_reason.as_str()
+        };
+        self.end_run(&job.tenant, job.job_id, message).await;
         self.finish(
             job.job_id,
             &[JobStatus::Launch, JobStatus::Running],
             JobStatus::Canceled,
-            CANCELED,
+            message,
         )
         .await
     }
@@ -705,6 +739,7 @@ impl Training {
             message: message.to_string(),
         });
         self.wake.notify_one();
+        self.experiments_wake.notify_one();
     }
 
     /// Asks data-management about the job's snapshot.

@@ -7,6 +7,10 @@ use sqlx::any::AnyRow;
 
 use std::collections::HashMap;
 
+mod experiments;
+
+pub use experiments::NewTrial;
+
 use crate::config::Quota;
 use crate::error::TrainingError;
 use crate::model::{Job, JobSpec, JobStatus};
@@ -21,8 +25,8 @@ pub struct JobStore {
     db: Database,
 }
 
-const COLUMNS: &str =
-    "job_id, tenant, status, message, metadata, backend, backend_ref, claimed_ms, canceling";
+const COLUMNS: &str = "job_id, tenant, status, message, metadata, backend, backend_ref, claimed_ms, canceling, \
+     cancel_reason";
 
 /// What a claim found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,15 +147,17 @@ impl JobStore {
         Ok(loads)
     }
 
-    /// Marks a launched or running job as being canceled; false when it is in neither state.
+    /// Marks a launched or running job as being canceled, for `reason` (empty: by request);
+    /// false when it is in neither state.
     pub async fn mark_canceling(
         &self,
         job_id: i64,
         message: &str,
+        reason: &str,
         now: &str,
     ) -> Result<bool, TrainingError> {
         let updated = sqlx::query(
-            "UPDATE jobs SET canceling = 1, message = $1, updated_at = $2 \
+            "UPDATE jobs SET canceling = 1, message = $1, updated_at = $2, cancel_reason = $6 \
              WHERE job_id = $3 AND status IN ($4, $5)",
         )
         .bind(message)
@@ -159,6 +165,7 @@ impl JobStore {
         .bind(job_id)
         .bind(JobStatus::Launch.number())
         .bind(JobStatus::Running.number())
+        .bind(reason)
         .execute(&self.db.pool)
         .timed("update")
         .await?;
@@ -389,5 +396,6 @@ fn decode(row: &AnyRow) -> Result<Job, TrainingError> {
         backend_ref: row.try_get("backend_ref")?,
         claimed_ms: row.try_get("claimed_ms")?,
         canceling: row.try_get::<i64, _>("canceling")? != 0,
+        cancel_reason: row.try_get("cancel_reason")?,
     })
 }

@@ -62,6 +62,8 @@ exit "$code"
     path
 }
 
+#[path = "training/experiments.rs"]
+mod experiments;
 #[path = "training/kube_api.rs"]
 mod kube_api;
 #[path = "training/kubernetes.rs"]

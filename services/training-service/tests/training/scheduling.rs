@@ -352,7 +352,10 @@ async fn the_built_in_trainers_parameters_are_declared_and_checked_at_submission
     })
     .await;
     for (parameters, named) in [
-        (vec![("EPOCHS", "-5")], "invalid parameter EPOCHS"),
+        (
+            vec![("EPOCHS", "-5")],
+            "invalid parameter EPOCHS: -5 is not a whole number in 0..=100000",
+        ),
         (vec![("LR", "fast")], "invalid parameter LR"),
         (vec![("OPTIMIZER", "adam")], "invalid parameter OPTIMIZER"),
         (vec![("DEVICE", "tpu")], "invalid parameter DEVICE"),
