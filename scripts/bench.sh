@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmarks (not part of the tests).
-# Usage: scripts/bench.sh metadata|dataset|predict|predict-encoder|overhead|schedule|train|encoder|labels
+# Usage: scripts/bench.sh metadata|dataset|predict|predict-encoder|overhead|schedule|train|encoder|labels|experiment
 #
 #   metadata   LogEpoch throughput and p50/p99 latency with 1, 16 and 64 concurrent callers on
 #              one channel, plus the wall time of 1,000 sequential LogEpoch calls, against a
@@ -44,6 +44,11 @@
 #              with the CLI; checks the commit is refused naming data_management.max_labels and
 #              prints the server's peak RSS (VmHWM, which must stay under 100 MiB) and the load
 #              average. An S3 endpoint in a process of its own, as in `dataset`.
+#   experiment hyperparameter search end to end: CLINC part2 through `automl serve all`, one run
+#              with the default parameters, then a 12-trial experiment (TPE, median stopping)
+#              over LR, FC_SIZE, EMBED_DIM and OPTIMIZER with the real trainer; each trial's
+#              val and test accuracy, the best against the default, the epochs early stopping
+#              saved, wall times (scripts/bench/experiment.sh says more).
 #
 # Environment: BENCH_SECONDS (per level, default 5), BENCH_CALLERS, BENCH_PAIRS and BENCH_AA
 # (overhead: the levels, default 1,16,64; how many on/off pairs of servers, default 3; set to 1
@@ -61,8 +66,9 @@ case "$what" in
   predict-encoder) bench=predict ;;
   train) exec scripts/bench/train.sh ;;
   encoder) exec scripts/bench/encoder.sh ;;
+  experiment) exec scripts/bench/experiment.sh ;;
   *)
-    echo "usage: scripts/bench.sh metadata|dataset|predict|predict-encoder|overhead|schedule|train|encoder|labels" >&2
+    echo "usage: scripts/bench.sh metadata|dataset|predict|predict-encoder|overhead|schedule|train|encoder|labels|experiment" >&2
     exit 2
     ;;
 esac

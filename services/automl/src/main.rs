@@ -4,6 +4,8 @@
 //!   database migrations; `automl health` checks a server.
 //! - `automl dataset …` drives data-management (see [`datasets`]); `automl runs list|show|watch`
 //!   read metadata-store (see [`client`]).
+//! - `automl experiment create|watch|list|show|stop` runs hyperparameter searches in
+//!   training-service (see [`experiments`]).
 //! - `automl pretrained import|show` manages pretrained models in the models bucket (see
 //!   [`pretrained`]).
 //! - `automl trainer …` (hidden) is the training program, `automl-train`, so that a system
@@ -15,6 +17,7 @@
 mod client;
 mod config;
 mod datasets;
+mod experiments;
 mod pretrained;
 mod serve;
 mod status;
@@ -137,6 +140,19 @@ enum Command {
         server: String,
         #[command(subcommand)]
         command: training::JobsCommand,
+    },
+    /// Hyperparameter search in training-service: experiments that train trials with chosen
+    /// parameters and keep the best.
+    Experiment {
+        /// `host:port` of training-service.
+        #[arg(
+            long,
+            env = "AUTOML_TRAINING_SERVICE",
+            default_value = "localhost:6003"
+        )]
+        server: String,
+        #[command(subcommand)]
+        command: experiments::ExperimentCommand,
     },
     /// One screen: each service's health, the training queue, recent runs and their final
     /// accuracy, loaded models (the services of the configuration on this machine).
@@ -331,6 +347,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => client::predict(&server, run, document, json).await?,
         Command::Train { server, args } => training::train(&server, args).await?,
         Command::Jobs { server, command } => training::jobs(&server, command).await?,
+        Command::Experiment { server, command } => experiments::run(&server, command).await?,
         Command::Token { options, command } => {
             let config = options.load(None)?;
             client::tokens(&config.common(), command)?;

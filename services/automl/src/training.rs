@@ -72,7 +72,7 @@ pub enum Priority {
 }
 
 impl Priority {
-    fn contract(self) -> pb::JobPriority {
+    pub(crate) fn contract(self) -> pb::JobPriority {
         match self {
             Priority::Low => pb::JobPriority::PriorityLow,
             Priority::Normal => pb::JobPriority::PriorityNormal,
@@ -138,7 +138,7 @@ fn parameter_range(parameter: &pb::ParameterSpec) -> String {
     }
 }
 
-fn parse_param(text: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_param(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .ok_or_else(|| format!("parameter `{text}` must be KEY=VALUE"))

@@ -9,6 +9,8 @@ mod datasets;
 mod deploy;
 #[path = "system/encoder.rs"]
 mod encoder;
+#[path = "system/experiments.rs"]
+mod experiments;
 #[path = "system/lab.rs"]
 mod lab;
 #[path = "system/metadata.rs"]

@@ -254,12 +254,19 @@ impl Training {
         Ok(())
     }
 
-    /// Whether `algorithm` runs the built-in trainer (whose parameters are declared).
+    /// Whether `algorithm` runs the built-in trainer (whose parameters are declared): no
+    /// program of its own, or `automl trainer` of this very binary (what `automl serve` sets
+    /// when no `automl-train` is beside it).
     fn is_builtin(&self, algorithm: &str) -> bool {
         self.config
             .algorithms
             .get(algorithm)
-            .is_some_and(|algorithm| algorithm.command.is_empty())
+            .is_some_and(|algorithm| {
+                algorithm.command.is_empty()
+                    || (algorithm.args.first().is_some_and(|arg| arg == "trainer")
+                        && std::env::current_exe()
+                            .is_ok_and(|exe| exe == std::path::Path::new(&algorithm.command)))
+            })
     }
 
     /// ListAlgorithms: the registry, whether each algorithm is ready, and the default.
@@ -284,7 +291,7 @@ impl Training {
             };
             // The built-in trainer's parameters; an algorithm with a trainer of its own
             // declares none.
-            let parameters = if algorithm.command.is_empty() {
+            let parameters = if self.is_builtin(name) {
                 automl_text_classification::declare::parameters(name)
             } else {
                 &[]

@@ -182,7 +182,13 @@ impl Training {
                         return;
                     }
                 };
-                if next != last {
+                // A trial whose job has just ended is shown once the driver has read its
+                // last epochs (a moment later), not before with an incomplete curve.
+                let reading = next
+                    .trials
+                    .iter()
+                    .any(|t| t.status.is_final() && !t.settled);
+                if next != last && !reading {
                     last = next.clone();
                     if sender.send(Ok(next)).await.is_err() || last.is_final() {
                         return;

@@ -113,20 +113,15 @@ impl JobStore {
         Ok((experiments, total))
     }
 
-    /// Experiments the driver has work on: running ones, and ended ones with trials whose
-    /// jobs have not ended and are not being canceled.
+    /// Experiments the driver has work on: running ones, and ended ones with trials not yet
+    /// settled (to cancel, or whose last epochs are still to be read).
     pub async fn experiments_to_drive(&self) -> Result<Vec<Experiment>, TrainingError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM experiments e WHERE e.status = $1 OR EXISTS (\
-               SELECT 1 FROM trials t JOIN jobs j ON j.job_id = t.job_id \
-               WHERE t.experiment_id = e.experiment_id AND j.status IN ($2, $3, $4) \
-               AND j.canceling = 0) \
+               SELECT 1 FROM trials t WHERE t.experiment_id = e.experiment_id AND t.settled = 0) \
              ORDER BY experiment_id"
         )))
         .bind(ExperimentStatus::Running.number())
-        .bind(JobStatus::Queuing.number())
-        .bind(JobStatus::Launch.number())
-        .bind(JobStatus::Running.number())
         .fetch_all(&self.db.pool)
         .timed("select")
         .await?;

@@ -167,6 +167,15 @@ impl Cluster {
     /// Waits until the experiment and its trials have ended.
     async fn finished(&mut self, experiment_id: i32) -> pb::Experiment {
         let updates = self.watch_experiment(experiment_id).await;
+        // A trial is never shown succeeded before its epochs were read.
+        for update in &updates {
+            for trial in &update.trials {
+                assert!(
+                    trial.status() != pb::TrainingStatus::Succeed || trial.epochs > 0,
+                    "{trial:?}"
+                );
+            }
+        }
         let last = updates.last().cloned().expect("an update");
         assert_ne!(last.status(), pb::ExperimentStatus::ExperimentRunning);
         last
@@ -316,7 +325,7 @@ async fn the_median_rule_stops_weak_trials_at_the_start_step_and_never_the_best(
         let stopping = created
             .spec
             .as_ref()
-            .and_then(|s| s.early_stopping.clone())
+            .and_then(|s| s.early_stopping)
             .expect("early stopping");
         assert_eq!((stopping.min_trials_required, stopping.start_step), (3, 4));
         let done = cluster.finished(created.experiment_id).await;
