@@ -7,7 +7,7 @@ use automl_proto::training as pb;
 use automl_proto::training::training_service_client::TrainingServiceClient;
 
 use crate::client::{Conn, connect};
-use crate::training::{Priority, parse_param};
+use crate::training::{ResourceArgs, parse_param};
 
 /// `automl experiment …`
 #[derive(Debug, clap::Subcommand)]
@@ -105,22 +105,9 @@ pub struct CreateArgs {
     /// space); 0: 3, or every value of an int range with fewer.
     #[arg(long, default_value_t = 0)]
     grid_points: i32,
-    /// Order of the trials among your own queued jobs.
-    #[arg(long, value_enum, default_value_t = Priority::Normal)]
-    priority: Priority,
-    /// The longest each trial's trainer may run (seconds); default: training-service's
-    /// configured one.
-    #[arg(long, default_value_t = 0)]
-    max_runtime: i64,
-    /// CPU for each trial's trainer (a Kubernetes quantity such as 2 or 500m).
-    #[arg(long, default_value = "")]
-    cpu: String,
-    /// Memory for each trial's trainer (a Kubernetes quantity such as 4Gi).
-    #[arg(long, default_value = "")]
-    memory: String,
-    /// GPUs for each trial's trainer.
-    #[arg(long, default_value_t = 0)]
-    gpus: i32,
+    /// What each trial's trainer is given, and the trials' priority.
+    #[command(flatten)]
+    resources: ResourceArgs,
     /// Follow the experiment: a line per trial each time it changes, then the best trial.
     #[arg(long)]
     watch: bool,
@@ -549,6 +536,7 @@ async fn create(client: &mut TrainingServiceClient<Conn>, args: CreateArgs) -> a
     } else {
         pb::EarlyStopping::default()
     };
+    let (resources, priority) = args.resources.contract();
     let experiment = client
         .create_experiment(pb::CreateExperimentRequest {
             spec: Some(pb::ExperimentSpec {
@@ -558,13 +546,8 @@ async fn create(client: &mut TrainingServiceClient<Conn>, args: CreateArgs) -> a
                 algorithm: args.algorithm.unwrap_or_default(),
                 parameters: args.params.into_iter().collect(),
                 output_model_name: args.model_name,
-                resources: Some(pb::Resources {
-                    cpu: args.cpu,
-                    memory: args.memory,
-                    gpus: args.gpus,
-                    max_runtime_seconds: args.max_runtime,
-                }),
-                priority: args.priority.contract().into(),
+                resources: Some(resources),
+                priority,
                 objective: Some(pb::Objective {
                     metric: args.objective,
                     r#type: objective_type.into(),

@@ -37,6 +37,19 @@ pub struct TrainArgs {
     /// Fine-tune: start from this run's weights.
     #[arg(long, default_value = "")]
     base_run: String,
+    #[command(flatten)]
+    resources: ResourceArgs,
+    /// Follow the job: queue position, a progress bar per epoch, the result.
+    #[arg(long)]
+    watch: bool,
+    /// `host:port` of metadata-store, for the epoch progress of --watch.
+    #[arg(long, env = "AUTOML_METADATA_STORE", default_value = "localhost:6002")]
+    metadata_server: String,
+}
+
+/// What a job's trainer (each trial's, for an experiment) is given, and its priority.
+#[derive(Debug, clap::Args)]
+pub struct ResourceArgs {
     /// Order among your own queued jobs.
     #[arg(long, value_enum, default_value_t = Priority::Normal)]
     priority: Priority,
@@ -52,12 +65,21 @@ pub struct TrainArgs {
     /// GPUs for the trainer.
     #[arg(long, default_value_t = 0)]
     gpus: i32,
-    /// Follow the job: queue position, a progress bar per epoch, the result.
-    #[arg(long)]
-    watch: bool,
-    /// `host:port` of metadata-store, for the epoch progress of --watch.
-    #[arg(long, env = "AUTOML_METADATA_STORE", default_value = "localhost:6002")]
-    metadata_server: String,
+}
+
+impl ResourceArgs {
+    /// The contract's resources and priority number.
+    pub(crate) fn contract(self) -> (pb::Resources, i32) {
+        (
+            pb::Resources {
+                cpu: self.cpu,
+                memory: self.memory,
+                gpus: self.gpus,
+                max_runtime_seconds: self.max_runtime,
+            },
+            self.priority.contract().into(),
+        )
+    }
 }
 
 /// A job's priority among its tenant's queued jobs.
@@ -72,7 +94,7 @@ pub enum Priority {
 }
 
 impl Priority {
-    pub(crate) fn contract(self) -> pb::JobPriority {
+    fn contract(self) -> pb::JobPriority {
         match self {
             Priority::Low => pb::JobPriority::PriorityLow,
             Priority::Normal => pb::JobPriority::PriorityNormal,
@@ -161,6 +183,7 @@ pub async fn train(server: &str, args: TrainArgs) -> anyhow::Result<()> {
         .get("EPOCHS")
         .and_then(|e| e.parse().ok())
         .unwrap_or(15);
+    let (resources, priority) = args.resources.contract();
     let job_id = client
         .train(pb::TrainRequest {
             metadata: Some(pb::TrainingJobMetadata {
@@ -170,14 +193,9 @@ pub async fn train(server: &str, args: TrainArgs) -> anyhow::Result<()> {
                 train_data_version_hash: args.version,
                 parameters,
                 output_model_name: args.model_name,
-                resources: Some(pb::Resources {
-                    cpu: args.cpu,
-                    memory: args.memory,
-                    gpus: args.gpus,
-                    max_runtime_seconds: args.max_runtime,
-                }),
+                resources: Some(resources),
                 base_run_id: args.base_run,
-                priority: args.priority.contract().into(),
+                priority,
             }),
         })
         .await?

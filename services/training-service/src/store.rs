@@ -55,23 +55,10 @@ impl JobStore {
         backend: &str,
         now: &str,
     ) -> Result<i64, TrainingError> {
-        let metadata =
-            serde_json::to_string(spec).map_err(|err| TrainingError::Corrupt(err.to_string()))?;
-        let row = sqlx::query(
-            "INSERT INTO jobs (tenant, status, message, metadata, backend, backend_ref, \
-             created_at, updated_at, priority, gpus) \
-             VALUES ($1, $2, '', $3, $4, '', $5, $5, $6, $7) RETURNING job_id",
-        )
-        .bind(tenant)
-        .bind(JobStatus::Queuing.number())
-        .bind(metadata)
-        .bind(backend)
-        .bind(now)
-        .bind(spec.priority.rank())
-        .bind(i64::from(spec.resources.gpus.max(0)))
-        .fetch_one(&self.db.pool)
-        .timed("insert")
-        .await?;
+        let row = insert_job(tenant, spec, backend, now)?
+            .fetch_one(&self.db.pool)
+            .timed("insert")
+            .await?;
         Ok(row.try_get("job_id")?)
     }
 
@@ -180,13 +167,7 @@ impl JobStore {
         limit: i64,
         offset: i64,
     ) -> Result<(Vec<Job>, i64), TrainingError> {
-        // The filter is a fixed set of numbers, never client text.
-        let filter = if statuses.is_empty() {
-            String::new()
-        } else {
-            let numbers: Vec<String> = statuses.iter().map(|s| s.number().to_string()).collect();
-            format!(" AND status IN ({})", numbers.join(","))
-        };
+        let filter = status_filter(statuses.iter().map(|s| s.number()));
         let total: i64 = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT COUNT(*) AS n FROM jobs WHERE tenant = $1{filter}"
         )))
@@ -380,6 +361,40 @@ impl JobStore {
             .await?
             .rows_affected()
             == 1)
+    }
+}
+
+/// The INSERT of a queued job, returning its id.
+fn insert_job<'q>(
+    tenant: &'q str,
+    spec: &JobSpec,
+    backend: &'q str,
+    now: &'q str,
+) -> Result<sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>, TrainingError> {
+    let metadata =
+        serde_json::to_string(spec).map_err(|err| TrainingError::Corrupt(err.to_string()))?;
+    Ok(sqlx::query(
+        "INSERT INTO jobs (tenant, status, message, metadata, backend, backend_ref, \
+         created_at, updated_at, priority, gpus) \
+         VALUES ($1, $2, '', $3, $4, '', $5, $5, $6, $7) RETURNING job_id",
+    )
+    .bind(tenant)
+    .bind(JobStatus::Queuing.number())
+    .bind(metadata)
+    .bind(backend)
+    .bind(now)
+    .bind(spec.priority.rank())
+    .bind(i64::from(spec.resources.gpus.max(0))))
+}
+
+/// ` AND status IN (…)` for a list filter, empty for none: a fixed set of numbers, never
+/// client text.
+fn status_filter(numbers: impl Iterator<Item = i64>) -> String {
+    let numbers: Vec<String> = numbers.map(|n| n.to_string()).collect();
+    if numbers.is_empty() {
+        String::new()
+    } else {
+        format!(" AND status IN ({})", numbers.join(","))
     }
 }
 

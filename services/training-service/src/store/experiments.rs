@@ -80,13 +80,7 @@ impl JobStore {
         limit: i64,
         offset: i64,
     ) -> Result<(Vec<Experiment>, i64), TrainingError> {
-        // The filter is a fixed set of numbers, never client text.
-        let filter = if statuses.is_empty() {
-            String::new()
-        } else {
-            let numbers: Vec<String> = statuses.iter().map(|s| s.number().to_string()).collect();
-            format!(" AND status IN ({})", numbers.join(","))
-        };
+        let filter = super::status_filter(statuses.iter().map(|s| s.number()));
         let total: i64 = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT COUNT(*) AS n FROM experiments WHERE tenant = $1{filter}"
         )))
@@ -157,22 +151,11 @@ impl JobStore {
             job,
         } = *trial;
         let mut tx = self.db.pool.begin().await?;
-        let job_id: i64 = sqlx::query(
-            "INSERT INTO jobs (tenant, status, message, metadata, backend, backend_ref, \
-             created_at, updated_at, priority, gpus) \
-             VALUES ($1, $2, '', $3, $4, '', $5, $5, $6, $7) RETURNING job_id",
-        )
-        .bind(tenant)
-        .bind(JobStatus::Queuing.number())
-        .bind(to_json(job)?)
-        .bind(backend)
-        .bind(now)
-        .bind(job.priority.rank())
-        .bind(i64::from(job.resources.gpus.max(0)))
-        .fetch_one(&mut *tx)
-        .timed("insert")
-        .await?
-        .try_get("job_id")?;
+        let job_id: i64 = super::insert_job(tenant, job, backend, now)?
+            .fetch_one(&mut *tx)
+            .timed("insert")
+            .await?
+            .try_get("job_id")?;
         let inserted = sqlx::query(
             "INSERT INTO trials (experiment_id, trial_number, job_id, parameters, curve) \
              VALUES ($1, $2, $3, $4, '[]')",
