@@ -42,15 +42,16 @@ AUTOML__DATA_DIR="$work/data" AUTOML__S3__EMBEDDED_BIND=127.0.0.1:0 RUST_LOG=war
   AUTOML__TELEMETRY__METRICS_HOST=127.0.0.1 AUTOML__TELEMETRY__METRICS_PORT=0 \
   "$automl" serve all >"$work/out" 2>"$work/err" &
 server_pid=$!
-dm='' ts=''
+dm='' ts='' ms=''
 for _ in $(seq 1 100); do
   dm=$(sed -n 's/^automl: data-management listening on //p' "$work/out")
+  ms=$(sed -n 's/^automl: metadata-store listening on //p' "$work/out")
   ts=$(sed -n 's/^automl: training-service listening on //p' "$work/out")
-  [ -n "$ts" ] && break
+  [ -n "$ts" ] && [ -n "$ms" ] && [ -n "$dm" ] && break
   sleep 0.1
 done
 [ -n "$ts" ] || { cat "$work/err" >&2; exit 1; }
-dm=127.0.0.1:${dm##*:} ts=127.0.0.1:${ts##*:}
+dm=127.0.0.1:${dm##*:} ts=127.0.0.1:${ts##*:} ms=127.0.0.1:${ms##*:}
 
 log "dataset 1 from $data/clinc-intents-part2.csv"
 "$automl" dataset --server "$dm" create --name clinc --file "$data/clinc-intents-part2.csv" >/dev/null
@@ -60,13 +61,13 @@ now() { date +%s.%N; }
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 log "the default parameters: automl train --algorithm intent-classification"
 start=$(now)
-"$automl" train --server "$ts" --dataset 1 --version hashAg== --algorithm intent-classification \
+"$automl" train --server "$ts" --metadata-server "$ms" --dataset 1 --version hashAg== --algorithm intent-classification \
   --watch | grep -v '^epoch' >&2
 default_wall=$(awk -v a="$start" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')
 
 log "the experiment: $trials trials, $search search, median stopping, seed $seed"
 start=$(now)
-"$automl" experiment create --server "$ts" --dataset 1 --version hashAg== \
+"$automl" experiment --server "$ts" create --dataset 1 --version hashAg== \
   --algorithm intent-classification --name clinc-search --objective val_accuracy \
   --search LR=log:0.0005..0.05 --search FC_SIZE=int:64..512 --search EMBED_DIM=int:32..256 \
   --search OPTIMIZER=cat:sgd,adamw --param EPOCHS=$epochs \
@@ -124,9 +125,9 @@ for trial in experiment.get("trials", []):
         state += f" ({trial.get('message', '')})"
     objective = trial.get("objective")
     test = test_accuracy(statuses.get(trial["jobId"], {}))
+    shown = lambda value: "-" if value is None else format(value, ".4f")
     print(f"{trial['trialNumber']:>5} {trial['runId']:>4}  {params:44} {epochs:>6} "
-          f"{objective if objective is None else format(objective, '.4f'):>8} "
-          f"{test if test is None else format(test, '.4f'):>8}  {state}")
+          f"{shown(objective):>8} {shown(test):>8}  {state}")
 best = experiment.get("bestTrial")
 default_test = test_accuracy(default)
 print()

@@ -155,9 +155,9 @@ impl Model {
     }
 
     /// Logits (`batch × num_classes`) from pooled embeddings: the same forward pass training
-    /// runs ([`Model::forward_train`]).
+    /// runs ([`Model::forward_train`]), with the weights tracked (autograd reaches them).
     pub fn head(&self, pooled: &Tensor) -> Result<Tensor> {
-        Ok(self.forward_train(pooled)?.logits)
+        Ok(self.forward(pooled, |var| var.as_tensor().clone())?.logits)
     }
 
     /// Logits of token-id bags.

@@ -176,7 +176,7 @@ fn sgd(
 ) -> Result<()> {
     let step = lr * scale;
     for (var, grad) in model.dense_vars().into_iter().zip(dense_grads) {
-        var.set(&var.as_tensor().sub(&grad.affine(step, 0.0)?)?)?;
+        var.set(&var.as_detached_tensor().sub(&grad.affine(step, 0.0)?)?)?;
     }
     let dim = sparse.dim;
     let step = step as f32;
@@ -218,7 +218,9 @@ fn adamw(
         let m_hat = m.affine(1.0 / correction1, 0.0)?;
         let v_hat = v.affine(1.0 / correction2, 0.0)?;
         let update = m_hat.div(&v_hat.sqrt()?.affine(1.0, EPS)?)?;
-        let decayed = var.as_tensor().affine(1.0 - lr * WEIGHT_DECAY, 0.0)?;
+        let decayed = var
+            .as_detached_tensor()
+            .affine(1.0 - lr * WEIGHT_DECAY, 0.0)?;
         var.set(&decayed.sub(&update.affine(lr, 0.0)?)?)?;
     }
     let dim = sparse.dim;
