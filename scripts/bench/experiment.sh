@@ -111,7 +111,7 @@ print(f"experiment {experiment['experimentId']}: {experiment.get('status', 'EXPE
       f"{experiment.get('message', '')}")
 print(f"search {spec.get('searchAlgorithm', 'SEARCH_RANDOM')}, seed {spec.get('seed')}, "
       f"{spec.get('maxTrials')} trials, {spec.get('parallelTrials')} at a time, EPOCHS={planned}")
-print(f"{'trial':>5} {'run':>4}  {'parameters':44} {'epochs':>6} {'val_acc':>8} {'test_acc':>8}  state")
+print(f"{'trial':>5} {'run':>4}  {'parameters':52} {'epochs':>6} {'val_acc':>8} {'test_acc':>8}  state")
 trained = saved = 0
 for trial in experiment.get("trials", []):
     params = " ".join(f"{k}={v}" for k, v in sorted(trial.get("parameters", {}).items()))
@@ -126,7 +126,7 @@ for trial in experiment.get("trials", []):
     objective = trial.get("objective")
     test = test_accuracy(statuses.get(trial["jobId"], {}))
     shown = lambda value: "-" if value is None else format(value, ".4f")
-    print(f"{trial['trialNumber']:>5} {trial['runId']:>4}  {params:44} {epochs:>6} "
+    print(f"{trial['trialNumber']:>5} {trial['runId']:>4}  {params:52} {epochs:>6} "
           f"{shown(objective):>8} {shown(test):>8}  {state}")
 best = experiment.get("bestTrial")
 default_test = test_accuracy(default)

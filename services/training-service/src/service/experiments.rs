@@ -271,8 +271,11 @@ impl Training {
             } else {
                 None
             };
-            if let Some(epoch) = stop_at {
-                trials[index].early_stopped_epoch = i64::try_from(epoch).unwrap_or(i64::MAX);
+            // Stopped at the epoch it has reached (the rule may have held from an earlier
+            // epoch read in the same pass).
+            if stop_at.is_some() {
+                trials[index].early_stopped_epoch =
+                    i64::try_from(trials[index].curve.len()).unwrap_or(i64::MAX);
             }
             self.store
                 .update_trial(id, &trials[index], &now_iso())
@@ -439,8 +442,8 @@ impl Training {
         Ok(())
     }
 
-    /// The epoch at which the median rule stops trial `index`, judging only the epochs after
-    /// the first `judged`.
+    /// Whether (at which epoch) the median rule holds for trial `index`, judging only the
+    /// epochs after the first `judged`.
     fn median_rule(
         &self,
         spec: &ExperimentSpec,
