@@ -114,6 +114,28 @@ mod tests {
         assert_eq!(loaded, AutomlConfig::default());
     }
 
+    /// The commented registry entry of automl.example.toml, uncommented, loads.
+    #[test]
+    fn a_trainer_of_its_own_declares_its_parameters() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = write(
+            dir.path(),
+            "[training_service.algorithms.my-trainer]\ncommand = \"/opt/my-trainer/train.sh\"\n\
+             [[training_service.algorithms.my-trainer.parameters]]\nname = \"LR\"\n\
+             type = \"double\"\nmin = 0.0\nmin_exclusive = true\ndefault = \"0.01\"\n\
+             help = \"learning rate\"\n\
+             [[training_service.algorithms.my-trainer.parameters]]\nname = \"MODE\"\n\
+             type = \"categorical\"\nvalues = [\"a\", \"b\"]\n",
+        );
+        let loaded = AutomlConfig::load(&[&file], &HashMap::new(), &[]).expect("loads");
+        let parameters = &loaded.training_service.algorithms["my-trainer"].parameters;
+        assert_eq!(parameters.len(), 2);
+        assert_eq!(parameters[0].min, Some(0.0));
+        assert_eq!(parameters[0].max, None);
+        assert!(parameters[0].check("0").is_err() && parameters[0].check("0.5").is_ok());
+        assert!(parameters[1].check("b").is_ok() && parameters[1].check("c").is_err());
+    }
+
     #[test]
     fn precedence_defaults_file_env_flags() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -132,7 +132,7 @@ pub enum JobsCommand {
 fn parameter_range(parameter: &pb::ParameterSpec) -> String {
     let bound = |value: f64| {
         if value.is_infinite() {
-            "inf".to_string()
+            if value < 0.0 { "-inf" } else { "inf" }.to_string()
         } else {
             value.to_string()
         }
@@ -145,7 +145,11 @@ fn parameter_range(parameter: &pb::ParameterSpec) -> String {
             } else {
                 "double"
             };
-            let open = if parameter.min_exclusive { '(' } else { '[' };
+            let open = if parameter.min_exclusive || parameter.min.is_infinite() {
+                '('
+            } else {
+                '['
+            };
             let close = if parameter.max_exclusive || parameter.max.is_infinite() {
                 ')'
             } else {

@@ -34,6 +34,131 @@ pub struct AlgorithmConfig {
     /// it (the default) the trainer gets only presigned URLs of the objects its job needs
     /// (`AUTOML_OBJECT_GRANTS`) and no S3 secret at all.
     pub raw_s3_access: bool,
+    /// The parameters a trainer of its own reads (`[[…parameters]]`): listed by
+    /// `ListAlgorithms`, checked at `Train` and against experiments' search spaces. The
+    /// built-in trainer's are declared by the trainer itself and this stays empty for it.
+    pub parameters: Vec<ParameterConfig>,
+}
+
+/// The kind of a declared parameter.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ParameterKind {
+    /// Whole numbers.
+    #[default]
+    Int,
+    /// Real numbers.
+    Double,
+    /// One of `values`.
+    Categorical,
+}
+
+/// One parameter an algorithm's trainer reads.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ParameterConfig {
+    /// Its name, as a job parameter.
+    pub name: String,
+    /// `int`, `double` or `categorical`.
+    #[serde(rename = "type")]
+    pub kind: ParameterKind,
+    /// Lower bound (`int`, `double`); none when absent.
+    pub min: Option<f64>,
+    /// Upper bound (`int`, `double`); none when absent.
+    pub max: Option<f64>,
+    /// Whether `min` itself is refused.
+    pub min_exclusive: bool,
+    /// Whether `max` itself is refused.
+    pub max_exclusive: bool,
+    /// The values of a `categorical` parameter.
+    pub values: Vec<String>,
+    /// What a job that does not set it trains with.
+    pub default: String,
+    /// One line of help.
+    pub help: String,
+}
+
+impl ParameterConfig {
+    /// The built-in trainer's declaration of a parameter.
+    pub fn of_builtin(declared: &automl_text_classification::declare::Declared) -> Self {
+        use automl_text_classification::declare::Kind;
+        let bound = |value: f64| value.is_finite().then_some(value);
+        Self {
+            name: declared.name.to_string(),
+            kind: match declared.kind {
+                Kind::Int => ParameterKind::Int,
+                Kind::Double => ParameterKind::Double,
+                Kind::Categorical => ParameterKind::Categorical,
+            },
+            min: if declared.kind == Kind::Categorical {
+                None
+            } else {
+                bound(declared.min)
+            },
+            max: if declared.kind == Kind::Categorical {
+                None
+            } else {
+                bound(declared.max)
+            },
+            min_exclusive: declared.min_exclusive,
+            max_exclusive: declared.max_exclusive,
+            values: declared.values.iter().map(|v| v.to_string()).collect(),
+            default: declared.default.to_string(),
+            help: declared.help.to_string(),
+        }
+    }
+
+    /// Checks one value as a trainer that declares this parameter reads it.
+    pub fn check(&self, value: &str) -> Result<(), String> {
+        let name = &self.name;
+        if self.kind == ParameterKind::Categorical {
+            return if self.values.iter().any(|v| v == value) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "invalid parameter {name}: {value:?} is not one of {}",
+                    self.values.join(", ")
+                ))
+            };
+        }
+        let number: f64 = match value.trim().parse() {
+            Ok(number) if f64::is_finite(number) => number,
+            _ => {
+                return Err(format!(
+                    "invalid parameter {name}: {value:?} is not a number"
+                ));
+            }
+        };
+        if self.kind == ParameterKind::Int && number.fract() != 0.0 {
+            return Err(format!(
+                "invalid parameter {name}: {value} is not a whole number"
+            ));
+        }
+        let low = self.min.is_none_or(|min| {
+            if self.min_exclusive {
+                number > min
+            } else {
+                number >= min
+            }
+        });
+        let high = self.max.is_none_or(|max| {
+            if self.max_exclusive {
+                number < max
+            } else {
+                number <= max
+            }
+        });
+        if low && high {
+            return Ok(());
+        }
+        let open = if self.min_exclusive { "(" } else { "[" };
+        let close = if self.max_exclusive { ")" } else { "]" };
+        let min = self.min.map_or("-inf".to_string(), |v| v.to_string());
+        let max = self.max.map_or("inf".to_string(), |v| v.to_string());
+        Err(format!(
+            "invalid parameter {name}: {value} is not in {open}{min}, {max}{close}"
+        ))
+    }
 }
 
 /// Which backend runs trainers.
@@ -332,6 +457,28 @@ impl TrainingConfig {
                 return Err(ConfigError::Validation(format!(
                     "training_service.{url_key} must start with http:// or https://"
                 )));
+            }
+        }
+        for (name, algorithm) in &self.algorithms {
+            for parameter in &algorithm.parameters {
+                let field = format!("training_service.algorithms.{name}.parameters");
+                crate::model::check_parameter_key(&parameter.name, &field)
+                    .map_err(|err| ConfigError::Validation(err.to_string()))?;
+                let shaped = match parameter.kind {
+                    ParameterKind::Categorical => !parameter.values.is_empty(),
+                    _ => {
+                        parameter.values.is_empty()
+                            && parameter.min.is_none_or(f64::is_finite)
+                            && parameter.max.is_none_or(f64::is_finite)
+                            && parameter.min.zip(parameter.max).is_none_or(|(a, b)| a <= b)
+                    }
+                };
+                if !shaped {
+                    return Err(ConfigError::Validation(format!(
+                        "{field}: {} needs values (categorical) or finite min <= max (int, double)",
+                        parameter.name
+                    )));
+                }
             }
         }
         if self.backend == BackendKind::Kubernetes {

@@ -10,9 +10,9 @@ pub mod search;
 
 use std::collections::BTreeMap;
 
-use automl_text_classification::declare::{Declared, Kind};
 use serde::{Deserialize, Serialize};
 
+use crate::config::{ParameterConfig, ParameterKind};
 use crate::error::TrainingError;
 use crate::model::{JobStatus, MAX_TEXT, Priority, Resources, check_parameter_key};
 
@@ -316,7 +316,7 @@ impl ExperimentView {
 /// set (`check`), and fills in its defaults. Errors name the contract's fields.
 pub fn check_experiment(
     spec: &mut ExperimentSpec,
-    declared: &[Declared],
+    declared: &[ParameterConfig],
     check: impl Fn(&BTreeMap<String, String>) -> Result<(), String>,
 ) -> Result<(), TrainingError> {
     let invalid = |message: String| Err(TrainingError::InvalidArgument(message));
@@ -404,7 +404,7 @@ pub fn check_experiment(
 /// kind and bounds against the declaration.
 fn check_space(
     parameter: &SearchParameter,
-    declared: &[Declared],
+    declared: &[ParameterConfig],
     algorithm: &str,
 ) -> Result<(), TrainingError> {
     let name = &parameter.name;
@@ -450,23 +450,24 @@ fn check_space(
     if declared.is_empty() {
         return Ok(());
     }
-    let Some(declaration) = declared.iter().find(|d| d.name == name) else {
-        let known: Vec<&str> = declared.iter().map(|d| d.name).collect();
+    let Some(declaration) = declared.iter().find(|d| &d.name == name) else {
+        let known: Vec<&str> = declared.iter().map(|d| d.name.as_str()).collect();
         return invalid(format!(
             "{field}: {name} is not a parameter of {algorithm} (its parameters: {})",
             known.join(", ")
         ));
     };
     let fits = match (parameter.kind, declaration.kind) {
-        (SpaceKind::Categorical, _) | (SpaceKind::Int, Kind::Int | Kind::Double) => true,
-        (SpaceKind::Double, Kind::Double) => true,
-        (SpaceKind::Double, _) | (SpaceKind::Int, Kind::Categorical) => false,
+        (SpaceKind::Categorical, _)
+        | (SpaceKind::Int, ParameterKind::Int | ParameterKind::Double)
+        | (SpaceKind::Double, ParameterKind::Double) => true,
+        (SpaceKind::Double, _) | (SpaceKind::Int, ParameterKind::Categorical) => false,
     };
     if !fits {
         let kind = match declaration.kind {
-            Kind::Int => "int",
-            Kind::Double => "double",
-            Kind::Categorical => "categorical",
+            ParameterKind::Int => "int",
+            ParameterKind::Double => "double",
+            ParameterKind::Categorical => "categorical",
         };
         return invalid(format!(
             "{field}: {name} is {kind} for {algorithm}; search it as {kind}"
@@ -521,7 +522,12 @@ mod tests {
 
     #[test]
     fn the_search_space_is_checked_against_the_declarations() {
-        let declared = automl_text_classification::declare::parameters("intent-classification");
+        let declared: Vec<ParameterConfig> =
+            automl_text_classification::declare::parameters("intent-classification")
+                .iter()
+                .map(ParameterConfig::of_builtin)
+                .collect();
+        let declared = declared.as_slice();
         let check = |parameters: &BTreeMap<String, String>| {
             let parameters = parameters
                 .iter()

@@ -13,6 +13,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::config::{ParameterConfig, ParameterKind};
 use crate::error::TrainingError;
 use crate::experiment::{
     Direction, EarlyStopping, ExperimentSpec, ExperimentStatus, ExperimentView, Objective,
@@ -20,7 +21,6 @@ use crate::experiment::{
 };
 use crate::model::{JobSpec, JobStatus, Priority, Resources};
 use crate::service::{JobView, Training};
-use automl_text_classification::declare::{Declared, Kind};
 
 /// The gRPC face of training-service.
 #[derive(Debug, Clone)]
@@ -128,22 +128,30 @@ fn response(view: JobView) -> pb::GetTrainingStatusResponse {
 }
 
 /// A declared parameter as the contract describes it.
-fn parameter_spec(declared: &Declared) -> pb::ParameterSpec {
-    let kind = match declared.kind {
-        Kind::Int => pb::ParameterType::ParameterInt,
-        Kind::Double => pb::ParameterType::ParameterDouble,
-        Kind::Categorical => pb::ParameterType::ParameterCategorical,
+fn parameter_spec(declared: &ParameterConfig) -> pb::ParameterSpec {
+    let (kind, min, max) = match declared.kind {
+        ParameterKind::Int => (pb::ParameterType::ParameterInt, declared.min, declared.max),
+        ParameterKind::Double => (
+            pb::ParameterType::ParameterDouble,
+            declared.min,
+            declared.max,
+        ),
+        ParameterKind::Categorical => (
+            pb::ParameterType::ParameterCategorical,
+            Some(0.0),
+            Some(0.0),
+        ),
     };
     pb::ParameterSpec {
-        name: declared.name.to_string(),
+        name: declared.name.clone(),
         r#type: kind.into(),
-        min: declared.min,
-        max: declared.max,
+        min: min.unwrap_or(f64::NEG_INFINITY),
+        max: max.unwrap_or(f64::INFINITY),
         min_exclusive: declared.min_exclusive,
         max_exclusive: declared.max_exclusive,
-        values: declared.values.iter().map(|v| v.to_string()).collect(),
-        default_value: declared.default.to_string(),
-        help: declared.help.to_string(),
+        values: declared.values.clone(),
+        default_value: declared.default.clone(),
+        help: declared.help.clone(),
     }
 }
 

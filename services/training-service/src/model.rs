@@ -225,8 +225,9 @@ pub struct AlgorithmStatus {
     pub ready: bool,
     /// Why it is not ready; empty when it is.
     pub message: String,
-    /// The parameters its trainer reads (the built-in trainer's; empty for others).
-    pub parameters: &'static [automl_text_classification::declare::Declared],
+    /// The parameters its trainer reads (the built-in trainer's own declarations, or the
+    /// registry's `parameters` for a trainer of its own).
+    pub parameters: Vec<crate::config::ParameterConfig>,
 }
 
 /// The algorithm a client that names none trains: the encoder when it is registered and
@@ -397,7 +398,7 @@ mod tests {
             pretrained_model: String::new(),
             ready,
             message: String::new(),
-            parameters: &[],
+            parameters: Vec::new(),
         }
     }
 

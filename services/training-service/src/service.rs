@@ -237,6 +237,11 @@ impl Training {
                 .map_err(|err| {
                     TrainingError::InvalidArgument(format!("metadata.parameters: {err}"))
                 })?;
+        } else {
+            // A trainer of its own: the parameters its registry entry declares.
+            check_declared(&self.declared_parameters(&spec.algorithm), &spec.parameters).map_err(
+                |err| TrainingError::InvalidArgument(format!("metadata.parameters: {err}")),
+            )?;
         }
         if let Some(name) = self.pretrained_of(&spec.algorithm)
             && self.pretrained_current(name).await?.is_none()
@@ -252,6 +257,23 @@ impl Training {
             tracing::info!(%reason, "job submitted for a FAILED snapshot");
         }
         Ok(())
+    }
+
+    /// The parameters `algorithm`'s trainer reads: the built-in trainer's own declarations,
+    /// or the registry entry's `parameters`.
+    fn declared_parameters(&self, algorithm: &str) -> Vec<crate::config::ParameterConfig> {
+        if self.is_builtin(algorithm) {
+            automl_text_classification::declare::parameters(algorithm)
+                .iter()
+                .map(crate::config::ParameterConfig::of_builtin)
+                .collect()
+        } else {
+            self.config
+                .algorithms
+                .get(algorithm)
+                .map(|a| a.parameters.clone())
+                .unwrap_or_default()
+        }
     }
 
     /// Whether `algorithm` runs the built-in trainer (whose parameters are declared): no
@@ -289,13 +311,7 @@ impl Training {
                     ),
                 }
             };
-            // The built-in trainer's parameters; an algorithm with a trainer of its own
-            // declares none.
-            let parameters = if self.is_builtin(name) {
-                automl_text_classification::declare::parameters(name)
-            } else {
-                &[]
-            };
+            let parameters = self.declared_parameters(name);
             algorithms.push(AlgorithmStatus {
                 name: name.clone(),
                 pretrained_model: algorithm.pretrained.clone(),
@@ -1707,6 +1723,20 @@ impl Training {
         }
         Ok(())
     }
+}
+
+/// Checks the values of `parameters` that `declared` declares (others pass: a trainer of its
+/// own may read more than it declares).
+fn check_declared(
+    declared: &[crate::config::ParameterConfig],
+    parameters: &BTreeMap<String, String>,
+) -> Result<(), String> {
+    for (name, value) in parameters {
+        if let Some(declaration) = declared.iter().find(|d| &d.name == name) {
+            declaration.check(value)?;
+        }
+    }
+    Ok(())
 }
 
 /// Milliseconds since the Unix epoch.

@@ -56,15 +56,11 @@ impl Training {
             })?;
         spec.resources = template.resources;
         let builtin = self.is_builtin(&spec.algorithm);
-        let declared = if builtin {
-            automl_text_classification::declare::parameters(&spec.algorithm)
-        } else {
-            &[]
-        };
+        let declared = self.declared_parameters(&spec.algorithm);
         let algorithm = spec.algorithm.clone();
-        check_experiment(&mut spec, declared, |parameters| {
+        check_experiment(&mut spec, &declared, |parameters| {
             if !builtin {
-                return Ok(());
+                return super::check_declared(&declared, parameters);
             }
             let parameters = parameters
                 .iter()

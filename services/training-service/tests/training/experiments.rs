@@ -10,6 +10,7 @@ use std::time::Duration;
 use automl_common::testing::{assert_status, backends, grpcurl};
 use automl_proto::metadata_store as ms;
 use automl_proto::training as pb;
+use automl_training_service::config::{AlgorithmConfig, ParameterConfig, ParameterKind};
 use automl_training_service::error::TrainingError;
 use tonic::Code;
 
@@ -75,6 +76,29 @@ async fn cluster(backend: automl_common::db::Backend, max_concurrent_jobs: i64) 
         config
             .algorithms
             .insert("builtin".into(), Default::default());
+        // A trainer of its own that declares what it reads in the registry.
+        let declared = AlgorithmConfig {
+            command: script.display().to_string(),
+            parameters: vec![
+                ParameterConfig {
+                    name: "Q".into(),
+                    kind: ParameterKind::Double,
+                    min: Some(0.0),
+                    max: Some(1.0),
+                    default: "0.5".into(),
+                    help: "how good the model gets".into(),
+                    ..ParameterConfig::default()
+                },
+                ParameterConfig {
+                    name: "MODE".into(),
+                    kind: ParameterKind::Categorical,
+                    values: vec!["fast".into(), "slow".into()],
+                    ..ParameterConfig::default()
+                },
+            ],
+            ..AlgorithmConfig::default()
+        };
+        config.algorithms.insert("declared".into(), declared);
     })
     .await
 }
@@ -521,6 +545,57 @@ async fn experiments_are_checked_and_scoped_to_their_tenant() {
             .await;
         assert_status(refused, Code::InvalidArgument, named);
     }
+    // A trainer of its own, checked against what its registry entry declares.
+    let declared = |space: pb::SearchParameter| {
+        let mut spec = cluster.experiment(pb::SearchAlgorithm::SearchRandom, vec![space], &[]);
+        spec.algorithm = "declared".into();
+        spec
+    };
+    for (spec, named) in [
+        (
+            declared(range("Q", pb::ParameterType::ParameterDouble, 0.5, 2.0)),
+            "invalid parameter Q: 2 is not in [0, 1]",
+        ),
+        (
+            declared(categorical("MODE", &["fast", "medium"])),
+            "invalid parameter MODE: \"medium\" is not one of fast, slow",
+        ),
+        (
+            declared(range("FOO", pb::ParameterType::ParameterInt, 1.0, 2.0)),
+            "FOO is not a parameter of declared",
+        ),
+    ] {
+        let refused = cluster
+            .client
+            .create_experiment(pb::CreateExperimentRequest { spec: Some(spec) })
+            .await;
+        assert_status(refused, Code::InvalidArgument, named);
+    }
+    let mut train = cluster.job(&[("Q", "1.5")]);
+    if let Some(metadata) = train.metadata.as_mut() {
+        metadata.algorithm = "declared".into();
+    }
+    let refused = cluster.client.train(train).await;
+    assert_status(refused, Code::InvalidArgument, "invalid parameter Q");
+    let algorithms = cluster.algorithms().await;
+    let listed = algorithms
+        .algorithms
+        .iter()
+        .find(|a| a.name == "declared")
+        .expect("registered");
+    let q = &listed.parameters[0];
+    assert_eq!(
+        (
+            q.name.as_str(),
+            q.r#type(),
+            q.min,
+            q.max,
+            q.default_value.as_str()
+        ),
+        ("Q", pb::ParameterType::ParameterDouble, 0.0, 1.0, "0.5")
+    );
+    assert_eq!(listed.parameters[1].values, ["fast", "slow"]);
+
     let mut no_objective = cluster.experiment(
         pb::SearchAlgorithm::SearchRandom,
         vec![categorical("Q", &["0.1"])],
