@@ -12,7 +12,10 @@
 //! - [`TrainingMetrics::set_running_jobs`] after every launch and every end;
 //! - [`TrainingMetrics::job_finished`] once per job that reaches `succeed`, `failure` or
 //!   `canceled`, with its duration from launch when this process launched it (a job that never
-//!   ran, or one launched before a restart, is counted without a duration).
+//!   ran, or one launched before a restart, is counted without a duration);
+//! - [`TrainingMetrics::experiment_ended`] once per experiment that ends (by the replica whose
+//!   update ended it), and [`TrainingMetrics::trial_early_stopped`] once per trial the median
+//!   rule stops.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -31,6 +34,9 @@ pub const LONG_BUCKETS: &[f64] = &[
 
 /// The final states of a training job, pre-registered so their series exist at 0.
 pub const JOB_STATUSES: &[&str] = &["succeed", "failure", "canceled"];
+
+/// The final states of an experiment, pre-registered so their series exist at 0.
+pub const EXPERIMENT_STATUSES: &[&str] = &["succeeded", "failed", "stopped"];
 
 /// A monotonically increasing count.
 #[derive(Debug, Default)]
@@ -341,6 +347,10 @@ pub struct TrainingMetrics {
     pub jobs: Family<Counter>,
     /// `automl_training_job_duration_seconds{status}`: launch to end.
     pub job_duration: Family<Histogram>,
+    /// `automl_experiments_total{status}`: experiments that ended, by final status.
+    pub experiments: Family<Counter>,
+    /// `automl_experiment_trials_early_stopped_total`: trials the median rule stopped.
+    pub early_stopped: Family<Counter>,
 }
 
 impl TrainingMetrics {
@@ -365,6 +375,16 @@ impl TrainingMetrics {
         if let Some(duration) = duration {
             self.job_duration.with(&[status]).observe_duration(duration);
         }
+    }
+
+    /// Records one experiment that ended with `status` (`succeeded`, `failed`, `stopped`).
+    pub fn experiment_ended(&self, status: &str) {
+        self.experiments.with(&[status]).inc();
+    }
+
+    /// Records one trial stopped by the median rule.
+    pub fn trial_early_stopped(&self) {
+        self.early_stopped.with(&[]).inc();
     }
 }
 
@@ -447,10 +467,23 @@ impl Metrics {
                 "Training job duration from launch to end, by final status.",
                 &["status"],
             ),
+            experiments: counter(
+                "automl_experiments_total",
+                "Experiments ended, by final status.",
+                &["status"],
+            ),
+            early_stopped: counter(
+                "automl_experiment_trials_early_stopped_total",
+                "Experiment trials stopped early by the median rule.",
+                &[],
+            ),
         };
         for status in JOB_STATUSES {
             training.jobs.with(&[status]);
             training.job_duration.with(&[status]);
+        }
+        for status in EXPERIMENT_STATUSES {
+            training.experiments.with(&[status]);
         }
         Self {
             rpc: RpcMetrics {
@@ -558,6 +591,8 @@ impl Metrics {
         training.running_jobs.render(&mut out);
         training.jobs.render(&mut out);
         training.job_duration.render(&mut out);
+        training.experiments.render(&mut out);
+        training.early_stopped.render(&mut out);
         let data = &self.data;
         data.ingest_bytes.render(&mut out);
         data.upload_bytes.render(&mut out);
@@ -685,6 +720,8 @@ mod tests {
         assert!(text.contains("\nautoml_training_running_jobs 0\n"));
         assert!(text.contains("automl_training_jobs_total{status=\"failure\"} 0\n"));
         assert!(text.contains("automl_training_job_duration_seconds_count{status=\"succeed\"} 0"));
+        assert!(text.contains("automl_experiments_total{status=\"stopped\"} 0\n"));
+        assert!(text.contains("\nautoml_experiment_trials_early_stopped_total 0\n"));
         assert!(text.contains("\nautoml_model_cache_hits_total 0\n"));
     }
 }

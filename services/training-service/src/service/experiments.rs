@@ -282,10 +282,14 @@ impl Training {
         for trial in trials.iter_mut() {
             if trial.early_stopped_epoch > 0 && !trial.status.is_final() && !trial.canceling {
                 let reason = format!("early stopped at epoch {}", trial.early_stopped_epoch);
-                if !self
+                if self
                     .cancel_trial(&experiment.tenant, trial, &reason)
                     .await?
                 {
+                    automl_common::metrics::metrics()
+                        .training
+                        .trial_early_stopped();
+                } else {
                     // It ended first: it was not stopped.
                     trial.early_stopped_epoch = 0;
                     self.store.update_trial(id, trial, &now_iso()).await?;
@@ -506,6 +510,13 @@ impl Training {
             return Ok(());
         }
         tracing::info!(experiment_id = id, ?status, message, "experiment ended");
+        automl_common::metrics::metrics()
+            .training
+            .experiment_ended(match status {
+                ExperimentStatus::Succeeded => "succeeded",
+                ExperimentStatus::Failed => "failed",
+                ExperimentStatus::Stopped | ExperimentStatus::Running => "stopped",
+            });
         let reason = ended_reason(status);
         for trial in self.store.trials(id).await? {
             if !trial.status.is_final()

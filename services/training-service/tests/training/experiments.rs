@@ -389,6 +389,14 @@ async fn the_median_rule_stops_weak_trials_at_the_start_step_and_never_the_best(
         }
         let best = done.best_trial.expect("best");
         assert_eq!(best.trial_number, 5);
+        let exposed = automl_common::metrics::metrics().render();
+        let stopped = exposed
+            .lines()
+            .find_map(|l| l.strip_prefix("automl_experiment_trials_early_stopped_total "))
+            .and_then(|n| n.parse::<u64>().ok())
+            .expect("the early-stop counter");
+        assert!(stopped >= 1, "{stopped}");
+        assert!(!exposed.contains("automl_experiments_total{status=\"succeeded\"} 0\n"));
         assert!((best.objective.expect("objective") - 0.72).abs() < 1e-9);
         cluster.stop().await;
     }
