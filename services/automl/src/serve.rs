@@ -1,7 +1,6 @@
 //! `automl serve <service|all>` and `automl migrate`: start the object store connection (or the
 //! embedded endpoint), then each selected service on its own port, until SIGINT/SIGTERM.
 
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -10,8 +9,6 @@ use automl_common::db::{Database, MigrationSource};
 use automl_common::embedded_s3::EmbeddedS3;
 use automl_common::s3::{ObjectStore, S3Error};
 use automl_common::server::{ServiceRoutes, serve, shutdown_on_signals};
-use automl_training_service::TrainingConfig;
-use automl_training_service::config::BackendKind;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -91,9 +88,6 @@ pub async fn run(mut config: AutomlConfig, service: ServiceArg) -> anyhow::Resul
     std::fs::create_dir_all(&common.data_dir)
         .with_context(|| format!("creating data directory {}", common.data_dir.display()))?;
     let shutdown = shutdown_on_signals();
-    if let Ok(exe) = std::env::current_exe() {
-        default_trainers(&mut config.training_service, &exe);
-    }
     let (objects, _embedded) = connect_object_store(&common).await?;
 
     // Bind every listener first, so services started together can find each other.
@@ -154,20 +148,6 @@ pub async fn run(mut config: AutomlConfig, service: ServiceArg) -> anyhow::Resul
     }
     tracing::info!("stopped");
     failed.map_or(Ok(()), Err)
-}
-
-/// Local algorithms without a trainer program run the `automl-train` beside `exe` when there is
-/// one, else `exe trainer` (the same program inside this binary).
-fn default_trainers(config: &mut TrainingConfig, exe: &Path) {
-    if config.backend != BackendKind::Local || exe.with_file_name("automl-train").is_file() {
-        return;
-    }
-    for algorithm in config.algorithms.values_mut() {
-        if algorithm.command.is_empty() {
-            algorithm.command = exe.display().to_string();
-            algorithm.args.insert(0, "trainer".to_string());
-        }
-    }
 }
 
 /// `host:port` a client on this machine reaches `service` at: its bind address, with a
@@ -347,50 +327,4 @@ async fn start_metrics(
         Ok(())
     });
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn algorithms_without_a_program_run_the_trainer_inside_this_binary() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let exe = dir.path().join("automl");
-        let mut config = TrainingConfig::default();
-        config
-            .algorithms
-            .entry("custom".into())
-            .or_default()
-            .command = "/opt/trainer".into();
-        default_trainers(&mut config, &exe);
-        let classic = &config.algorithms["intent-classification"];
-        assert_eq!(classic.command, exe.display().to_string());
-        assert_eq!(classic.args, ["trainer"]);
-        assert_eq!(config.algorithms["custom"].command, "/opt/trainer");
-        assert!(config.algorithms["custom"].args.is_empty());
-
-        // An automl-train beside the binary keeps running as before.
-        std::fs::write(dir.path().join("automl-train"), "").expect("write");
-        let mut config = TrainingConfig::default();
-        default_trainers(&mut config, &exe);
-        assert!(
-            config.algorithms["intent-classification"]
-                .command
-                .is_empty()
-        );
-
-        // Trainer pods run their image's program.
-        std::fs::remove_file(dir.path().join("automl-train")).expect("remove");
-        let mut config = TrainingConfig {
-            backend: BackendKind::Kubernetes,
-            ..TrainingConfig::default()
-        };
-        default_trainers(&mut config, &exe);
-        assert!(
-            config.algorithms["intent-classification"]
-                .command
-                .is_empty()
-        );
-    }
 }

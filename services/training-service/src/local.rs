@@ -243,6 +243,19 @@ fn kill_group(pid: u32) {
     }
 }
 
+/// The local program of the built-in trainer and its arguments: the `automl-train` beside
+/// `exe`, or, when there is none and `exe` is the `automl` binary, `automl trainer` (the same
+/// program inside it).
+pub fn builtin_trainer(exe: &Path, args: Vec<String>) -> (PathBuf, Vec<String>) {
+    let beside = exe.with_file_name("automl-train");
+    if !beside.is_file() && exe.file_stem().is_some_and(|stem| stem == "automl") {
+        let mut inside = vec!["trainer".to_string()];
+        inside.extend(args);
+        return (exe.to_path_buf(), inside);
+    }
+    (beside, args)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,5 +275,31 @@ mod tests {
         );
         assert!(!trainer_alive(pid), "a bare pid cannot be verified");
         assert!(!trainer_alive("1:0") && !trainer_alive("") && !trainer_alive("x:y"));
+    }
+
+    #[test]
+    fn the_built_in_trainer_is_automl_train_beside_else_automl_trainer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let exe = dir.path().join("automl");
+        let args = vec!["--quiet".to_string()];
+        assert_eq!(
+            builtin_trainer(&exe, args.clone()),
+            (
+                exe.clone(),
+                vec!["trainer".to_string(), "--quiet".to_string()]
+            )
+        );
+        // An automl-train beside the binary runs as before.
+        std::fs::write(dir.path().join("automl-train"), "").expect("write");
+        assert_eq!(
+            builtin_trainer(&exe, args.clone()),
+            (dir.path().join("automl-train"), args.clone())
+        );
+        // Another program (a test binary) never runs itself as the trainer.
+        let other = dir.path().join("other").join("training-abc123");
+        assert_eq!(
+            builtin_trainer(&other, args.clone()),
+            (other.with_file_name("automl-train"), args)
+        );
     }
 }

@@ -276,19 +276,13 @@ impl Training {
         }
     }
 
-    /// Whether `algorithm` runs the built-in trainer (whose parameters are declared): no
-    /// program of its own, or `automl trainer` of this very binary (what `automl serve` sets
-    /// when no `automl-train` is beside it).
+    /// Whether `algorithm` runs the built-in trainer (no program of its own), whose
+    /// parameters it declares itself.
     fn is_builtin(&self, algorithm: &str) -> bool {
         self.config
             .algorithms
             .get(algorithm)
-            .is_some_and(|algorithm| {
-                algorithm.command.is_empty()
-                    || (algorithm.args.first().is_some_and(|arg| arg == "trainer")
-                        && std::env::current_exe()
-                            .is_ok_and(|exe| exe == std::path::Path::new(&algorithm.command)))
-            })
+            .is_some_and(|algorithm| algorithm.command.is_empty())
     }
 
     /// ListAlgorithms: the registry, whether each algorithm is ready, and the default.
@@ -404,15 +398,8 @@ impl Training {
         limit: i32,
         index: i32,
     ) -> Result<(Vec<JobView>, i64), TrainingError> {
-        if limit < 0 || index < 0 {
-            return Err(TrainingError::InvalidArgument(
-                "limit and index must not be negative".into(),
-            ));
-        }
-        let (jobs, total) = self
-            .store
-            .list(tenant, statuses, i64::from(limit), i64::from(index))
-            .await?;
+        let (limit, offset) = page(limit, index)?;
+        let (jobs, total) = self.store.list(tenant, statuses, limit, offset).await?;
         let load = if jobs.iter().any(|job| job.status == JobStatus::Queuing) {
             self.store.tenant_loads(&[tenant]).await?.remove(tenant)
         } else {
@@ -1054,10 +1041,10 @@ impl Training {
         if !configured.command.is_empty() {
             return (PathBuf::from(configured.command), configured.args);
         }
-        let command = std::env::current_exe()
-            .map(|exe| exe.with_file_name("automl-train"))
-            .unwrap_or_else(|_| PathBuf::from("automl-train"));
-        (command, configured.args)
+        match std::env::current_exe() {
+            Ok(exe) => crate::local::builtin_trainer(&exe, configured.args),
+            Err(_) => (PathBuf::from("automl-train"), configured.args),
+        }
     }
 
     /// The trainer environment of the contract; `pretrained` is the `<name>@<digest>` of the
@@ -1723,6 +1710,16 @@ impl Training {
         }
         Ok(())
     }
+}
+
+/// A page request's (limit, offset), both checked not negative.
+fn page(limit: i32, index: i32) -> Result<(i64, i64), TrainingError> {
+    if limit < 0 || index < 0 {
+        return Err(TrainingError::InvalidArgument(
+            "limit and index must not be negative".into(),
+        ));
+    }
+    Ok((i64::from(limit), i64::from(index)))
 }
 
 /// Checks the values of `parameters` that `declared` declares (others pass: a trainer of its

@@ -371,8 +371,7 @@ fn insert_job<'q>(
     backend: &'q str,
     now: &'q str,
 ) -> Result<sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>, TrainingError> {
-    let metadata =
-        serde_json::to_string(spec).map_err(|err| TrainingError::Corrupt(err.to_string()))?;
+    let metadata = to_json(spec)?;
     Ok(sqlx::query(
         "INSERT INTO jobs (tenant, status, message, metadata, backend, backend_ref, \
          created_at, updated_at, priority, gpus) \
@@ -385,6 +384,16 @@ fn insert_job<'q>(
     .bind(now)
     .bind(spec.priority.rank())
     .bind(i64::from(spec.resources.gpus.max(0))))
+}
+
+/// A stored JSON column.
+fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, TrainingError> {
+    serde_json::to_string(value).map_err(|err| TrainingError::Corrupt(err.to_string()))
+}
+
+/// A stored JSON column read back.
+fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, TrainingError> {
+    serde_json::from_str(text).map_err(|err| TrainingError::Corrupt(err.to_string()))
 }
 
 /// ` AND status IN (…)` for a list filter, empty for none: a fixed set of numbers, never
@@ -405,8 +414,7 @@ fn decode(row: &AnyRow) -> Result<Job, TrainingError> {
         tenant: row.try_get("tenant")?,
         status: JobStatus::from_number(row.try_get("status")?)?,
         message: row.try_get("message")?,
-        spec: serde_json::from_str(&metadata)
-            .map_err(|err| TrainingError::Corrupt(err.to_string()))?,
+        spec: from_json(&metadata)?,
         backend: row.try_get("backend")?,
         backend_ref: row.try_get("backend_ref")?,
         claimed_ms: row.try_get("claimed_ms")?,

@@ -53,13 +53,15 @@ exit "$code"
 "#,
         grpcurl = grpcurl.display()
     );
-    std::fs::write(&path, script).expect("script");
-    let status = std::process::Command::new("chmod")
-        .args(["+x", path.to_str().expect("path")])
-        .status()
-        .expect("chmod");
-    assert!(status.success());
+    write_executable(&path, &script);
     path
+}
+
+/// Writes `script` to `path`, executable.
+fn write_executable(path: &Path, script: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, script).expect("script");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 }
 
 #[path = "training/experiments.rs"]

@@ -155,15 +155,19 @@ mod tests {
     use super::*;
     use crate::model::ModelConfig;
 
-    #[test]
-    fn gradients_match_autograd() -> Result<()> {
+    fn small_model() -> Result<Model> {
         let config = ModelConfig {
             vocab_size: 12,
             embed_dim: 5,
             fc_size: 7,
             num_classes: 4,
         };
-        let model = Model::new(config, 3, &Device::Cpu)?;
+        Model::new(config, 3, &Device::Cpu)
+    }
+
+    #[test]
+    fn gradients_match_autograd() -> Result<()> {
+        let model = small_model()?;
         let bags = [vec![1u32, 2, 3], vec![4], vec![5, 5, 6], vec![], vec![7, 8]];
         let targets = [0u32, 3, 1, 2, 3];
         let pooled = Var::from_vec(model.embedding.pool(&bags), (5, 5), &Device::Cpu)?;
@@ -202,13 +206,7 @@ mod tests {
     /// hundreds of MB per epoch).
     #[test]
     fn the_training_pass_keeps_no_graph() -> Result<()> {
-        let config = ModelConfig {
-            vocab_size: 12,
-            embed_dim: 5,
-            fc_size: 7,
-            num_classes: 4,
-        };
-        let model = Model::new(config, 3, &Device::Cpu)?;
+        let model = small_model()?;
         let bags: [&[u32]; 2] = [&[1, 2, 3], &[4, 5]];
         let pooled = model.pool(&bags)?;
         let acts = model.forward_train(&pooled)?;

@@ -3,12 +3,11 @@
 //! started again on the same data directory and database; the experiment then completes with
 //! exactly `max_trials` trials, one job each, and its best run answers Predict.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use automl_common::testing::TestEnv;
 
-use crate::support::{Automl, clinc_data, grpcurl_json, process_env};
+use crate::support::{Automl, clinc_data, grpcurl_json, process_env, require_trainer};
 
 const EPOCHS: usize = 6;
 const TRIALS: usize = 4;
@@ -28,12 +27,7 @@ fn trials(experiment: &serde_json::Value) -> Vec<serde_json::Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_experiment_survives_a_kill_and_its_best_run_predicts() {
-    let trainer = PathBuf::from(env!("CARGO_BIN_EXE_automl")).with_file_name("automl-train");
-    assert!(
-        trainer.is_file(),
-        "{} is needed beside automl: cargo test --workspace builds it",
-        trainer.display()
-    );
+    require_trainer();
     let env = TestEnv::new(automl_common::db::Backend::Sqlite)
         .await
         .expect("env");

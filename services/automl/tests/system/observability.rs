@@ -3,7 +3,7 @@
 //! services it calls, and the id of a Train call follows the job through its trainer into the
 //! metadata-store's JSON logs.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use automl_common::metrics_server::{sample, scrape};
@@ -17,7 +17,7 @@ use automl_proto::training::training_service_client::TrainingServiceClient;
 use serde_json::Value;
 
 use crate::prediction::demo_model;
-use crate::support::{Automl, grpcurl_json, process_env};
+use crate::support::{Automl, grpcurl_json, process_env, require_trainer};
 
 /// The sum of every sample of `name` whose labels contain all of `labels`.
 fn sum(text: &str, name: &str, labels: &[&str]) -> f64 {
@@ -238,12 +238,7 @@ fn rpc_lines<'a>(lines: &'a [Value], service: &str, method: &str) -> Vec<&'a Val
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_request_id_follows_train_through_the_trainer_to_log_run_end() {
     const ID: &str = "obs-train-7f3a";
-    let trainer = PathBuf::from(env!("CARGO_BIN_EXE_automl")).with_file_name("automl-train");
-    assert!(
-        trainer.is_file(),
-        "{} is needed beside automl: cargo test --workspace builds it",
-        trainer.display()
-    );
+    require_trainer();
     let env = TestEnv::new(automl_common::db::Backend::Sqlite)
         .await
         .expect("env");

@@ -199,6 +199,16 @@ pub fn clinc_data(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|err| panic!("{} is needed: {err}", path.display()))
 }
 
+/// Asserts that this build's `automl-train` is beside `automl`, where `automl serve` runs it.
+pub fn require_trainer() {
+    let trainer = PathBuf::from(env!("CARGO_BIN_EXE_automl")).with_file_name("automl-train");
+    assert!(
+        trainer.is_file(),
+        "{} is needed beside automl: cargo test --workspace builds it",
+        trainer.display()
+    );
+}
+
 /// A copy of this build's `automl` alone in `<dir>/bin`: with no `automl-train` beside it,
 /// training-service runs `automl trainer`, this build's trainer.
 pub fn lone_automl(dir: &Path) -> PathBuf {

@@ -2,21 +2,15 @@
 //! dataset, snapshot, Train with MiniAutoML's JSON, status until succeed, the run's epochs,
 //! the model files, and a prediction from the new model.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use automl_common::testing::TestEnv;
 
-use crate::support::{Automl, clinc_data, grpcurl_json, process_env};
+use crate::support::{Automl, clinc_data, grpcurl_json, process_env, require_trainer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn train_with_miniautoml_json_then_predict() {
-    let trainer = PathBuf::from(env!("CARGO_BIN_EXE_automl")).with_file_name("automl-train");
-    assert!(
-        trainer.is_file(),
-        "{} is needed beside automl: cargo test --workspace builds it",
-        trainer.display()
-    );
+    require_trainer();
     let env = TestEnv::new(automl_common::db::Backend::Sqlite)
         .await
         .expect("env");

@@ -103,14 +103,10 @@ impl Training {
         limit: i32,
         index: i32,
     ) -> Result<(Vec<ExperimentView>, i64), TrainingError> {
-        if limit < 0 || index < 0 {
-            return Err(TrainingError::InvalidArgument(
-                "limit and index must not be negative".into(),
-            ));
-        }
+        let (limit, offset) = super::page(limit, index)?;
         let (experiments, total) = self
             .store
-            .experiments(tenant, statuses, i64::from(limit), i64::from(index))
+            .experiments(tenant, statuses, limit, offset)
             .await?;
         let mut views = Vec::with_capacity(experiments.len());
         for experiment in experiments {
@@ -263,7 +259,7 @@ impl Training {
             trials[index].curve = curve;
             trials[index].settled = ended;
             let stop_at = if running && spec.early_stopping.median && !ended {
-                self.median_rule(spec, &trials, index, judged)
+                median_rule(spec, &trials, index, judged)
             } else {
                 None
             };
@@ -442,35 +438,6 @@ impl Training {
         Ok(())
     }
 
-    /// Whether (at which epoch) the median rule holds for trial `index`, judging only the
-    /// epochs after the first `judged`.
-    fn median_rule(
-        &self,
-        spec: &ExperimentSpec,
-        trials: &[Trial],
-        index: usize,
-        judged: usize,
-    ) -> Option<usize> {
-        let trial = &trials[index];
-        if trial.early_stopped_epoch > 0 || trial.canceling || trial.curve.len() <= judged {
-            return None;
-        }
-        let completed: Vec<&[f64]> = trials
-            .iter()
-            .filter(|t| t.completed())
-            .map(|t| t.curve.as_slice())
-            .collect();
-        let rule = &spec.early_stopping;
-        median_stop(
-            &trial.curve,
-            judged + 1..=trial.curve.len(),
-            &completed,
-            spec.objective.direction,
-            rule.min_trials_required as usize,
-            rule.start_step as usize,
-        )
-    }
-
     /// Cancels a trial's job for `reason`; false when it had already ended.
     async fn cancel_trial(
         &self,
@@ -567,6 +534,34 @@ impl Training {
         epochs.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
         Ok(epochs.into_iter().map(|(_, _, value)| value).collect())
     }
+}
+
+/// Whether (at which epoch) the median rule holds for trial `index`, judging only the
+/// epochs after the first `judged`.
+fn median_rule(
+    spec: &ExperimentSpec,
+    trials: &[Trial],
+    index: usize,
+    judged: usize,
+) -> Option<usize> {
+    let trial = &trials[index];
+    if trial.early_stopped_epoch > 0 || trial.canceling || trial.curve.len() <= judged {
+        return None;
+    }
+    let completed: Vec<&[f64]> = trials
+        .iter()
+        .filter(|t| t.completed())
+        .map(|t| t.curve.as_slice())
+        .collect();
+    let rule = &spec.early_stopping;
+    median_stop(
+        &trial.curve,
+        judged + 1..=trial.curve.len(),
+        &completed,
+        spec.objective.direction,
+        rule.min_trials_required as usize,
+        rule.start_step as usize,
+    )
 }
 
 /// The job of trial `name` with the search's `chosen` values added to the fixed parameters.

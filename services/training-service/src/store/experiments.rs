@@ -8,7 +8,7 @@ use automl_common::db::{Timed, is_unique_violation};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::JobStore;
+use super::{JobStore, from_json, to_json};
 use crate::error::TrainingError;
 use crate::experiment::{Experiment, ExperimentSpec, ExperimentStatus, Trial};
 use crate::model::{JobSpec, JobStatus};
@@ -256,14 +256,6 @@ impl JobStore {
         .await?;
         Ok(updated.rows_affected() == 1)
     }
-}
-
-fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, TrainingError> {
-    serde_json::to_string(value).map_err(|err| TrainingError::Corrupt(err.to_string()))
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, TrainingError> {
-    serde_json::from_str(text).map_err(|err| TrainingError::Corrupt(err.to_string()))
 }
 
 fn decode_experiment(row: &AnyRow) -> Result<Experiment, TrainingError> {

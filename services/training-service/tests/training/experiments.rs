@@ -14,7 +14,7 @@ use automl_training_service::config::{AlgorithmConfig, ParameterConfig, Paramete
 use automl_training_service::error::TrainingError;
 use tonic::Code;
 
-use super::Cluster;
+use super::{Cluster, write_executable};
 
 /// The epoch trainer: LogRunStart, then `EPOCHS` epochs (default 3) logging
 /// `val_accuracy = Q * epoch / 10` (Q default 0.5) each `EPOCH_SLEEP` seconds; a trial with
@@ -48,12 +48,7 @@ echo "end $JOB_ID $(date +%s%N)" >> "$TRACE"
 "#,
         grpcurl = grpcurl.display()
     );
-    std::fs::write(&path, script).expect("script");
-    let status = std::process::Command::new("chmod")
-        .args(["+x", path.to_str().expect("path")])
-        .status()
-        .expect("chmod");
-    assert!(status.success());
+    write_executable(&path, &script);
     path
 }
 
