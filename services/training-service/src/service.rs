@@ -1334,9 +1334,22 @@ impl Training {
                         &now_iso(),
                     )
                     .await?;
-                if !recorded {
-                    // Canceled while the Job was being created: the cancel found nothing to
-                    // delete, so take the Job back now.
+                // Its pod may have been reported running before this was recorded: the job
+                // is then `running` already and keeps its Job.
+                let running = !recorded
+                    && self
+                        .store
+                        .transition(
+                            job.job_id,
+                            &[JobStatus::Running],
+                            JobStatus::Running,
+                            "trainer running",
+                            Some(&name),
+                            &now_iso(),
+                        )
+                        .await?;
+                if !recorded && !running {
+                    // Ended while the Job was being created: take the Job back now.
                     tracing::info!(job_id = job.job_id, job = %name, "canceled during launch; deleting the Job");
                     if let Some(kubernetes) = &self.kubernetes {
                         kubernetes.cancel(job.job_id).await?;
