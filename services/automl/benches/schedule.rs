@@ -166,6 +166,7 @@ async fn succeeded(client: &mut TrainingServiceClient<Channel>) -> anyhow::Resul
             limit: 1,
             index: 0,
             statuses: vec![pb::TrainingStatus::Succeed.into()],
+            ..Default::default()
         })
         .await?
         .into_inner()

@@ -285,6 +285,7 @@ pub async fn runs(server: &str, command: RunsCommand) -> anyhow::Result<()> {
                     run_name: name,
                     limit,
                     index,
+                    ..Default::default()
                 })
                 .await?
                 .into_inner();

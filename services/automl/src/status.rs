@@ -138,6 +138,7 @@ async fn count_jobs(
         limit: 1,
         index: 0,
         statuses: statuses.iter().map(|s| *s as i32).collect(),
+        ..Default::default()
     };
     client
         .list_training_jobs(request)

@@ -172,6 +172,25 @@ impl DataManagementService for DataManagementGrpc {
         )))
     }
 
+    async fn list_training_snapshots(
+        &self,
+        request: Request<pb::DatasetPointer>,
+    ) -> Result<Response<pb::ListTrainingSnapshotsResponse>, Status> {
+        let caller = tenant_caller(&request)?;
+        let snapshots = self
+            .service
+            .list_snapshots(&caller.tenant, &request.into_inner().dataset_id)
+            .await
+            .map_err(to_status)?;
+        let bucket = self.service.objects().datasets_bucket.clone();
+        Ok(Response::new(pb::ListTrainingSnapshotsResponse {
+            snapshots: snapshots
+                .into_iter()
+                .map(|snapshot| versioned_snapshot(snapshot, &bucket, &caller.tenant))
+                .collect(),
+        }))
+    }
+
     async fn delete_dataset(
         &self,
         request: Request<pb::DatasetPointer>,

@@ -474,6 +474,16 @@ impl DataManagement {
         })
     }
 
+    /// ListTrainingSnapshots: the dataset's snapshots, newest first, without their parts.
+    pub async fn list_snapshots(
+        &self,
+        tenant: &str,
+        dataset_id: &str,
+    ) -> Result<Vec<Snapshot>, DataError> {
+        let dataset_id = parse_dataset_id(dataset_id)?;
+        self.store.list_snapshots(tenant, dataset_id).await
+    }
+
     /// FetchTrainingDataset.
     pub async fn fetch(
         &self,

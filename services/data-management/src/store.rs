@@ -343,6 +343,29 @@ impl DataStore {
         row.as_ref().map(decode_snapshot).transpose()
     }
 
+    /// A visible dataset's snapshots, newest first (ties by version hash), without their
+    /// parts; `DatasetNotFound` for a dataset the tenant cannot see.
+    pub async fn list_snapshots(
+        &self,
+        tenant: &str,
+        dataset_id: i64,
+    ) -> Result<Vec<Snapshot>, DataError> {
+        let mut tx = self.db.pool.begin().await?;
+        visible_dataset_type(&mut tx, tenant, dataset_id).await?;
+        let rows = sqlx::query(
+            "SELECT dataset_id, version_hash, state, commit_ids, message, statistics, \
+             content_digest FROM snapshots WHERE tenant = $1 AND dataset_id = $2 \
+             ORDER BY created_at DESC, version_hash",
+        )
+        .bind(tenant)
+        .bind(dataset_id)
+        .fetch_all(&mut *tx)
+        .timed("select")
+        .await?;
+        tx.commit().timed("transaction").await?;
+        rows.iter().map(decode_snapshot_without_parts).collect()
+    }
+
     /// Records a snapshot as RUNNING unless it is READY or RUNNING already; true when the caller
     /// must build it (new, or FAILED before).
     pub async fn prepare_snapshot(
@@ -528,13 +551,20 @@ fn decode_commit(row: &AnyRow) -> Result<Commit, DataError> {
 
 fn decode_snapshot(row: &AnyRow) -> Result<Snapshot, DataError> {
     Ok(Snapshot {
+        parts: from_json(&row.try_get::<String, _>("parts")?)?,
+        ..decode_snapshot_without_parts(row)?
+    })
+}
+
+fn decode_snapshot_without_parts(row: &AnyRow) -> Result<Snapshot, DataError> {
+    Ok(Snapshot {
         dataset_id: row.try_get("dataset_id")?,
         version_hash: row.try_get("version_hash")?,
         state: SnapshotState::from_number(row.try_get("state")?)?,
         commit_ids: from_json(&row.try_get::<String, _>("commit_ids")?)?,
         message: row.try_get("message")?,
         statistics: from_json(&row.try_get::<String, _>("statistics")?)?,
-        parts: from_json(&row.try_get::<String, _>("parts")?)?,
+        parts: Vec::new(),
         content_digest: row.try_get("content_digest")?,
     })
 }

@@ -962,3 +962,198 @@ async fn an_upload_with_a_million_distinct_labels_is_refused() {
         running.stop().await;
     }
 }
+
+async fn snapshots_of(
+    client: &mut Client,
+    dataset_id: &str,
+) -> Result<Vec<pb::VersionedSnapshot>, tonic::Status> {
+    Ok(client
+        .list_training_snapshots(pb::DatasetPointer {
+            dataset_id: dataset_id.into(),
+        })
+        .await?
+        .into_inner()
+        .snapshots)
+}
+
+#[tokio::test]
+async fn list_training_snapshots_newest_first_with_state_and_digest() {
+    for backend in backends() {
+        let env = env(backend).await;
+        let mut running = start(&env).await;
+        let client = &mut running.client;
+        put(
+            &env,
+            "upload/a.csv",
+            "book a flight,travel\nplay music,music\n",
+        )
+        .await;
+        put(&env, "upload/b.csv", "what's the weather,weather\n").await;
+        client
+            .create_dataset(create_request("upload/a.csv", vec![]))
+            .await
+            .expect("create");
+        assert!(
+            snapshots_of(client, "1")
+                .await
+                .expect("none yet")
+                .is_empty()
+        );
+        client
+            .update_dataset(commit_request(
+                "1",
+                "upload/b.csv",
+                vec![tag("part", "two")],
+            ))
+            .await
+            .expect("commit 2");
+        let query = |commit_id: &str, tags: Vec<pb::Tag>| pb::DatasetQuery {
+            dataset_id: "1".into(),
+            commit_id: commit_id.into(),
+            tags,
+        };
+        for (commit_id, hash) in [("", "hashBg=="), ("1", "hashAg==")] {
+            client
+                .prepare_training_dataset(query(commit_id, vec![]))
+                .await
+                .expect("prepare");
+            wait_ready(client, "1", hash).await;
+            // Creation times are in milliseconds: keep them apart.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // A third snapshot, of commit 2 alone, fails: its files are gone.
+        env.objects
+            .delete_prefix(&env.objects.datasets_bucket, "dataset/1/commit/2/")
+            .await
+            .expect("delete behind the service's back");
+        client
+            .prepare_training_dataset(query("", vec![tag("part", "two")]))
+            .await
+            .expect("prepare commit 2");
+        let failed = wait_ready(client, "1", "hashBA==").await;
+        assert_eq!(failed.state(), pb::SnapshotState::Failed);
+
+        let listed = snapshots_of(client, "1").await.expect("list");
+        let hashes: Vec<_> = listed.iter().map(|s| s.version_hash.as_str()).collect();
+        assert_eq!(hashes, ["hashBA==", "hashAg==", "hashBg=="]);
+        let states: Vec<_> = listed.iter().map(pb::VersionedSnapshot::state).collect();
+        assert_eq!(
+            states,
+            [
+                pb::SnapshotState::Failed,
+                pb::SnapshotState::Ready,
+                pb::SnapshotState::Ready
+            ]
+        );
+        assert_eq!(listed[0].message, failed.message);
+        assert!(listed[0].content_digest.is_empty());
+        for (snapshot, examples) in listed[1..].iter().zip(["2", "3"]) {
+            let fetched = wait_ready(client, "1", &snapshot.version_hash).await;
+            assert_eq!(snapshot.dataset_id, "1");
+            assert!(snapshot.message.is_empty());
+            assert!(snapshot.parts.is_empty(), "no parts in the listing");
+            assert_eq!(snapshot.statistics["numExamples"], examples);
+            assert_eq!(snapshot.statistics, fetched.statistics);
+            assert_eq!(snapshot.content_digest.len(), 64);
+            assert_eq!(snapshot.content_digest, fetched.content_digest);
+        }
+
+        assert_status(
+            snapshots_of(client, "42").await,
+            Code::NotFound,
+            "dataset 42",
+        );
+        assert_status(
+            snapshots_of(client, "abc").await,
+            Code::InvalidArgument,
+            "dataset_id",
+        );
+        client
+            .delete_dataset(pb::DatasetPointer {
+                dataset_id: "1".into(),
+            })
+            .await
+            .expect("delete");
+        assert_status(snapshots_of(client, "1").await, Code::NotFound, "dataset 1");
+        running.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn list_training_snapshots_of_another_tenant_is_not_found() {
+    use automl_common::auth::{AuthConfig, Authenticator, Credentials, Scope};
+
+    for backend in backends() {
+        let mut env = env(backend).await;
+        env.common.auth = AuthConfig {
+            enabled: true,
+            internal_secret: "secret-of-the-snapshots-test".into(),
+            ..AuthConfig::default()
+        };
+        let auth =
+            Authenticator::from_config(&env.common.auth, &env.common.data_dir).expect("auth");
+        let running = start(&env).await;
+        let channel = running.server.channel().await.expect("channel");
+        let as_tenant = |tenant: &str| {
+            let token = auth.mint(tenant, "test", Scope::Tenant, Duration::from_secs(600));
+            DataManagementServiceClient::with_interceptor(
+                channel.clone(),
+                Credentials::bearer(&token).expect("credentials"),
+            )
+        };
+        let mut team_a = as_tenant("team-a");
+        let mut team_b = as_tenant("team-b");
+        put(&env, "team-a/upload/a.csv", "book a flight,travel\n").await;
+        let created = team_a
+            .create_dataset(create_request("team-a/upload/a.csv", vec![]))
+            .await
+            .expect("create")
+            .into_inner();
+        team_a
+            .prepare_training_dataset(pb::DatasetQuery {
+                dataset_id: created.dataset_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("prepare");
+        let mine = team_a
+            .list_training_snapshots(pb::DatasetPointer {
+                dataset_id: created.dataset_id.clone(),
+            })
+            .await
+            .expect("list as team-a")
+            .into_inner();
+        assert_eq!(mine.snapshots.len(), 1);
+        assert_eq!(mine.snapshots[0].version_hash, "hashAg==");
+        // Let the build finish before the server stops.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let snapshot = team_a
+                .fetch_training_dataset(pb::VersionQuery {
+                    dataset_id: created.dataset_id.clone(),
+                    version_hash: "hashAg==".into(),
+                })
+                .await
+                .expect("fetch")
+                .into_inner();
+            if snapshot.state() != pb::SnapshotState::Running {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "snapshot stays RUNNING"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_status(
+            team_b
+                .list_training_snapshots(pb::DatasetPointer {
+                    dataset_id: created.dataset_id.clone(),
+                })
+                .await,
+            Code::NotFound,
+            &format!("dataset {}", created.dataset_id),
+        );
+        running.stop().await;
+    }
+}

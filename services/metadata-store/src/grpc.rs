@@ -20,7 +20,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::error::MetadataError;
-use crate::model::{Artifact, Epoch, Lineage, NewArtifact, NewRun, Run, RunEnd, RunFilter};
+use crate::model::{
+    Artifact, ArtifactFilter, Epoch, Lineage, MetricSummary, NewArtifact, NewRun, Run, RunEnd,
+    RunFilter, RunOrder,
+};
 use crate::service::{MetadataStore, WatchEvent};
 
 /// The gRPC face of metadata-store.
@@ -212,13 +215,7 @@ impl MetadataStoreService for MetadataStoreGrpc {
             .get_artifact(&caller.tenant, &run_id)
             .await
             .map_err(to_status)?;
-        Ok(Response::new(pb::GetArtifactResponse {
-            name: artifact.name.clone(),
-            version: artifact.version.to_string(),
-            artifact: Some(file_info(&artifact)),
-            run_id: artifact.run_id,
-            algorithm: artifact.algorithm,
-        }))
+        Ok(Response::new(artifact_response(artifact)))
     }
 
     async fn list_runs(
@@ -233,6 +230,9 @@ impl MetadataStoreService for MetadataStoreGrpc {
             run_name: request.run_name,
             limit: i64::from(request.limit),
             offset: i64::from(request.index),
+            order: RunOrder::parse(&request.order_by).map_err(to_status)?,
+            descending: request.descending,
+            without_epochs: request.without_epochs,
         };
         let (runs, total) = self
             .service
@@ -241,6 +241,29 @@ impl MetadataStoreService for MetadataStoreGrpc {
             .map_err(to_status)?;
         Ok(Response::new(pb::ListRunsResponse {
             runs: runs.into_iter().map(run_info).collect(),
+            total: i32::try_from(total).unwrap_or(i32::MAX),
+        }))
+    }
+
+    async fn list_artifacts(
+        &self,
+        request: Request<pb::ListArtifactsRequest>,
+    ) -> Result<Response<pb::ListArtifactsResponse>, Status> {
+        let caller = caller(&request);
+        caller.require_tenant()?;
+        let request = request.into_inner();
+        let filter = ArtifactFilter {
+            name: request.name,
+            limit: i64::from(request.limit),
+            offset: i64::from(request.index),
+        };
+        let (artifacts, total) = self
+            .service
+            .list_artifacts(&caller.tenant, filter)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::ListArtifactsResponse {
+            artifacts: artifacts.into_iter().map(artifact_response).collect(),
             total: i32::try_from(total).unwrap_or(i32::MAX),
         }))
     }
@@ -317,6 +340,33 @@ fn run_info(run: Run) -> pb::RunInfo {
             pretrained_model: run.lineage.pretrained_model,
         }),
         epochs,
+        metric_summaries: run
+            .metric_summaries
+            .into_iter()
+            .map(|(name, summary)| (name, metric_summary(summary)))
+            .collect(),
+        epoch_count: i32::try_from(run.epoch_count).unwrap_or(i32::MAX),
+    }
+}
+
+fn metric_summary(summary: MetricSummary) -> pb::MetricSummary {
+    pb::MetricSummary {
+        last: summary.last,
+        last_epoch: summary.last_epoch,
+        best: summary.best,
+        best_epoch: summary.best_epoch,
+        lower_is_better: summary.lower_is_better,
+    }
+}
+
+fn artifact_response(artifact: Artifact) -> pb::GetArtifactResponse {
+    pb::GetArtifactResponse {
+        name: artifact.name.clone(),
+        version: artifact.version.to_string(),
+        artifact: Some(file_info(&artifact)),
+        run_id: artifact.run_id,
+        algorithm: artifact.algorithm,
+        created_at: artifact.created_at,
     }
 }
 

@@ -41,10 +41,17 @@ pub const MIGRATIONS: &[MigrationSource] = &[
         sqlite: include_str!("../migrations/sqlite/0002_pretrained_model.sql"),
         postgres: include_str!("../migrations/postgres/0002_pretrained_model.sql"),
     },
+    MigrationSource {
+        version: 3,
+        description: "run_metrics, runs.duration_ms, artifacts by date",
+        sqlite: include_str!("../migrations/sqlite/0003_run_metrics.sql"),
+        postgres: include_str!("../migrations/postgres/0003_run_metrics.sql"),
+    },
 ];
 
-/// Opens the database, and returns the routes to serve plus the database handle (closed by the
-/// caller after the server stops).
+/// Opens the database, runs the backfills a migration left (see
+/// [`store::RunStore::backfill`]), and returns the routes to serve plus the database handle
+/// (closed by the caller after the server stops).
 pub async fn start(
     common: &automl_common::config::CommonConfig,
     config: &MetadataStoreConfig,
@@ -52,11 +59,9 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<(ServiceRoutes, Database), DbError> {
     let db = Database::open(&common.database, &common.data_dir, SERVICE, MIGRATIONS).await?;
-    let service = service::MetadataStore::new(
-        store::RunStore::new(db.clone()),
-        objects,
-        config.watch_poll_interval(),
-    );
+    let store = store::RunStore::new(db.clone());
+    store.backfill().await?;
+    let service = service::MetadataStore::new(store, objects, config.watch_poll_interval());
     let routes = grpc::routes(service, shutdown);
     let routes = routes.secured(common);
     Ok((routes, db))

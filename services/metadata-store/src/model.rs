@@ -61,7 +61,7 @@ pub struct Epoch {
 }
 
 /// A stored run with all its epochs, in the order they were logged.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Run {
     /// Client-chosen id.
     pub run_id: String,
@@ -79,8 +79,50 @@ pub struct Run {
     pub message: String,
     /// Dataset and code lineage.
     pub lineage: Lineage,
-    /// Epochs in logging order.
+    /// Epochs in logging order (empty when a listing leaves them out).
     pub epochs: Vec<Epoch>,
+    /// Number of epochs logged.
+    pub epoch_count: i64,
+    /// Per numeric metric: its last and best value.
+    pub metric_summaries: BTreeMap<String, MetricSummary>,
+}
+
+/// One numeric metric over a run's epochs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricSummary {
+    /// Its value in the most recently logged epoch that has it.
+    pub last: f64,
+    /// That epoch.
+    pub last_epoch: String,
+    /// Its best value (on a tie, the epoch logged first).
+    pub best: f64,
+    /// That epoch.
+    pub best_epoch: String,
+    /// Whether lower is better (see [`lower_is_better`]).
+    pub lower_is_better: bool,
+}
+
+/// Whether a lower value of metric `name` is better: its lowercased name contains "loss" or
+/// "error". Every other metric is better higher.
+pub fn lower_is_better(name: &str) -> bool {
+    let name = name.to_lowercase();
+    name.contains("loss") || name.contains("error")
+}
+
+/// Milliseconds from `start` to `end`, when both are RFC 3339 timestamps.
+pub fn duration_ms(start: &str, end: &str) -> Option<i64> {
+    let start = chrono::DateTime::parse_from_rfc3339(start).ok()?;
+    let end = chrono::DateTime::parse_from_rfc3339(end).ok()?;
+    Some((end - start).num_milliseconds())
+}
+
+/// A metric value as a number: text that parses as a finite `f64`; anything else (labels,
+/// `NaN`, `inf`, overflowing exponents) is not summarized.
+pub fn metric_number(value: &str) -> Option<f64> {
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|number| number.is_finite())
 }
 
 /// What LogRunEnd records.
@@ -126,9 +168,82 @@ pub struct Artifact {
     pub path: String,
     /// The algorithm that produced it.
     pub algorithm: String,
+    /// When it was recorded (RFC 3339, UTC, milliseconds).
+    pub created_at: String,
 }
 
-/// Which runs ListRuns returns.
+/// Which artifacts ListArtifacts returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ArtifactFilter {
+    /// Only this artifact name (empty = all).
+    pub name: String,
+    /// Page size (0 = all).
+    pub limit: i64,
+    /// Offset of the page.
+    pub offset: i64,
+}
+
+/// The order of ListRuns. Ties are broken by start order (`seq`), in the same direction, so a
+/// descending listing is the ascending one reversed, except that runs without the key (not
+/// ended, for `Duration`; without the metric, for `Last`/`Best`) come last either way.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum RunOrder {
+    /// `""`: start order (the order of LogRunStart calls).
+    #[default]
+    Start,
+    /// `name`: by run name.
+    Name,
+    /// `start_time`: by the start time as reported (RFC 3339 text sorts chronologically).
+    StartTime,
+    /// `duration`: by end time minus start time; runs not ended, or whose times are not
+    /// RFC 3339, last.
+    Duration,
+    /// `state`: running, then succeeded, then failed.
+    State,
+    /// `last:<metric>`: by the metric's value in the run's last epoch; runs without it last.
+    Last(String),
+    /// `best:<metric>`: by the metric's best value over the run; runs without it last.
+    Best(String),
+}
+
+/// The accepted `order_by` values, for error messages.
+pub const ORDER_BY_KEYS: &str =
+    "\"\" (start order), name, start_time, duration, state, last:<metric>, best:<metric>";
+
+impl RunOrder {
+    /// Parses ListRunsRequest.order_by.
+    pub fn parse(order_by: &str) -> Result<Self, MetadataError> {
+        let metric = |kind: &str, name: &str| {
+            if name.is_empty() || name.len() > MAX_ID_LEN {
+                return Err(MetadataError::InvalidArgument(format!(
+                    "order_by `{kind}:` needs a metric name of 1 to {MAX_ID_LEN} characters"
+                )));
+            }
+            Ok(name.to_string())
+        };
+        Ok(match order_by {
+            "" => Self::Start,
+            "name" => Self::Name,
+            "start_time" => Self::StartTime,
+            "duration" => Self::Duration,
+            "state" => Self::State,
+            other => {
+                if let Some(name) = other.strip_prefix("last:") {
+                    Self::Last(metric("last", name)?)
+                } else if let Some(name) = other.strip_prefix("best:") {
+                    Self::Best(metric("best", name)?)
+                } else {
+                    let shown: String = other.chars().take(MAX_ID_LEN).collect();
+                    return Err(MetadataError::InvalidArgument(format!(
+                        "order_by `{shown}` is not one of {ORDER_BY_KEYS}"
+                    )));
+                }
+            }
+        })
+    }
+}
+
+/// Which runs ListRuns returns, in which order, with what.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunFilter {
     /// Only this dataset (empty = all).
@@ -139,6 +254,12 @@ pub struct RunFilter {
     pub limit: i64,
     /// Offset of the page.
     pub offset: i64,
+    /// The order.
+    pub order: RunOrder,
+    /// Reverse the order (runs without the key stay last).
+    pub descending: bool,
+    /// Leave each run's epochs out (count and summaries stay).
+    pub without_epochs: bool,
 }
 
 /// The object-store prefix where a run's model files go.
@@ -221,6 +342,40 @@ mod tests {
         assert!(check_metrics(&metrics).is_ok());
         metrics.insert(String::new(), "1".to_string());
         assert!(check_metrics(&metrics).is_err());
+    }
+
+    #[test]
+    fn numbers_and_directions() {
+        assert_eq!(metric_number("0.5"), Some(0.5));
+        assert_eq!(metric_number("-3e2"), Some(-300.0));
+        assert_eq!(metric_number("7"), Some(7.0));
+        for not in ["", "abc", "NaN", "inf", "-infinity", "1e999", " 1", "0,5"] {
+            assert_eq!(metric_number(not), None, "{not:?}");
+        }
+        assert!(lower_is_better("val_loss"));
+        assert!(lower_is_better("Mean_Squared_ERROR"));
+        assert!(!lower_is_better("accuracy"));
+        assert_eq!(
+            duration_ms("2021-08-01T00:00:00Z", "2021-08-01T00:01:00.5+00:00"),
+            Some(60_500)
+        );
+        assert_eq!(duration_ms("yesterday", "2021-08-01T00:00:00Z"), None);
+    }
+
+    #[test]
+    fn orders() {
+        assert_eq!(RunOrder::parse("").expect("empty"), RunOrder::Start);
+        assert_eq!(RunOrder::parse("state").expect("state"), RunOrder::State);
+        assert_eq!(
+            RunOrder::parse("best:val:loss").expect("best"),
+            RunOrder::Best("val:loss".into())
+        );
+        for bad in ["Name", "last:", "best:", "seq", "last"] {
+            let err = RunOrder::parse(bad).expect_err(bad);
+            assert!(matches!(err, MetadataError::InvalidArgument(_)), "{bad}");
+        }
+        let err = RunOrder::parse("size").expect_err("unknown");
+        assert!(err.to_string().contains("start_time"), "{err}");
     }
 
     #[test]

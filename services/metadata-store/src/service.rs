@@ -10,13 +10,13 @@ use tokio_util::sync::CancellationToken;
 use crate::error::MetadataError;
 use crate::events::{RunEvents, key};
 use crate::model::{
-    Artifact, Epoch, NewArtifact, NewRun, Run, RunEnd, RunFilter, check_id, check_metrics,
-    check_text, run_prefix,
+    Artifact, ArtifactFilter, Epoch, NewArtifact, NewRun, Run, RunEnd, RunFilter, check_id,
+    check_metrics, check_text, run_prefix,
 };
 use crate::store::RunStore;
 
 /// What a `WatchRun` stream carries.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum WatchEvent {
     /// The run when the watch began.
     Snapshot(Run),
@@ -194,19 +194,21 @@ impl MetadataStore {
         tenant: &str,
         filter: RunFilter,
     ) -> Result<(Vec<Run>, i64), MetadataError> {
-        if filter.limit < 0 {
-            return Err(MetadataError::InvalidArgument(
-                "limit must not be negative".into(),
-            ));
-        }
-        if filter.offset < 0 {
-            return Err(MetadataError::InvalidArgument(
-                "index must not be negative".into(),
-            ));
-        }
+        check_page(filter.limit, filter.offset)?;
         check_text("dataset_id", &filter.dataset_id)?;
         check_text("run_name", &filter.run_name)?;
         self.store.list_runs(tenant, &filter).await
+    }
+
+    /// ListArtifacts: newest first.
+    pub async fn list_artifacts(
+        &self,
+        tenant: &str,
+        filter: ArtifactFilter,
+    ) -> Result<(Vec<Artifact>, i64), MetadataError> {
+        check_page(filter.limit, filter.offset)?;
+        check_text("name", &filter.name)?;
+        self.store.list_artifacts(tenant, &filter).await
     }
 
     /// WatchRun: the run now, then every new epoch in order, then the end. Fails at once for
@@ -224,6 +226,8 @@ impl MetadataStore {
         let epochs = self.store.epochs_after(tenant, run_id, 0).await?;
         let last_seq = epochs.last().map_or(0, |(seq, _)| *seq);
         run.epochs = epochs.into_iter().map(|(_, epoch)| epoch).collect();
+        run.epoch_count = i64::try_from(run.epochs.len()).unwrap_or(i64::MAX);
+        run.metric_summaries = self.store.metric_summaries(tenant, run_id).await?;
         let (sender, receiver) = mpsc::channel(64);
         let watcher = Watcher {
             store: self.store.clone(),
@@ -237,6 +241,21 @@ impl MetadataStore {
         tokio::spawn(watcher.run(run, last_seq));
         Ok(receiver)
     }
+}
+
+/// Checks a page request: neither size nor offset negative.
+fn check_page(limit: i64, offset: i64) -> Result<(), MetadataError> {
+    if limit < 0 {
+        return Err(MetadataError::InvalidArgument(
+            "limit must not be negative".into(),
+        ));
+    }
+    if offset < 0 {
+        return Err(MetadataError::InvalidArgument(
+            "index must not be negative".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The task behind one WatchRun stream.

@@ -1,19 +1,69 @@
 //! SQL persistence of runs, epochs and artifacts, on SQLite or Postgres through `sqlx::Any`.
 //! Every write a client can observe is one transaction, so a crash never leaves half of it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use automl_common::db::{Database, Timed, is_unique_violation};
+use futures::TryStreamExt;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
 use crate::error::MetadataError;
 use crate::model::{
-    Artifact, Epoch, Lineage, NewArtifact, NewRun, RUNNING_MESSAGE, Run, RunEnd, RunFilter,
+    Artifact, ArtifactFilter, Epoch, Lineage, MetricSummary, NewArtifact, NewRun, RUNNING_MESSAGE,
+    Run, RunEnd, RunFilter, RunOrder, duration_ms, lower_is_better, metric_number,
 };
 
 /// How often CreateArtifact retries when a concurrent writer took the same version number.
 const VERSION_RETRIES: usize = 5;
+/// Run ids per `IN (...)` list: well under either backend's limit on parameters.
+const IN_CHUNK: usize = 500;
+/// Rows per multi-row upsert into `run_metrics` (9 parameters each).
+const UPSERT_CHUNK: usize = 50;
+
+/// Folds rows into `run_metrics`: `last` moves only to a newer epoch (higher `last_seq`), `best`
+/// only to a strictly better value. Merging commutes, so LogEpoch and the startup backfill may
+/// write the same rows concurrently.
+const UPSERT_METRICS_TAIL: &str = " ON CONFLICT (tenant, run_id, name) DO UPDATE SET \
+     last_value = CASE WHEN excluded.last_seq > run_metrics.last_seq \
+       THEN excluded.last_value ELSE run_metrics.last_value END, \
+     last_epoch = CASE WHEN excluded.last_seq > run_metrics.last_seq \
+       THEN excluded.last_epoch ELSE run_metrics.last_epoch END, \
+     last_seq = CASE WHEN excluded.last_seq > run_metrics.last_seq \
+       THEN excluded.last_seq ELSE run_metrics.last_seq END, \
+     best_value = CASE WHEN (run_metrics.lower_is_better <> 0 \
+         AND excluded.best_value < run_metrics.best_value) \
+       OR (run_metrics.lower_is_better = 0 AND excluded.best_value > run_metrics.best_value) \
+       THEN excluded.best_value ELSE run_metrics.best_value END, \
+     best_epoch = CASE WHEN (run_metrics.lower_is_better <> 0 \
+         AND excluded.best_value < run_metrics.best_value) \
+       OR (run_metrics.lower_is_better = 0 AND excluded.best_value > run_metrics.best_value) \
+       THEN excluded.best_epoch ELSE run_metrics.best_epoch END";
+
+/// One row to fold into `run_metrics`.
+#[derive(Debug, Clone)]
+struct MetricRow<'a> {
+    tenant: &'a str,
+    run_id: &'a str,
+    name: &'a str,
+    last: f64,
+    last_epoch: &'a str,
+    last_seq: i64,
+    best: f64,
+    best_epoch: &'a str,
+    lower_is_better: bool,
+}
+
+/// A metric's summary while the backfill folds epochs in log order.
+#[derive(Debug, Clone)]
+struct Folded {
+    last: f64,
+    last_epoch: String,
+    last_seq: i64,
+    best: f64,
+    best_epoch: String,
+    lower_is_better: bool,
+}
 
 /// Runs, epochs and artifacts in SQL.
 #[derive(Debug, Clone)]
@@ -25,6 +75,12 @@ pub struct RunStore {
 const RUN_COLUMNS: &str = "run_id, run_name, start_time, end_time, success, ended, message, \
                            dataset_id, version_hash, code_version, base_run_id, \
                            pretrained_model";
+/// [`RUN_COLUMNS`] of `runs r`, for queries joining other tables.
+const RUN_COLUMNS_R: &str = "r.run_id, r.run_name, r.start_time, r.end_time, r.success, \
+                             r.ended, r.message, r.dataset_id, r.version_hash, r.code_version, \
+                             r.base_run_id, r.pretrained_model";
+/// The artifact columns every read selects.
+const ARTIFACT_COLUMNS: &str = "name, version, run_id, bucket, path, algorithm, created_at";
 
 impl RunStore {
     /// A store over an open, migrated database.
@@ -71,8 +127,9 @@ impl RunStore {
         }
     }
 
-    /// Records an epoch of a running run. Logging an epoch again with the same times and
-    /// metrics (a retry) changes nothing and succeeds; other content is `EpochExists`.
+    /// Records an epoch of a running run and folds its numeric metrics into the run's
+    /// summaries, in one transaction. Logging an epoch again with the same times and metrics
+    /// (a retry) changes nothing and succeeds; other content is `EpochExists`.
     pub async fn log_epoch(&self, tenant: &str, epoch: &Epoch) -> Result<(), MetadataError> {
         let metrics = serde_json::to_string(&epoch.metrics)
             .map_err(|err| MetadataError::Corrupt(err.to_string()))?;
@@ -80,7 +137,7 @@ impl RunStore {
         require_running(&mut tx, tenant, &epoch.run_id).await?;
         let inserted = sqlx::query(
             "INSERT INTO epochs (tenant, run_id, epoch_id, start_time, end_time, metrics) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq",
         )
         .bind(tenant)
         .bind(&epoch.run_id)
@@ -88,11 +145,32 @@ impl RunStore {
         .bind(&epoch.start_time)
         .bind(&epoch.end_time)
         .bind(metrics)
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .timed("insert")
         .await;
         match inserted {
-            Ok(_) => {}
+            Ok(row) => {
+                let seq: i64 = row.try_get("seq")?;
+                let rows: Vec<MetricRow<'_>> = epoch
+                    .metrics
+                    .iter()
+                    .filter_map(|(name, value)| {
+                        let value = metric_number(value)?;
+                        Some(MetricRow {
+                            tenant,
+                            run_id: &epoch.run_id,
+                            name,
+                            last: value,
+                            last_epoch: &epoch.epoch_id,
+                            last_seq: seq,
+                            best: value,
+                            best_epoch: &epoch.epoch_id,
+                            lower_is_better: lower_is_better(name),
+                        })
+                    })
+                    .collect();
+                upsert_metrics(&mut tx, &rows).await?;
+            }
             Err(err) if is_unique_violation(&err) => {
                 // The failed insert aborted the transaction (on Postgres): read outside it.
                 drop(tx);
@@ -151,13 +229,22 @@ impl RunStore {
             }
             Err(err) => return Err(err),
         }
+        let start_time: String =
+            sqlx::query("SELECT start_time FROM runs WHERE tenant = $1 AND run_id = $2")
+                .bind(tenant)
+                .bind(&end.run_id)
+                .fetch_one(&mut *tx)
+                .timed("select")
+                .await?
+                .try_get("start_time")?;
         sqlx::query(
-            "UPDATE runs SET end_time = $1, success = $2, message = $3, ended = 1 \
-             WHERE tenant = $4 AND run_id = $5",
+            "UPDATE runs SET end_time = $1, success = $2, message = $3, ended = 1, \
+             duration_ms = $4 WHERE tenant = $5 AND run_id = $6",
         )
         .bind(&end.end_time)
         .bind(i64::from(end.success))
         .bind(&end.message)
+        .bind(duration_ms(&start_time, &end.end_time))
         .bind(tenant)
         .bind(&end.run_id)
         .execute(&mut *tx)
@@ -167,7 +254,7 @@ impl RunStore {
         self.get_run(tenant, &end.run_id).await
     }
 
-    /// A run with all its epochs.
+    /// A run with all its epochs and its metric summaries.
     pub async fn get_run(&self, tenant: &str, run_id: &str) -> Result<Run, MetadataError> {
         let mut run = self.get_run_header(tenant, run_id).await?;
         run.epochs = self
@@ -176,10 +263,25 @@ impl RunStore {
             .into_iter()
             .map(|(_, epoch)| epoch)
             .collect();
+        run.epoch_count = i64::try_from(run.epochs.len()).unwrap_or(i64::MAX);
+        run.metric_summaries = self.metric_summaries(tenant, run_id).await?;
         Ok(run)
     }
 
-    /// A run without its epochs.
+    /// The run's metric summaries.
+    pub async fn metric_summaries(
+        &self,
+        tenant: &str,
+        run_id: &str,
+    ) -> Result<BTreeMap<String, MetricSummary>, MetadataError> {
+        Ok(self
+            .summaries_of(tenant, &[run_id.to_string()])
+            .await?
+            .remove(run_id)
+            .unwrap_or_default())
+    }
+
+    /// A run without its epochs and summaries.
     pub async fn get_run_header(&self, tenant: &str, run_id: &str) -> Result<Run, MetadataError> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {RUN_COLUMNS} FROM runs WHERE tenant = $1 AND run_id = $2"
@@ -215,7 +317,9 @@ impl RunStore {
             .collect()
     }
 
-    /// A page of runs matching `filter`, in start order, with the total number of matches.
+    /// A page of runs matching `filter` in its order, with the total number of matches. The
+    /// ordering and paging happen in SQL; epochs (or their counts) and summaries are then read
+    /// for the page's runs only, a few queries per page whatever its size.
     pub async fn list_runs(
         &self,
         tenant: &str,
@@ -237,31 +341,124 @@ impl RunStore {
         } else {
             filter.limit
         };
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE tenant = $1 \
-             AND ($2 = '' OR dataset_id = $2) AND ($3 = '' OR run_name = $3) \
-             ORDER BY seq LIMIT $4 OFFSET $5"
-        )))
-        .bind(tenant)
-        .bind(&filter.dataset_id)
-        .bind(&filter.run_name)
-        .bind(limit)
-        .bind(filter.offset)
-        .fetch_all(&self.db.pool)
-        .timed("select")
-        .await?;
-        let mut runs = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let mut run = decode_run(row)?;
-            run.epochs = self
-                .epochs_after(tenant, &run.run_id, 0)
-                .await?
-                .into_iter()
-                .map(|(_, epoch)| epoch)
-                .collect();
-            runs.push(run);
+        let (join, order, metric) = run_order(&filter.order, filter.descending);
+        let sql = format!(
+            "SELECT {RUN_COLUMNS_R} FROM runs r{join} WHERE r.tenant = $1 \
+             AND ($2 = '' OR r.dataset_id = $2) AND ($3 = '' OR r.run_name = $3) \
+             ORDER BY {order} LIMIT $4 OFFSET $5"
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tenant)
+            .bind(&filter.dataset_id)
+            .bind(&filter.run_name)
+            .bind(limit)
+            .bind(filter.offset);
+        if let Some(metric) = metric {
+            query = query.bind(metric);
+        }
+        let rows = query.fetch_all(&self.db.pool).timed("select").await?;
+        let mut runs = rows.iter().map(decode_run).collect::<Result<Vec<_>, _>>()?;
+        let ids: Vec<String> = runs.iter().map(|run| run.run_id.clone()).collect();
+        let mut summaries = self.summaries_of(tenant, &ids).await?;
+        if filter.without_epochs {
+            let counts = self.epoch_counts_of(tenant, &ids).await?;
+            for run in &mut runs {
+                run.epoch_count = counts.get(&run.run_id).copied().unwrap_or(0);
+            }
+        } else {
+            let mut epochs = self.epochs_of(tenant, &ids).await?;
+            for run in &mut runs {
+                run.epochs = epochs.remove(&run.run_id).unwrap_or_default();
+                run.epoch_count = i64::try_from(run.epochs.len()).unwrap_or(i64::MAX);
+            }
+        }
+        for run in &mut runs {
+            run.metric_summaries = summaries.remove(&run.run_id).unwrap_or_default();
         }
         Ok((runs, total))
+    }
+
+    /// The metric summaries of runs, by run id (runs without numeric metrics are absent).
+    async fn summaries_of(
+        &self,
+        tenant: &str,
+        run_ids: &[String],
+    ) -> Result<HashMap<String, BTreeMap<String, MetricSummary>>, MetadataError> {
+        let mut summaries: HashMap<String, BTreeMap<String, MetricSummary>> = HashMap::new();
+        for chunk in run_ids.chunks(IN_CHUNK) {
+            let sql = format!(
+                "SELECT run_id, name, last_value, last_epoch, best_value, best_epoch, \
+                 lower_is_better FROM run_metrics WHERE tenant = $1 AND run_id IN ({})",
+                placeholders(2, chunk.len())
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant);
+            for run_id in chunk {
+                query = query.bind(run_id);
+            }
+            for row in query.fetch_all(&self.db.pool).timed("select").await? {
+                let summary = MetricSummary {
+                    last: row.try_get("last_value")?,
+                    last_epoch: row.try_get("last_epoch")?,
+                    best: row.try_get("best_value")?,
+                    best_epoch: row.try_get("best_epoch")?,
+                    lower_is_better: row.try_get::<i64, _>("lower_is_better")? != 0,
+                };
+                summaries
+                    .entry(row.try_get("run_id")?)
+                    .or_default()
+                    .insert(row.try_get("name")?, summary);
+            }
+        }
+        Ok(summaries)
+    }
+
+    /// The epochs of runs in logging order, by run id.
+    async fn epochs_of(
+        &self,
+        tenant: &str,
+        run_ids: &[String],
+    ) -> Result<HashMap<String, Vec<Epoch>>, MetadataError> {
+        let mut epochs: HashMap<String, Vec<Epoch>> = HashMap::new();
+        for chunk in run_ids.chunks(IN_CHUNK) {
+            let sql = format!(
+                "SELECT run_id, epoch_id, start_time, end_time, metrics FROM epochs \
+                 WHERE tenant = $1 AND run_id IN ({}) ORDER BY seq",
+                placeholders(2, chunk.len())
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant);
+            for run_id in chunk {
+                query = query.bind(run_id);
+            }
+            for row in query.fetch_all(&self.db.pool).timed("select").await? {
+                let epoch = decode_epoch(&row)?;
+                epochs.entry(epoch.run_id.clone()).or_default().push(epoch);
+            }
+        }
+        Ok(epochs)
+    }
+
+    /// The number of epochs of runs, by run id (runs without epochs are absent).
+    async fn epoch_counts_of(
+        &self,
+        tenant: &str,
+        run_ids: &[String],
+    ) -> Result<HashMap<String, i64>, MetadataError> {
+        let mut counts = HashMap::new();
+        for chunk in run_ids.chunks(IN_CHUNK) {
+            let sql = format!(
+                "SELECT run_id, COUNT(*) AS n FROM epochs \
+                 WHERE tenant = $1 AND run_id IN ({}) GROUP BY run_id",
+                placeholders(2, chunk.len())
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant);
+            for run_id in chunk {
+                query = query.bind(run_id);
+            }
+            for row in query.fetch_all(&self.db.pool).timed("select").await? {
+                counts.insert(row.try_get("run_id")?, row.try_get("n")?);
+            }
+        }
+        Ok(counts)
     }
 
     /// Records the run's artifact with the next version of its name. Recording the same
@@ -316,6 +513,7 @@ impl RunStore {
         .timed("select")
         .await?
         .try_get("next")?;
+        let created_at = automl_common::time::now_iso();
         sqlx::query(
             "INSERT INTO artifacts (tenant, name, version, run_id, bucket, path, algorithm, \
              created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -327,7 +525,7 @@ impl RunStore {
         .bind(&artifact.bucket)
         .bind(&artifact.path)
         .bind(&artifact.algorithm)
-        .bind(automl_common::time::now_iso())
+        .bind(&created_at)
         .execute(&mut *tx)
         .timed("insert")
         .await?;
@@ -339,6 +537,7 @@ impl RunStore {
             bucket: artifact.bucket.clone(),
             path: artifact.path.clone(),
             algorithm: artifact.algorithm.clone(),
+            created_at,
         })
     }
 
@@ -349,10 +548,9 @@ impl RunStore {
         run_id: &str,
     ) -> Result<Artifact, MetadataError> {
         let mut conn = self.db.pool.acquire().await?;
-        let row = sqlx::query(
-            "SELECT name, version, run_id, bucket, path, algorithm FROM artifacts \
-             WHERE tenant = $1 AND run_id = $2",
-        )
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE tenant = $1 AND run_id = $2"
+        )))
         .bind(tenant)
         .bind(run_id)
         .fetch_optional(&mut *conn)
@@ -362,6 +560,258 @@ impl RunStore {
             Some(row) => decode_artifact(&row),
             None => Err(MetadataError::ArtifactNotFound(run_id.to_string())),
         }
+    }
+
+    /// A page of artifacts matching `filter`, newest first (ties: higher version first, then
+    /// by name), with the total number of matches.
+    pub async fn list_artifacts(
+        &self,
+        tenant: &str,
+        filter: &ArtifactFilter,
+    ) -> Result<(Vec<Artifact>, i64), MetadataError> {
+        let total: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM artifacts WHERE tenant = $1 AND ($2 = '' OR name = $2)",
+        )
+        .bind(tenant)
+        .bind(&filter.name)
+        .fetch_one(&self.db.pool)
+        .timed("select")
+        .await?
+        .try_get("n")?;
+        let limit = if filter.limit == 0 {
+            i64::MAX
+        } else {
+            filter.limit
+        };
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE tenant = $1 \
+             AND ($2 = '' OR name = $2) \
+             ORDER BY created_at DESC, version DESC, name LIMIT $3 OFFSET $4"
+        )))
+        .bind(tenant)
+        .bind(&filter.name)
+        .bind(limit)
+        .bind(filter.offset)
+        .fetch_all(&self.db.pool)
+        .timed("select")
+        .await?;
+        let artifacts = rows.iter().map(decode_artifact).collect::<Result<_, _>>()?;
+        Ok((artifacts, total))
+    }
+
+    /// Runs the backfills migration 3 left to do (`run_backfills`), each in one transaction
+    /// that also deletes its row: a crash repeats it, a concurrent replica skips it.
+    pub async fn backfill(&self) -> Result<(), sqlx::Error> {
+        self.backfill_run_metrics().await?;
+        self.backfill_durations().await
+    }
+
+    /// `run_metrics` from every logged epoch, folded in log order exactly as LogEpoch folds.
+    async fn backfill_run_metrics(&self) -> Result<(), sqlx::Error> {
+        let mut tx = self.db.pool.begin().await?;
+        if !claim_backfill(&mut tx, "run_metrics").await? {
+            return Ok(());
+        }
+        let mut folded: BTreeMap<(String, String, String), Folded> = BTreeMap::new();
+        let mut epochs = 0_u64;
+        {
+            let mut rows = sqlx::query(
+                "SELECT seq, tenant, run_id, epoch_id, metrics FROM epochs ORDER BY seq",
+            )
+            .fetch(&mut *tx);
+            while let Some(row) = rows.try_next().await? {
+                epochs += 1;
+                let seq: i64 = row.try_get("seq")?;
+                let tenant: String = row.try_get("tenant")?;
+                let run_id: String = row.try_get("run_id")?;
+                let epoch_id: String = row.try_get("epoch_id")?;
+                let json: String = row.try_get("metrics")?;
+                let Ok(metrics) = serde_json::from_str::<BTreeMap<String, String>>(&json) else {
+                    tracing::warn!(%tenant, %run_id, %epoch_id, "unreadable epoch metrics skipped");
+                    continue;
+                };
+                for (name, value) in metrics {
+                    let Some(value) = metric_number(&value) else {
+                        continue;
+                    };
+                    let lower = lower_is_better(&name);
+                    let key = (tenant.clone(), run_id.clone(), name);
+                    match folded.get_mut(&key) {
+                        None => {
+                            folded.insert(
+                                key,
+                                Folded {
+                                    last: value,
+                                    last_epoch: epoch_id.clone(),
+                                    last_seq: seq,
+                                    best: value,
+                                    best_epoch: epoch_id.clone(),
+                                    lower_is_better: lower,
+                                },
+                            );
+                        }
+                        Some(summary) => {
+                            if seq > summary.last_seq {
+                                summary.last = value;
+                                summary.last_epoch.clone_from(&epoch_id);
+                                summary.last_seq = seq;
+                            }
+                            let better = if summary.lower_is_better {
+                                value < summary.best
+                            } else {
+                                value > summary.best
+                            };
+                            if better {
+                                summary.best = value;
+                                summary.best_epoch.clone_from(&epoch_id);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let rows: Vec<MetricRow<'_>> = folded
+            .iter()
+            .map(|((tenant, run_id, name), summary)| MetricRow {
+                tenant,
+                run_id,
+                name,
+                last: summary.last,
+                last_epoch: &summary.last_epoch,
+                last_seq: summary.last_seq,
+                best: summary.best,
+                best_epoch: &summary.best_epoch,
+                lower_is_better: summary.lower_is_better,
+            })
+            .collect();
+        upsert_metrics(&mut tx, &rows).await?;
+        tx.commit().timed("transaction").await?;
+        tracing::info!(epochs, metrics = rows.len(), "run metrics backfilled");
+        Ok(())
+    }
+
+    /// `runs.duration_ms` of the runs that ended before it existed.
+    async fn backfill_durations(&self) -> Result<(), sqlx::Error> {
+        let mut tx = self.db.pool.begin().await?;
+        if !claim_backfill(&mut tx, "durations").await? {
+            return Ok(());
+        }
+        let rows = sqlx::query(
+            "SELECT tenant, run_id, start_time, end_time FROM runs \
+             WHERE ended = 1 AND duration_ms IS NULL",
+        )
+        .fetch_all(&mut *tx)
+        .timed("select")
+        .await?;
+        let mut updated = 0_u64;
+        for row in &rows {
+            let start: String = row.try_get("start_time")?;
+            let end: String = row.try_get("end_time")?;
+            let Some(duration) = duration_ms(&start, &end) else {
+                continue;
+            };
+            sqlx::query("UPDATE runs SET duration_ms = $1 WHERE tenant = $2 AND run_id = $3")
+                .bind(duration)
+                .bind(row.try_get::<String, _>("tenant")?)
+                .bind(row.try_get::<String, _>("run_id")?)
+                .execute(&mut *tx)
+                .timed("update")
+                .await?;
+            updated += 1;
+        }
+        tx.commit().timed("transaction").await?;
+        tracing::info!(runs = updated, "run durations backfilled");
+        Ok(())
+    }
+}
+
+/// Takes the backfill `name` in `tx`: true when it was still to do (its row is deleted with
+/// the transaction's commit). A concurrent claimer waits for this transaction, then finds none.
+async fn claim_backfill(
+    tx: &mut Transaction<'static, Any>,
+    name: &str,
+) -> Result<bool, sqlx::Error> {
+    let deleted = sqlx::query("DELETE FROM run_backfills WHERE name = $1")
+        .bind(name)
+        .execute(&mut **tx)
+        .timed("delete")
+        .await?;
+    Ok(deleted.rows_affected() == 1)
+}
+
+/// Folds `rows` (one per run and metric) into `run_metrics`.
+async fn upsert_metrics(
+    tx: &mut Transaction<'static, Any>,
+    rows: &[MetricRow<'_>],
+) -> Result<(), sqlx::Error> {
+    for chunk in rows.chunks(UPSERT_CHUNK) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| format!("({})", placeholders(1 + i * 9, 9)))
+            .collect();
+        let sql = format!(
+            "INSERT INTO run_metrics (tenant, run_id, name, last_value, last_epoch, last_seq, \
+             best_value, best_epoch, lower_is_better) VALUES {}{UPSERT_METRICS_TAIL}",
+            values.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for row in chunk {
+            query = query
+                .bind(row.tenant)
+                .bind(row.run_id)
+                .bind(row.name)
+                .bind(row.last)
+                .bind(row.last_epoch)
+                .bind(row.last_seq)
+                .bind(row.best)
+                .bind(row.best_epoch)
+                .bind(i64::from(row.lower_is_better));
+        }
+        query.execute(&mut **tx).timed("insert").await?;
+    }
+    Ok(())
+}
+
+/// `$first, $first+1, …`: `count` numbered parameters.
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The join, ORDER BY list and metric parameter (`$6`) of a ListRuns order. Ties go by start
+/// order in the same direction; runs without the key sort last in both directions.
+fn run_order(order: &RunOrder, descending: bool) -> (&'static str, String, Option<&str>) {
+    let dir = if descending { " DESC" } else { "" };
+    const METRIC_JOIN: &str =
+        " LEFT JOIN run_metrics m ON m.tenant = r.tenant AND m.run_id = r.run_id AND m.name = $6";
+    match order {
+        RunOrder::Start => ("", format!("r.seq{dir}"), None),
+        RunOrder::Name => ("", format!("r.run_name{dir}, r.seq{dir}"), None),
+        RunOrder::StartTime => ("", format!("r.start_time{dir}, r.seq{dir}"), None),
+        RunOrder::Duration => (
+            "",
+            format!("(r.duration_ms IS NULL), r.duration_ms{dir}, r.seq{dir}"),
+            None,
+        ),
+        RunOrder::State => (
+            "",
+            format!(
+                "CASE WHEN r.ended = 0 THEN 0 WHEN r.success <> 0 THEN 1 ELSE 2 END{dir}, \
+                 r.seq{dir}"
+            ),
+            None,
+        ),
+        RunOrder::Last(metric) => (
+            METRIC_JOIN,
+            format!("(m.last_value IS NULL), m.last_value{dir}, r.seq{dir}"),
+            Some(metric),
+        ),
+        RunOrder::Best(metric) => (
+            METRIC_JOIN,
+            format!("(m.best_value IS NULL), m.best_value{dir}, r.seq{dir}"),
+            Some(metric),
+        ),
     }
 }
 
@@ -388,10 +838,9 @@ async fn artifact_of_run(
     tenant: &str,
     run_id: &str,
 ) -> Result<Option<Artifact>, MetadataError> {
-    let row = sqlx::query(
-        "SELECT name, version, run_id, bucket, path, algorithm FROM artifacts \
-         WHERE tenant = $1 AND run_id = $2",
-    )
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE tenant = $1 AND run_id = $2"
+    )))
     .bind(tenant)
     .bind(run_id)
     .fetch_optional(&mut **tx)
@@ -417,6 +866,8 @@ fn decode_run(row: &AnyRow) -> Result<Run, MetadataError> {
             pretrained_model: row.try_get("pretrained_model")?,
         },
         epochs: Vec::new(),
+        epoch_count: 0,
+        metric_summaries: BTreeMap::new(),
     })
 }
 
@@ -441,5 +892,6 @@ fn decode_artifact(row: &AnyRow) -> Result<Artifact, MetadataError> {
         bucket: row.try_get("bucket")?,
         path: row.try_get("path")?,
         algorithm: row.try_get("algorithm")?,
+        created_at: row.try_get("created_at")?,
     })
 }

@@ -9,6 +9,7 @@ use automl_metadata_store::MetadataStoreConfig;
 use automl_proto::data_management::FileInfo;
 use automl_proto::metadata_store as pb;
 use automl_proto::metadata_store::metadata_store_service_client::MetadataStoreServiceClient;
+use sqlx::Row;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -860,4 +861,604 @@ async fn shutdown_turns_health_not_serving_before_the_server_stops() {
         .expect("message");
     assert_eq!(next.status(), ServingStatus::NotServing);
     running.stop().await;
+}
+
+fn epoch_with(run_id: &str, epoch_id: &str, metrics: &[(&str, &str)]) -> pb::LogEpochRequest {
+    pb::LogEpochRequest {
+        epoch_info: Some(pb::EpochInfo {
+            start_time: "2021-08-01T01:00:00Z".into(),
+            end_time: "2021-08-01T01:30:00Z".into(),
+            run_id: run_id.into(),
+            epoch_id: epoch_id.into(),
+            metrics: metrics
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.to_string()))
+                .collect(),
+        }),
+    }
+}
+
+fn summary(last: f64, last_epoch: &str, best: f64, best_epoch: &str) -> pb::MetricSummary {
+    pb::MetricSummary {
+        last,
+        last_epoch: last_epoch.into(),
+        best,
+        best_epoch: best_epoch.into(),
+        lower_is_better: false,
+    }
+}
+
+fn lower(mut summary: pb::MetricSummary) -> pb::MetricSummary {
+    summary.lower_is_better = true;
+    summary
+}
+
+#[tokio::test]
+async fn summaries_keep_the_last_and_best_numeric_value_of_each_metric() {
+    for backend in backends() {
+        let env = env(backend).await;
+        let mut running = start(&env).await;
+        let client = &mut running.client;
+        client
+            .log_run_start(start_request("1", "summarized"))
+            .await
+            .expect("start");
+        let epochs: [&[(&str, &str)]; 4] = [
+            &[("val_loss", "0.9"), ("accuracy", "0.5"), ("note", "warmup")],
+            &[
+                ("val_loss", "0.4"),
+                ("accuracy", "0.8"),
+                ("note", "3"),
+                ("Error", "7"),
+            ],
+            &[
+                ("val_loss", "0.6"),
+                ("accuracy", "0.7"),
+                ("nan", "NaN"),
+                ("Error", "2e0"),
+            ],
+            &[("note", "done"), ("big", "1e999")],
+        ];
+        for (i, metrics) in epochs.iter().enumerate() {
+            client
+                .log_epoch(epoch_with("1", &(i + 1).to_string(), metrics))
+                .await
+                .expect("epoch");
+        }
+        // A retried epoch changes nothing.
+        client
+            .log_epoch(epoch_with("1", "2", epochs[1]))
+            .await
+            .expect("retry");
+
+        let expected = HashMap::from([
+            ("val_loss".to_string(), lower(summary(0.6, "3", 0.4, "2"))),
+            ("accuracy".to_string(), summary(0.7, "3", 0.8, "2")),
+            // Non-numeric in epochs 1 and 4: only epoch 2 counts.
+            ("note".to_string(), summary(3.0, "2", 3.0, "2")),
+            ("Error".to_string(), lower(summary(2.0, "3", 2.0, "3"))),
+        ]);
+        let info = status(client, "1").await.expect("status");
+        assert_eq!(info.metric_summaries, expected);
+        assert_eq!(info.epoch_count, 4);
+
+        let ended = client
+            .log_run_end(end_request("1", true, "done"))
+            .await
+            .expect("end")
+            .into_inner()
+            .run_info
+            .expect("run");
+        assert_eq!(ended.metric_summaries, expected);
+        assert_eq!(ended.epoch_count, 4);
+        let events = collect_watch(running.client.clone(), "1").await;
+        assert_eq!(events.len(), 2);
+        for event in &events {
+            let run = event.run_info.as_ref().expect("run");
+            assert_eq!(run.metric_summaries, expected);
+            assert_eq!(run.epoch_count, 4);
+        }
+        let listed = running
+            .client
+            .list_runs(pb::ListRunsRequest::default())
+            .await
+            .expect("list")
+            .into_inner();
+        assert_eq!(listed.runs[0].metric_summaries, expected);
+        running.stop().await;
+    }
+}
+
+/// Five runs with distinct names, start times, durations, states and metrics; see the
+/// expectations in `list_runs_orders_by_every_key_both_ways`.
+async fn ordered_runs(client: &mut Client) {
+    // id, name, start second, end (second, success) or running, epochs of (accuracy, loss).
+    type Spec<'a> = (
+        &'a str,
+        &'a str,
+        u32,
+        Option<(u32, bool)>,
+        &'a [(&'a str, &'a str)],
+    );
+    let runs: [Spec<'_>; 5] = [
+        (
+            "1",
+            "charlie",
+            5,
+            Some((15, true)),
+            &[("0.9", "0.5"), ("0.6", "0.3")],
+        ),
+        ("2", "alpha", 3, None, &[("0.5", "")]),
+        (
+            "3",
+            "echo",
+            1,
+            Some((31, false)),
+            &[("", "0.9"), ("", "1.2")],
+        ),
+        (
+            "4",
+            "bravo",
+            4,
+            Some((9, true)),
+            &[("0.7", "0.4"), ("0.8", "")],
+        ),
+        ("5", "delta", 2, None, &[("0.2", ""), ("0.95", "")]),
+    ];
+    for (run_id, name, start, end, epochs) in runs {
+        let mut request = start_request(run_id, name);
+        request.start_time = format!("2021-08-01T00:00:{start:02}Z");
+        client.log_run_start(request).await.expect("start");
+        for (i, &(accuracy, loss)) in epochs.iter().enumerate() {
+            let mut metrics = vec![("label", "not a number")];
+            if !accuracy.is_empty() {
+                metrics.push(("accuracy", accuracy));
+            }
+            if !loss.is_empty() {
+                metrics.push(("loss", loss));
+            }
+            client
+                .log_epoch(epoch_with(run_id, &(i + 1).to_string(), &metrics))
+                .await
+                .expect("epoch");
+        }
+        if let Some((end, success)) = end {
+            let mut request = end_request(run_id, success, "over");
+            request.end_time = format!("2021-08-01T00:00:{end:02}Z");
+            client.log_run_end(request).await.expect("end");
+        }
+    }
+}
+
+async fn ordered_ids(client: &mut Client, order_by: &str, descending: bool) -> Vec<String> {
+    let listed = client
+        .list_runs(pb::ListRunsRequest {
+            order_by: order_by.into(),
+            descending,
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|err| panic!("list by {order_by:?}: {err:?}"))
+        .into_inner();
+    assert_eq!(Ok(listed.runs.len()), usize::try_from(listed.total));
+    listed.runs.into_iter().map(|run| run.run_id).collect()
+}
+
+#[tokio::test]
+async fn list_runs_orders_by_every_key_both_ways() {
+    for backend in backends() {
+        let env = env(backend).await;
+        let mut running = start(&env).await;
+        let client = &mut running.client;
+        ordered_runs(client).await;
+        // Ties (same state, no duration, no metric) go by start order in the listing's
+        // direction; runs without the key come last either way.
+        let cases: [(&str, [&str; 5], [&str; 5]); 9] = [
+            ("", ["1", "2", "3", "4", "5"], ["5", "4", "3", "2", "1"]),
+            ("name", ["2", "4", "1", "5", "3"], ["3", "5", "1", "4", "2"]),
+            (
+                "start_time",
+                ["3", "5", "2", "4", "1"],
+                ["1", "4", "2", "5", "3"],
+            ),
+            (
+                "duration",
+                ["4", "1", "3", "2", "5"],
+                ["3", "1", "4", "5", "2"],
+            ),
+            (
+                "state",
+                ["2", "5", "1", "4", "3"],
+                ["3", "4", "1", "5", "2"],
+            ),
+            (
+                "last:accuracy",
+                ["2", "1", "4", "5", "3"],
+                ["5", "4", "1", "2", "3"],
+            ),
+            (
+                "best:accuracy",
+                ["2", "4", "1", "5", "3"],
+                ["5", "1", "4", "2", "3"],
+            ),
+            (
+                "best:loss",
+                ["1", "4", "3", "2", "5"],
+                ["3", "4", "1", "5", "2"],
+            ),
+            (
+                "last:absent",
+                ["1", "2", "3", "4", "5"],
+                ["5", "4", "3", "2", "1"],
+            ),
+        ];
+        for (order_by, ascending, descending) in cases {
+            assert_eq!(
+                ordered_ids(client, order_by, false).await,
+                ascending,
+                "{order_by:?} ascending ({backend:?})"
+            );
+            assert_eq!(
+                ordered_ids(client, order_by, true).await,
+                descending,
+                "{order_by:?} descending ({backend:?})"
+            );
+        }
+
+        // Paging applies after the order; filters still apply.
+        let page = client
+            .list_runs(pb::ListRunsRequest {
+                order_by: "state".into(),
+                limit: 2,
+                index: 1,
+                ..Default::default()
+            })
+            .await
+            .expect("page")
+            .into_inner();
+        let ids: Vec<_> = page.runs.iter().map(|r| r.run_id.as_str()).collect();
+        assert_eq!(ids, ["5", "1"]);
+        assert_eq!(page.total, 5);
+        let named = client
+            .list_runs(pb::ListRunsRequest {
+                run_name: "bravo".into(),
+                order_by: "best:loss".into(),
+                descending: true,
+                ..Default::default()
+            })
+            .await
+            .expect("filtered")
+            .into_inner();
+        assert_eq!(named.total, 1);
+        assert_eq!(named.runs[0].run_id, "4");
+        assert_eq!(named.runs[0].metric_summaries["loss"].best, 0.4);
+
+        // Without epochs: counts and summaries stay.
+        let lean = client
+            .list_runs(pb::ListRunsRequest {
+                order_by: "best:accuracy".into(),
+                descending: true,
+                without_epochs: true,
+                ..Default::default()
+            })
+            .await
+            .expect("without epochs")
+            .into_inner();
+        let full = client
+            .list_runs(pb::ListRunsRequest {
+                order_by: "best:accuracy".into(),
+                descending: true,
+                ..Default::default()
+            })
+            .await
+            .expect("with epochs")
+            .into_inner();
+        let counts: Vec<_> = lean.runs.iter().map(|r| r.epoch_count).collect();
+        assert_eq!(counts, [2, 2, 2, 1, 2]);
+        for (lean, full) in lean.runs.iter().zip(&full.runs) {
+            assert!(lean.epochs.is_empty());
+            assert_eq!(
+                full.epochs.len(),
+                usize::try_from(full.epoch_count).expect("count")
+            );
+            assert_eq!(lean.epoch_count, full.epoch_count);
+            assert_eq!(lean.metric_summaries, full.metric_summaries);
+            assert!(!lean.metric_summaries.contains_key("label"));
+        }
+        assert_eq!(
+            full.runs[0].metric_summaries["accuracy"],
+            summary(0.95, "2", 0.95, "2")
+        );
+        assert_eq!(
+            full.runs[1].metric_summaries["loss"],
+            lower(summary(0.3, "2", 0.3, "2"))
+        );
+
+        for (order_by, needle) in [
+            ("size", "start_time"),
+            ("NAME", "best:<metric>"),
+            ("best:", "metric name"),
+            ("last", "last:<metric>"),
+        ] {
+            assert_status(
+                client
+                    .list_runs(pb::ListRunsRequest {
+                        order_by: order_by.into(),
+                        ..Default::default()
+                    })
+                    .await,
+                Code::InvalidArgument,
+                needle,
+            );
+        }
+        running.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn migration_3_backfills_summaries_and_durations_from_existing_rows() {
+    for backend in backends() {
+        let env = env(backend).await;
+        // A database as version 2 left it, with runs and epochs logged before summaries.
+        let old = Database::open(
+            &env.common.database,
+            &env.common.data_dir,
+            automl_metadata_store::SERVICE,
+            &automl_metadata_store::MIGRATIONS[..2],
+        )
+        .await
+        .expect("version 2");
+        let runs = [
+            (
+                "default",
+                "1",
+                "2021-08-01T00:00:00Z",
+                "2021-08-01T00:01:00Z",
+                1,
+            ),
+            (
+                "default",
+                "2",
+                "2021-08-01T00:00:00Z",
+                "2021-08-01T00:00:30.5Z",
+                1,
+            ),
+            ("default", "3", "2021-08-01T00:00:00Z", "", 0),
+            ("default", "4", "not a time", "2021-08-01T00:00:30Z", 1),
+            (
+                "team-a",
+                "1",
+                "2021-08-01T00:00:00Z",
+                "2021-08-01T09:00:00Z",
+                1,
+            ),
+        ];
+        for (tenant, run_id, start, end, ended) in runs {
+            sqlx::query(
+                "INSERT INTO runs (tenant, run_id, run_name, start_time, end_time, success, \
+                 ended, message) VALUES ($1, $2, 'old', $3, $4, $5, $5, 'm')",
+            )
+            .bind(tenant)
+            .bind(run_id)
+            .bind(start)
+            .bind(end)
+            .bind(i64::from(ended))
+            .execute(&old.pool)
+            .await
+            .expect("run");
+        }
+        // Logged in this order (seq), interleaved across runs and tenants.
+        let epochs = [
+            (
+                "default",
+                "1",
+                "a",
+                r#"{"accuracy":"0.5","loss":"2.0","tag":"x"}"#,
+            ),
+            ("team-a", "1", "a", r#"{"accuracy":"0.99","loss":"0.01"}"#),
+            ("default", "2", "a", r#"{"accuracy":"0.7"}"#),
+            (
+                "default",
+                "1",
+                "b",
+                r#"{"accuracy":"0.9","loss":"1.0","tag":"NaN"}"#,
+            ),
+            ("default", "1", "c", r#"{"accuracy":"0.6","loss":"1.5"}"#),
+            ("default", "3", "a", r#"{"tag":"y"}"#),
+        ];
+        for (tenant, run_id, epoch_id, metrics) in epochs {
+            sqlx::query(
+                "INSERT INTO epochs (tenant, run_id, epoch_id, start_time, end_time, metrics) \
+                 VALUES ($1, $2, $3, '', '', $4)",
+            )
+            .bind(tenant)
+            .bind(run_id)
+            .bind(epoch_id)
+            .bind(metrics)
+            .execute(&old.pool)
+            .await
+            .expect("epoch");
+        }
+        old.close().await;
+
+        let mut running = start(&env).await;
+        let client = &mut running.client;
+        let one = status(client, "1").await.expect("run 1");
+        assert_eq!(
+            one.metric_summaries,
+            HashMap::from([
+                ("accuracy".to_string(), summary(0.6, "c", 0.9, "b")),
+                ("loss".to_string(), lower(summary(1.5, "c", 1.0, "b"))),
+            ])
+        );
+        assert_eq!(one.epoch_count, 3);
+        let two = status(client, "2").await.expect("run 2");
+        assert_eq!(
+            two.metric_summaries["accuracy"],
+            summary(0.7, "a", 0.7, "a")
+        );
+        assert!(
+            status(client, "3")
+                .await
+                .expect("run 3")
+                .metric_summaries
+                .is_empty()
+        );
+        assert_eq!(
+            ordered_ids(client, "best:accuracy", true).await,
+            ["1", "2", "4", "3"]
+        );
+        // Durations: 60 s, 30.5 s; run 3 has not ended, run 4's start is not a time.
+        assert_eq!(
+            ordered_ids(client, "duration", false).await,
+            ["2", "1", "3", "4"]
+        );
+        assert_eq!(
+            ordered_ids(client, "duration", true).await,
+            ["1", "2", "4", "3"]
+        );
+
+        // New epochs fold into the backfilled rows; a restart does not backfill again.
+        client
+            .log_epoch(epoch_with("3", "b", &[("accuracy", "0.95")]))
+            .await
+            .expect("epoch");
+        running.stop().await;
+        let mut running = start(&env).await;
+        let client = &mut running.client;
+        assert_eq!(
+            ordered_ids(client, "best:accuracy", true).await,
+            ["3", "1", "2", "4"]
+        );
+        let pending: i64 = sqlx::query("SELECT COUNT(*) AS n FROM run_backfills")
+            .fetch_one(&running.db.pool)
+            .await
+            .expect("count")
+            .try_get("n")
+            .expect("n");
+        assert_eq!(pending, 0);
+        running.stop().await;
+    }
+}
+
+fn artifact_ids(listed: &pb::ListArtifactsResponse) -> Vec<(&str, &str, &str)> {
+    listed
+        .artifacts
+        .iter()
+        .map(|a| (a.run_id.as_str(), a.name.as_str(), a.version.as_str()))
+        .collect()
+}
+
+#[tokio::test]
+async fn list_artifacts_newest_first_filtered_and_paged() {
+    for backend in backends() {
+        let env = env(backend).await;
+        let mut running = start(&env).await;
+        let client = &mut running.client;
+        for (run, name) in [
+            ("1", "intent"),
+            ("2", "sentiment"),
+            ("3", "intent"),
+            ("4", "intent"),
+        ] {
+            client
+                .log_run_start(start_request(run, "r"))
+                .await
+                .expect("start");
+            put_model_files(&env, run).await;
+            client
+                .create_artifact(artifact_request(run, name, &format!("run_{run}")))
+                .await
+                .expect("artifact");
+            // Registration times are in milliseconds: keep them apart.
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let list = |name: &str, limit: i32, index: i32| pb::ListArtifactsRequest {
+            name: name.into(),
+            limit,
+            index,
+        };
+        let all = client
+            .list_artifacts(list("", 0, 0))
+            .await
+            .expect("all")
+            .into_inner();
+        assert_eq!(all.total, 4);
+        assert_eq!(
+            artifact_ids(&all),
+            [
+                ("4", "intent", "3"),
+                ("3", "intent", "2"),
+                ("2", "sentiment", "1"),
+                ("1", "intent", "1")
+            ]
+        );
+        let times: Vec<&str> = all
+            .artifacts
+            .iter()
+            .map(|a| a.created_at.as_str())
+            .collect();
+        assert!(times.windows(2).all(|w| w[0] > w[1]), "{times:?}");
+        assert!(
+            times.iter().all(|t| t.ends_with('Z') && t.len() == 24),
+            "{times:?}"
+        );
+        let fetched = client
+            .get_artifact(pb::GetArtifactRequest { run_id: "3".into() })
+            .await
+            .expect("get")
+            .into_inner();
+        assert_eq!(fetched, all.artifacts[1]);
+        assert_eq!(fetched.artifact.expect("file").path, "run_3");
+
+        let page = client
+            .list_artifacts(list("", 2, 1))
+            .await
+            .expect("page")
+            .into_inner();
+        assert_eq!(page.total, 4);
+        assert_eq!(
+            artifact_ids(&page),
+            [("3", "intent", "2"), ("2", "sentiment", "1")]
+        );
+        let intents = client
+            .list_artifacts(list("intent", 0, 0))
+            .await
+            .expect("intent")
+            .into_inner();
+        assert_eq!(intents.total, 3);
+        assert_eq!(
+            artifact_ids(&intents),
+            [
+                ("4", "intent", "3"),
+                ("3", "intent", "2"),
+                ("1", "intent", "1")
+            ]
+        );
+        let last = client
+            .list_artifacts(list("intent", 1, 2))
+            .await
+            .expect("last intent")
+            .into_inner();
+        assert_eq!(last.total, 3);
+        assert_eq!(artifact_ids(&last), [("1", "intent", "1")]);
+        let none = client
+            .list_artifacts(list("other", 0, 0))
+            .await
+            .expect("none")
+            .into_inner();
+        assert_eq!(none.total, 0);
+        assert!(none.artifacts.is_empty());
+        assert_status(
+            client.list_artifacts(list("", -1, 0)).await,
+            Code::InvalidArgument,
+            "limit",
+        );
+        assert_status(
+            client.list_artifacts(list("", 0, -1)).await,
+            Code::InvalidArgument,
+            "index",
+        );
+        running.stop().await;
+    }
 }

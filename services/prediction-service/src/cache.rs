@@ -32,6 +32,27 @@ pub struct LoadedModel {
     pub bytes: u64,
     /// Artifact version, reported with each prediction.
     pub version: String,
+    /// Size of its files in the cache directory (a shared pretrained encoder not counted).
+    pub disk_bytes: u64,
+    /// Number of labels it predicts.
+    pub labels: usize,
+}
+
+/// A model in memory, as ListLoadedModels reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadedModelInfo {
+    /// The run that trained it.
+    pub run_id: String,
+    /// Artifact name.
+    pub name: String,
+    /// Artifact version.
+    pub version: String,
+    /// The algorithm that produced it.
+    pub algorithm: String,
+    /// Size of its files on disk.
+    pub disk_bytes: u64,
+    /// Number of labels it predicts.
+    pub labels: usize,
 }
 
 /// Counters of what the cache did, for tests and operators.
@@ -76,11 +97,18 @@ impl Exported {
 }
 
 struct Slot {
+    /// The tenant whose artifact it is: only that tenant sees it listed.
+    tenant: String,
     /// The run it serves, for operators.
     run_id: String,
+    /// The artifact name it serves, for operators.
+    name: String,
     /// The version it serves, for operators.
     version: String,
+    /// The algorithm that produced it, for operators.
+    algorithm: String,
     model: OnceCell<Arc<LoadedModel>>,
+    /// Tick of the cache clock at its last use (higher: more recent).
     last_used: AtomicU64,
 }
 
@@ -146,8 +174,11 @@ impl ModelCache {
             let mut slots = self.lock()?;
             Arc::clone(slots.entry(artifact.cache_key()).or_insert_with(|| {
                 Arc::new(Slot {
+                    tenant: artifact.tenant.clone(),
                     run_id: artifact.run_id.clone(),
+                    name: artifact.name.clone(),
                     version: artifact.version.clone(),
+                    algorithm: artifact.algorithm.clone(),
                     model: OnceCell::new(),
                     last_used: AtomicU64::new(now),
                 })
@@ -239,6 +270,35 @@ impl ModelCache {
         ids
     }
 
+    /// `tenant`'s models in memory now, most recently used first. Another tenant's models are
+    /// never listed, even when they share this replica.
+    pub fn loaded_models(&self, tenant: &str) -> Vec<LoadedModelInfo> {
+        let Ok(slots) = self.slots.lock() else {
+            return Vec::new();
+        };
+        let mut models: Vec<(u64, LoadedModelInfo)> = slots
+            .values()
+            .filter(|slot| slot.tenant == tenant)
+            .filter_map(|slot| {
+                let model = slot.model.get()?;
+                Some((
+                    slot.last_used.load(Ordering::Relaxed),
+                    LoadedModelInfo {
+                        run_id: slot.run_id.clone(),
+                        name: slot.name.clone(),
+                        version: slot.version.clone(),
+                        algorithm: slot.algorithm.clone(),
+                        disk_bytes: model.disk_bytes,
+                        labels: model.labels,
+                    },
+                ))
+            })
+            .collect();
+        drop(slots);
+        models.sort_by_key(|(used, _)| std::cmp::Reverse(*used));
+        models.into_iter().map(|(_, info)| info).collect()
+    }
+
     async fn fetch_and_load(&self, artifact: &ArtifactRef) -> Result<LoadedModel, PredictError> {
         let fetch_started = std::time::Instant::now();
         let dir = self.dir.join(artifact.cache_dir_name());
@@ -258,6 +318,8 @@ impl ModelCache {
                 });
             }
         };
+        let disk_bytes = dir_size(&dir).await;
+        let labels = classifier.classes().len();
         self.stats.loads.fetch_add(1, Ordering::Relaxed);
         self.exported.loads.inc();
         self.exported
@@ -274,6 +336,8 @@ impl ModelCache {
             batcher: Batcher::start(Arc::new(classifier), self.top_k),
             bytes,
             version: artifact.version.clone(),
+            disk_bytes,
+            labels,
         })
     }
 
@@ -385,6 +449,22 @@ impl ModelCache {
         }
         Ok(())
     }
+}
+
+/// Total size of the files directly in `dir` (a model's folder is flat); 0 when unreadable.
+async fn dir_size(dir: &Path) -> u64 {
+    let Ok(mut entries) = tokio::fs::read_dir(dir).await else {
+        return 0;
+    };
+    let mut total = 0;
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        if let Ok(metadata) = entry.metadata().await
+            && metadata.is_file()
+        {
+            total += metadata.len();
+        }
+    }
+    total
 }
 
 /// Runs a blocking model load on the blocking pool.

@@ -77,4 +77,26 @@ impl PredictionService for PredictionGrpc {
             model_version: answer.model_version,
         }))
     }
+
+    async fn list_loaded_models(
+        &self,
+        request: Request<pb::ListLoadedModelsRequest>,
+    ) -> Result<Response<pb::ListLoadedModelsResponse>, Status> {
+        let caller = automl_common::auth::caller(&request);
+        caller.require_tenant()?;
+        let models = self
+            .service
+            .loaded_models(&caller.tenant)
+            .into_iter()
+            .map(|model| pb::LoadedModelInfo {
+                run_id: model.run_id,
+                model_name: model.name,
+                model_version: model.version,
+                algorithm: model.algorithm,
+                bytes: i64::try_from(model.disk_bytes).unwrap_or(i64::MAX),
+                labels: i32::try_from(model.labels).unwrap_or(i32::MAX),
+            })
+            .collect();
+        Ok(Response::new(pb::ListLoadedModelsResponse { models }))
+    }
 }

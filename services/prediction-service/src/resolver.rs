@@ -15,6 +15,8 @@ use crate::error::PredictError;
 /// Where a run's model files are and what produced them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArtifactRef {
+    /// The tenant whose run it is.
+    pub tenant: String,
     /// The run.
     pub run_id: String,
     /// Artifact name.
@@ -90,6 +92,7 @@ impl Resolver {
             .into_inner();
         let file = response.artifact.unwrap_or_default();
         let artifact = ArtifactRef {
+            tenant: tenant.to_string(),
             run_id: run_id.to_string(),
             name: response.name,
             version: response.version,

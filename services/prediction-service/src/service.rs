@@ -10,7 +10,7 @@ use automl_proto::prediction::predictor_client::PredictorClient;
 use tokio::sync::Semaphore;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::cache::ModelCache;
+use crate::cache::{LoadedModelInfo, ModelCache};
 use crate::config::PredictionConfig;
 use crate::error::PredictError;
 use crate::resolver::Resolver;
@@ -132,6 +132,11 @@ impl Predictions {
                 .collect(),
             model_version: version,
         })
+    }
+
+    /// ListLoadedModels: `tenant`'s models in this replica's memory, most recently used first.
+    pub fn loaded_models(&self, tenant: &str) -> Vec<LoadedModelInfo> {
+        self.cache.loaded_models(tenant)
     }
 
     async fn forward(

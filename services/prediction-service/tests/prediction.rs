@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use automl_common::auth::{AuthConfig, Authenticator, Credentials, Scope};
 use automl_common::db::{Backend, Database};
 use automl_common::testing::{TestEnv, TestServer, assert_status, grpcurl};
 use automl_metadata_store::MetadataStoreConfig;
@@ -406,6 +407,13 @@ async fn the_least_recently_used_model_is_evicted() {
     }
     assert_eq!(service.cache.loaded(), ["1", "3"]);
     assert_eq!(service.cache.stats.evictions.load(Ordering::Relaxed), 1);
+    let listed = client
+        .list_loaded_models(pb::ListLoadedModelsRequest {})
+        .await
+        .expect("list loaded")
+        .into_inner();
+    let runs: Vec<_> = listed.models.iter().map(|m| m.run_id.as_str()).collect();
+    assert_eq!(runs, ["3", "1"], "most recently used first");
     client.predict(request("2", "hello")).await.expect("reload");
     assert_eq!(service.cache.stats.loads.load(Ordering::Relaxed), 4);
     server.stop().await;
@@ -528,4 +536,210 @@ async fn external_predictors_receive_forwarded_requests_within_bounds() {
     fast_task.abort();
     slow_task.abort();
     cluster.stop().await;
+}
+
+/// Records `tenant`'s run `run_id` with `files` as its artifact `name`, through metadata-store
+/// with that tenant's token, the files under the tenant's own prefix.
+async fn publish_as(
+    env: &TestEnv,
+    channel: Channel,
+    credentials: Credentials,
+    run_id: &str,
+    name: &str,
+    files: &[(&str, Vec<u8>)],
+) {
+    let mut client = MetadataStoreServiceClient::with_interceptor(channel, credentials);
+    let started = client
+        .log_run_start(ms::LogRunStartRequest {
+            run_id: run_id.into(),
+            run_name: "trained".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("start")
+        .into_inner();
+    for (file, bytes) in files {
+        env.objects
+            .put_bytes(
+                &started.bucket,
+                &format!("{}/{file}", started.path),
+                bytes.clone(),
+            )
+            .await
+            .expect("upload");
+    }
+    client
+        .create_artifact(ms::CreateArtifactRequest {
+            artifact: Some(FileInfo {
+                name: name.into(),
+                bucket: String::new(),
+                path: started.path,
+            }),
+            run_id: run_id.into(),
+            algorithm: "intent-classification".into(),
+        })
+        .await
+        .expect("artifact");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loaded_models_are_listed_to_their_own_tenant_most_recent_first() {
+    let files = model_files().await;
+    let mut env = TestEnv::new(Backend::Sqlite).await.expect("env");
+    env.common.auth = AuthConfig {
+        enabled: true,
+        internal_secret: "secret-of-the-loaded-models-test".into(),
+        ..AuthConfig::default()
+    };
+    let auth = Authenticator::from_config(&env.common.auth, &env.common.data_dir).expect("auth");
+    let credentials = |tenant: &str| {
+        let token = auth.mint(tenant, "test", Scope::Tenant, Duration::from_secs(600));
+        Credentials::bearer(&token).expect("credentials")
+    };
+    let token = CancellationToken::new();
+    let (routes, metadata_db) = automl_metadata_store::start(
+        &env.common,
+        &MetadataStoreConfig::default(),
+        env.objects.clone(),
+        token.clone(),
+    )
+    .await
+    .expect("metadata-store");
+    let metadata = TestServer::start(routes, token).await.expect("server");
+    let metadata_channel = metadata.channel().await.expect("channel");
+    publish_as(
+        &env,
+        metadata_channel.clone(),
+        credentials("team-a"),
+        "1",
+        "intent",
+        files,
+    )
+    .await;
+    publish_as(
+        &env,
+        metadata_channel.clone(),
+        credentials("team-a"),
+        "2",
+        "intent",
+        files,
+    )
+    .await;
+    // Team B's run 1 is another model under another prefix.
+    publish_as(
+        &env,
+        metadata_channel,
+        credentials("team-b"),
+        "1",
+        "support",
+        files,
+    )
+    .await;
+
+    let config = PredictionConfig {
+        metadata_store: metadata.endpoint(),
+        ..PredictionConfig::default()
+    };
+    let (routes, _service) =
+        automl_prediction_service::start(&env.common, &config, env.objects.clone())
+            .expect("prediction-service");
+    let server = TestServer::start(routes, CancellationToken::new())
+        .await
+        .expect("server");
+    let channel = server.channel().await.expect("channel");
+    let mut team_a =
+        PredictionServiceClient::with_interceptor(channel.clone(), credentials("team-a"));
+    let mut team_b =
+        PredictionServiceClient::with_interceptor(channel.clone(), credentials("team-b"));
+    let listed = |models: &pb::ListLoadedModelsResponse| -> Vec<(String, String, String)> {
+        models
+            .models
+            .iter()
+            .map(|m| {
+                (
+                    m.run_id.clone(),
+                    m.model_name.clone(),
+                    m.model_version.clone(),
+                )
+            })
+            .collect()
+    };
+
+    for run in ["1", "2", "1"] {
+        team_a
+            .predict(request(run, "book a flight to paris"))
+            .await
+            .expect("predict as team-a");
+    }
+    let seen_by_b = team_b
+        .list_loaded_models(pb::ListLoadedModelsRequest {})
+        .await
+        .expect("list as team-b")
+        .into_inner();
+    assert!(seen_by_b.models.is_empty(), "{seen_by_b:?}");
+    team_b
+        .predict(request("1", "where is my order"))
+        .await
+        .expect("predict as team-b");
+
+    let seen_by_a = team_a
+        .list_loaded_models(pb::ListLoadedModelsRequest {})
+        .await
+        .expect("list as team-a")
+        .into_inner();
+    assert_eq!(
+        listed(&seen_by_a),
+        [
+            ("1".to_string(), "intent".to_string(), "1".to_string()),
+            ("2".to_string(), "intent".to_string(), "2".to_string())
+        ]
+    );
+    let seen_by_b = team_b
+        .list_loaded_models(pb::ListLoadedModelsRequest {})
+        .await
+        .expect("list as team-b")
+        .into_inner();
+    assert_eq!(
+        listed(&seen_by_b),
+        [("1".to_string(), "support".to_string(), "1".to_string())]
+    );
+    let on_disk: usize = files.iter().map(|(_, bytes)| bytes.len()).sum();
+    for model in seen_by_a.models.iter().chain(&seen_by_b.models) {
+        assert_eq!(model.algorithm, "intent-classification");
+        assert_eq!(usize::try_from(model.bytes), Ok(on_disk));
+        assert!(model.labels > 1, "{model:?}");
+    }
+    // A job token cannot list, nor can a caller without a token.
+    let job = auth.mint(
+        "team-a",
+        "job-1",
+        Scope::Run {
+            run_id: "1".into(),
+            dataset_id: "1".into(),
+            version_hash: "hashAg==".into(),
+            base_run_id: String::new(),
+        },
+        Duration::from_secs(600),
+    );
+    let mut as_job = PredictionServiceClient::with_interceptor(
+        channel.clone(),
+        Credentials::bearer(&job).expect("job credentials"),
+    );
+    assert_status(
+        as_job
+            .list_loaded_models(pb::ListLoadedModelsRequest {})
+            .await,
+        Code::PermissionDenied,
+        "job token",
+    );
+    assert_status(
+        PredictionServiceClient::new(channel)
+            .list_loaded_models(pb::ListLoadedModelsRequest {})
+            .await,
+        Code::Unauthenticated,
+        "authorization",
+    );
+    server.stop().await;
+    metadata.stop().await;
+    metadata_db.close().await;
 }

@@ -462,7 +462,13 @@ impl TrainingService for TrainingGrpc {
             .collect::<Result<Vec<_>, _>>()?;
         let (jobs, total) = self
             .service
-            .list(&tenant, &statuses, request.limit, request.index)
+            .list(
+                &tenant,
+                &statuses,
+                &request.job_ids,
+                request.limit,
+                request.index,
+            )
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::ListTrainingJobsResponse {

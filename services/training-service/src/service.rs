@@ -390,16 +390,27 @@ impl Training {
         Ok(JobView { job, position })
     }
 
-    /// ListTrainingJobs.
+    /// ListTrainingJobs: the tenant's jobs, only those in `statuses` and, when `job_ids` is
+    /// not empty, only those ids (ids of no job of the tenant are left out).
     pub async fn list(
         &self,
         tenant: &str,
         statuses: &[JobStatus],
+        job_ids: &[i32],
         limit: i32,
         index: i32,
     ) -> Result<(Vec<JobView>, i64), TrainingError> {
         let (limit, offset) = page(limit, index)?;
-        let (jobs, total) = self.store.list(tenant, statuses, limit, offset).await?;
+        if job_ids.len() > MAX_LISTED_JOB_IDS {
+            return Err(TrainingError::InvalidArgument(format!(
+                "job_ids has more than {MAX_LISTED_JOB_IDS} entries"
+            )));
+        }
+        let job_ids: Vec<i64> = job_ids.iter().map(|id| i64::from(*id)).collect();
+        let (jobs, total) = self
+            .store
+            .list(tenant, statuses, &job_ids, limit, offset)
+            .await?;
         let load = if jobs.iter().any(|job| job.status == JobStatus::Queuing) {
             self.store.tenant_loads(&[tenant]).await?.remove(tenant)
         } else {
@@ -1726,6 +1737,9 @@ impl Training {
 }
 
 /// A page request's (limit, offset), both checked not negative.
+/// Most ids one ListTrainingJobs may name.
+const MAX_LISTED_JOB_IDS: usize = 10_000;
+
 fn page(limit: i32, index: i32) -> Result<(i64, i64), TrainingError> {
     if limit < 0 || index < 0 {
         return Err(TrainingError::InvalidArgument(

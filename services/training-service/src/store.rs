@@ -159,15 +159,18 @@ impl JobStore {
         Ok(updated.rows_affected() == 1)
     }
 
-    /// A page of jobs in id order, optionally only some states, with the total count.
+    /// A page of jobs in id order, optionally only some states and only some ids (one `IN`
+    /// list each), with the total count.
     pub async fn list(
         &self,
         tenant: &str,
         statuses: &[JobStatus],
+        job_ids: &[i64],
         limit: i64,
         offset: i64,
     ) -> Result<(Vec<Job>, i64), TrainingError> {
-        let filter = status_filter(statuses.iter().map(|s| s.number()));
+        let mut filter = status_filter(statuses.iter().map(|s| s.number()));
+        filter.push_str(&id_filter(job_ids));
         let total: i64 = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT COUNT(*) AS n FROM jobs WHERE tenant = $1{filter}"
         )))
@@ -405,6 +408,15 @@ fn status_filter(numbers: impl Iterator<Item = i64>) -> String {
     } else {
         format!(" AND status IN ({})", numbers.join(","))
     }
+}
+
+/// ` AND job_id IN (...)` for a non-empty id list (integers, so inlined like the statuses).
+fn id_filter(job_ids: &[i64]) -> String {
+    if job_ids.is_empty() {
+        return String::new();
+    }
+    let ids: Vec<String> = job_ids.iter().map(i64::to_string).collect();
+    format!(" AND job_id IN ({})", ids.join(","))
 }
 
 fn decode(row: &AnyRow) -> Result<Job, TrainingError> {

@@ -858,6 +858,80 @@ async fn list_jobs_filters_by_status() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_jobs_filters_by_ids_within_the_tenant() {
+    for backend in backends() {
+        let mut cluster = Cluster::start(backend, 1).await;
+        let first = cluster.train(&[]).await;
+        cluster.wait_final(first).await;
+        let second = cluster.train(&[("EXIT_CODE", "3")]).await;
+        cluster.wait_final(second).await;
+        let third = cluster.train(&[]).await;
+        cluster.wait_final(third).await;
+        let spec = automl_training_service::model::JobSpec {
+            algorithm: "intent-classification".into(),
+            dataset_id: "1".into(),
+            name: "theirs".into(),
+            train_data_version_hash: "hashAg==".into(),
+            parameters: BTreeMap::from([(
+                "TRACE".to_string(),
+                cluster.trace.display().to_string(),
+            )]),
+            output_model_name: "intent".into(),
+            ..Default::default()
+        };
+        let theirs = cluster
+            .service
+            .submit("team-b", spec)
+            .await
+            .expect("submit");
+        let theirs = i32::try_from(theirs).expect("job id");
+        let request = |job_ids: &[i32], statuses: &[pb::TrainingStatus], limit, index| {
+            pb::ListTrainingJobsRequest {
+                limit,
+                index,
+                statuses: statuses.iter().map(|s| (*s).into()).collect(),
+                job_ids: job_ids.to_vec(),
+            }
+        };
+        let mut list = async |request| {
+            let listed = cluster
+                .client
+                .list_training_jobs(request)
+                .await
+                .expect("list")
+                .into_inner();
+            let ids: Vec<i32> = listed.jobs.iter().map(|job| job.job_id).collect();
+            (ids, listed.total)
+        };
+        // Another tenant's job and an unknown id are left out; the order stays by id.
+        assert_eq!(
+            list(request(&[third, theirs, first, 9999], &[], 0, 0)).await,
+            (vec![first, third], 2)
+        );
+        assert_eq!(
+            list(request(
+                &[first, second],
+                &[pb::TrainingStatus::Failure],
+                0,
+                0
+            ))
+            .await,
+            (vec![second], 1)
+        );
+        assert_eq!(
+            list(request(&[first, second, third], &[], 1, 1)).await,
+            (vec![second], 3)
+        );
+        assert_eq!(
+            list(request(&[], &[], 0, 0)).await,
+            (vec![first, second, third], 3)
+        );
+        assert_eq!(list(request(&[theirs], &[], 0, 0)).await, (vec![], 0));
+        cluster.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_on_one_database_run_every_job_exactly_once() {
     for backend in backends() {
         if backend != Backend::Postgres {

@@ -365,7 +365,7 @@ async fn the_built_in_trainers_parameters_are_declared_and_checked_at_submission
     }
     let (jobs, _) = cluster
         .service
-        .list("default", &[], 0, 0)
+        .list("default", &[], &[], 0, 0)
         .await
         .expect("list");
     assert!(jobs.is_empty(), "a refused job was queued");
