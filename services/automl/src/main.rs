@@ -233,19 +233,19 @@ impl ServerOptions {
         if let Some(endpoint) = &self.s3_endpoint {
             overrides.push(("s3.endpoint".to_string(), endpoint.clone()));
         }
-        let services = service.map(ServiceArg::expand).unwrap_or_default();
+        let sections = service.map(ServiceArg::sections).unwrap_or_default();
         if let Some(host) = &self.host {
-            for one in &services {
-                overrides.push((format!("{}.host", one.section()), host.clone()));
+            for section in &sections {
+                overrides.push((format!("{section}.host"), host.clone()));
             }
         }
         if let Some(port) = self.port {
-            let [one] = services.as_slice() else {
+            let [section] = sections.as_slice() else {
                 anyhow::bail!(
                     "--port needs exactly one service; set ports in the config for `all`"
                 );
             };
-            overrides.push((format!("{}.port", one.section()), port.to_string()));
+            overrides.push((format!("{section}.port"), port.to_string()));
         }
         let env: HashMap<String, String> = std::env::vars().collect();
         Ok(AutomlConfig::load(&self.config, &env, &overrides)?)

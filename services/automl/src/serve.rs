@@ -25,7 +25,9 @@ pub enum ServiceArg {
     PredictionService,
     /// The training job queue (port 6003).
     TrainingService,
-    /// Every service in one process, each on its own port.
+    /// The web console (port 8080), a client of the four services.
+    Web,
+    /// Every service and the web console in one process, each on its own port.
     All,
 }
 
@@ -50,6 +52,7 @@ impl ServiceArg {
             ServiceArg::MetadataStore => vec![Service::MetadataStore],
             ServiceArg::PredictionService => vec![Service::Prediction],
             ServiceArg::TrainingService => vec![Service::Training],
+            ServiceArg::Web => Vec::new(),
             ServiceArg::All => vec![
                 Service::DataManagement,
                 Service::MetadataStore,
@@ -57,6 +60,23 @@ impl ServiceArg {
                 Service::Training,
             ],
         }
+    }
+}
+
+impl ServiceArg {
+    /// Whether the web console is among what this argument starts.
+    pub fn includes_web(self) -> bool {
+        matches!(self, ServiceArg::Web | ServiceArg::All)
+    }
+
+    /// The config sections holding the host and port of what this argument starts.
+    pub fn sections(self) -> Vec<&'static str> {
+        let mut sections: Vec<&'static str> =
+            self.expand().into_iter().map(Service::section).collect();
+        if self.includes_web() {
+            sections.push("web");
+        }
+        sections
     }
 }
 
@@ -115,9 +135,43 @@ pub async fn run(mut config: AutomlConfig, service: ServiceArg) -> anyhow::Resul
         listeners.push((*name, listener));
     }
 
+    let web_listener = if service.includes_web() {
+        let bind = config.web.server().bind_address();
+        let listener = TcpListener::bind(&bind)
+            .await
+            .with_context(|| format!("binding web to {bind}"))?;
+        Some(listener)
+    } else {
+        None
+    };
+    if service == ServiceArg::All {
+        // The console talks to the services of this process.
+        let scheme = common.tls.scheme();
+        for (name, listener) in &listeners {
+            let local = format!("{scheme}://127.0.0.1:{}", listener.local_addr()?.port());
+            match name {
+                Service::DataManagement => config.web.data_management = local,
+                Service::MetadataStore => config.web.metadata_store = local,
+                Service::Prediction => config.web.prediction_service = local,
+                Service::Training => config.web.training_service = local,
+            }
+        }
+    }
+
     let mut servers = tokio::task::JoinSet::new();
     if config.telemetry.metrics_enabled {
         start_metrics(&config, &shutdown, &mut servers).await?;
+    }
+    if let Some(listener) = web_listener {
+        let router = automl_web::router(&common, &config.web).context("starting web")?;
+        let tls = automl_web::server::acceptor(&common.tls).context("starting web")?;
+        println!("automl: web listening on {}", listener.local_addr()?);
+        let token = shutdown.clone();
+        servers.spawn(async move {
+            automl_web::server::serve(listener, router, tls, token)
+                .await
+                .context("web server")
+        });
     }
     let mut databases: Vec<Database> = Vec::new();
     for (name, listener) in listeners {

@@ -3,6 +3,8 @@
 
 #[path = "system/auth.rs"]
 mod auth;
+#[path = "system/browser.rs"]
+mod browser;
 #[path = "system/datasets.rs"]
 mod datasets;
 #[path = "system/deploy.rs"]
@@ -27,3 +29,5 @@ mod resilience;
 mod support;
 #[path = "system/training.rs"]
 mod training;
+#[path = "system/web.rs"]
+mod web;

@@ -901,4 +901,195 @@ async fn everything_works_over_tls_with_a_token() {
         ],
     );
     assert!(out.contains('1'), "{out}");
+
+    // The console serves HTTPS with the same certificate; its session cookie is Secure.
+    let ca = deployment.env.path().join("certs/ca.crt");
+    let web = format!("https://{}", deployment.addr("web"));
+    let curl = |args: &[&str]| -> String {
+        let output = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "20",
+                "--cacert",
+                &ca.display().to_string(),
+            ])
+            .args(args)
+            .output()
+            .expect("curl runs");
+        assert!(
+            output.status.success(),
+            "curl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let page = curl(&[&format!("{web}/signin")]);
+    assert!(page.contains("name=\"token\""), "{page}");
+    let signed_in = curl(&[
+        "-i",
+        "--data-urlencode",
+        &format!("token={}", deployment.team_a),
+        &format!("{web}/signin"),
+    ]);
+    let cookie = signed_in
+        .lines()
+        .find(|line| {
+            line.to_ascii_lowercase()
+                .starts_with("set-cookie: automl_session=")
+        })
+        .unwrap_or_else(|| panic!("no session cookie: {signed_in}"));
+    for flag in ["HttpOnly", "SameSite=Strict", "Secure"] {
+        assert!(cookie.contains(flag), "{cookie}");
+    }
+    let session = cookie
+        .split_once(':')
+        .map(|(_, v)| v.trim().split(';').next().unwrap_or_default().to_string())
+        .expect("cookie value");
+    let runs = curl(&["-H", &format!("cookie: {session}"), &format!("{web}/runs")]);
+    assert!(runs.contains("data-run=\"1\""), "{runs}");
+}
+
+/// Signs `browser` in to the console at `web` with `token`.
+async fn console_sign_in(browser: &crate::browser::Browser, web: &str, token: &str) {
+    browser.goto(&format!("{web}/signin")).await;
+    browser.fill("#token", token).await;
+    browser.submit_form("form[action=\"/signin\"]").await;
+    browser
+        .wait_for_js("location.pathname !== '/signin'", Duration::from_secs(30))
+        .await;
+}
+
+/// The console with authentication: no page without signing in, each tenant sees only its
+/// own datasets, runs, jobs and models (also by typed URLs: 404), the token stays out of pages,
+/// URLs, scripts and logs, and a state-changing request without the cross-site token fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_requires_sign_in_and_shows_only_the_tenants_work() {
+    let deployment = Deployment::start(false).await;
+    deployment.team_a_trains();
+    let web = format!("http://{}", deployment.addr("web"));
+    let wait = Duration::from_secs(30);
+    let browser = crate::browser::Browser::start().await;
+
+    for path in [
+        "/runs",
+        "/runs/1",
+        "/datasets/1",
+        "/models",
+        "/jobs/1",
+        "/experiments",
+    ] {
+        browser.goto(&format!("{web}{path}")).await;
+        browser
+            .wait_for_js("location.pathname === '/signin'", wait)
+            .await;
+        assert_eq!(browser.count("#token").await, 1, "{path} asks for a token");
+    }
+    // Scripted requests without a session are refused, not redirected.
+    let events = browser.fetch("GET", "/runs/1/events", None, &[]).await;
+    assert_eq!(events.status, 401);
+
+    // Wrong and revoked tokens are refused.
+    for bad in ["aml_nope_0123", deployment.revoked.as_str()] {
+        browser.goto(&format!("{web}/signin")).await;
+        browser.fill("#token", bad).await;
+        browser.submit_form("form[action=\"/signin\"]").await;
+        browser.wait_for_css("#signin-error", wait).await;
+    }
+
+    // Team A sees its dataset, run, job and model.
+    console_sign_in(&browser, &web, &deployment.team_a).await;
+    browser.goto(&format!("{web}/runs")).await;
+    browser.wait_for_css("tr.run[data-run=\"1\"]", wait).await;
+    browser.goto(&format!("{web}/datasets")).await;
+    browser.wait_for_css("tr[data-dataset=\"1\"]", wait).await;
+    browser.goto(&format!("{web}/models")).await;
+    browser
+        .wait_for_css("#artifacts tr[data-run=\"1\"]", wait)
+        .await;
+    browser.goto(&format!("{web}/runs/1")).await;
+    browser
+        .wait_for_css(".chart[data-metric=\"loss\"]", wait)
+        .await;
+    assert!(!browser.source().await.contains(&deployment.team_a));
+    assert!(!browser.url().await.contains(&deployment.team_a));
+    let cookies = browser.eval("return document.cookie;").await;
+    assert!(
+        !cookies.to_string().contains("automl_session"),
+        "the session cookie is HttpOnly: {cookies}"
+    );
+
+    // Cross-site checks: without the token a POST is refused, with it the form works.
+    let csrf = browser
+        .eval("return document.querySelector('meta[name=\"csrf-token\"]').content;")
+        .await
+        .as_str()
+        .expect("csrf token")
+        .to_string();
+    let refused = browser.post_form("/datasets/1/prepare", &[]).await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    let wrong = browser
+        .post_form("/datasets/1/prepare", &[("csrf", "0123456789abcdef")])
+        .await;
+    assert_eq!(wrong.status, 403);
+    let predict = browser
+        .fetch(
+            "POST",
+            "/predict",
+            Some(r#"{"run_id":"1","document":"play some rock"}"#),
+            &[("content-type", "application/json")],
+        )
+        .await;
+    assert_eq!(predict.status, 403, "{}", predict.body);
+    let accepted = browser
+        .post_form("/datasets/1/prepare", &[("csrf", &csrf)])
+        .await;
+    assert_eq!(accepted.status, 200, "{}", accepted.body);
+    assert!(accepted.url.contains("/datasets/1"), "{}", accepted.url);
+    let predicted = browser
+        .fetch(
+            "POST",
+            "/predict",
+            Some(r#"{"run_id":"1","document":"play some rock"}"#),
+            &[
+                ("content-type", "application/json"),
+                ("x-csrf-token", &csrf),
+            ],
+        )
+        .await;
+    assert_eq!(predicted.status, 200, "{}", predicted.body);
+
+    // Sign out, then team B: none of team A's work, also by typing its URLs.
+    browser.click("form.signout button").await;
+    browser
+        .wait_for_js("location.pathname === '/signin'", wait)
+        .await;
+    console_sign_in(&browser, &web, &deployment.team_b).await;
+    browser.goto(&format!("{web}/runs")).await;
+    browser.wait_for_css("#runs-table", wait).await;
+    assert_eq!(browser.count("tr.run").await, 0);
+    browser.goto(&format!("{web}/datasets")).await;
+    browser.wait_for_css("#datasets", wait).await;
+    assert_eq!(browser.count("tr[data-dataset]").await, 0);
+    browser.goto(&format!("{web}/models")).await;
+    browser.wait_for_css("#artifacts", wait).await;
+    assert_eq!(browser.count("#artifacts tbody tr").await, 0);
+    for path in [
+        "/runs/1",
+        "/datasets/1",
+        "/jobs/1",
+        "/runs/1/events",
+        "/jobs/1/events",
+    ] {
+        let answer = browser.fetch("GET", path, None, &[]).await;
+        assert_eq!(answer.status, 404, "{path}: {}", answer.body);
+    }
+    browser.goto(&format!("{web}/runs/1")).await;
+    browser.wait_for_text("h1", "404", wait).await;
+    browser.close().await;
+
+    let log = std::fs::read_to_string(deployment.env.path().join("automl.log")).expect("log");
+    for token in [&deployment.team_a, &deployment.team_b] {
+        assert!(!log.contains(token.as_str()), "a token in the log");
+    }
 }

@@ -74,6 +74,8 @@ impl Automl {
             .env("AUTOML__S3__EMBEDDED_BIND", "127.0.0.1:0")
             .env("AUTOML__TELEMETRY__METRICS_HOST", "127.0.0.1")
             .env("AUTOML__TELEMETRY__METRICS_PORT", "0")
+            .env("AUTOML__WEB__HOST", "127.0.0.1")
+            .env("AUTOML__WEB__PORT", "0")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(stderr);
