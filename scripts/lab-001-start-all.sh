@@ -24,6 +24,7 @@ export AUTOML__DATA_MANAGEMENT__PORT=$DM_PORT
 export AUTOML__PREDICTION_SERVICE__PORT=$PS_PORT
 export AUTOML__METADATA_STORE__PORT=$MS_PORT
 export AUTOML__TRAINING_SERVICE__PORT=$TS_PORT
+export AUTOML__WEB__PORT=$WEB_PORT
 export AUTOML__S3__EMBEDDED_BIND=${AUTOML__S3__EMBEDDED_BIND:-127.0.0.1:$MINIO_PORT}
 
 # setsid makes automl a process group leader, so lab-999 can stop it with its trainers.
@@ -60,4 +61,5 @@ for service in data-management:$DM_PORT prediction-service:$PS_PORT metadata-sto
   echo "$name is SERVING on $LAB_HOST:$port"
 done
 echo "Embedded S3 endpoint on $AUTOML__S3__EMBEDDED_BIND"
+echo "Web console on http://$LAB_HOST:$WEB_PORT"
 echo "next: scripts/lab-002-upload-data.sh"

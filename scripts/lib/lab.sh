@@ -12,6 +12,8 @@ export PS_PORT=${PS_PORT:-6001}
 export MS_PORT=${MS_PORT:-6002}
 export TS_PORT=${TS_PORT:-6003}
 export MINIO_PORT=${MINIO_PORT:-9000}
+# The web console's port.
+export WEB_PORT=${WEB_PORT:-8080}
 # Where the services are reached (another host works for lab-002 … lab-005, e.g. docker compose).
 export LAB_HOST=${LAB_HOST:-localhost}
 export MINIO_DM_BUCKET=${MINIO_DM_BUCKET:-mini-automl-dm}

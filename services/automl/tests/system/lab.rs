@@ -119,7 +119,7 @@ impl Lab {
             automl.display()
         );
         let data_dir = tempfile::tempdir().expect("tempdir");
-        let ports: Vec<u16> = (0..5).map(|_| free_port()).collect();
+        let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
         let grpcurl_dir = grpcurl().parent().expect("grpcurl dir").to_path_buf();
         let path = format!(
             "{}:{}",
@@ -134,6 +134,8 @@ impl Lab {
             ("MS_PORT", ports[2].to_string()),
             ("TS_PORT", ports[3].to_string()),
             ("MINIO_PORT", ports[4].to_string()),
+            ("WEB_PORT", ports[5].to_string()),
+            ("AUTOML__WEB__HOST", "127.0.0.1".to_string()),
             ("LAB_HOST", "127.0.0.1".to_string()),
             ("AUTOML__DATA_MANAGEMENT__HOST", "127.0.0.1".to_string()),
             ("AUTOML__PREDICTION_SERVICE__HOST", "127.0.0.1".to_string()),
