@@ -3,7 +3,7 @@
 #
 #   docker build -f services.dockerfile -t automl:latest .
 #   docker build -f services.dockerfile --build-arg TRAINER=cuda -t automl:cuda .
-#   docker run -p 6000-6003:6000-6003 automl:latest                  # all services, embedded storage
+#   docker run -p 6000-6003:6000-6003 -p 8080:8080 automl:latest  # all + console, embedded storage
 #   docker run automl:latest data-management --config /etc/automl/automl.toml
 #
 # TRAINER=cuda builds automl-train with candle's CUDA kernels on an NVIDIA CUDA base image (the
@@ -87,10 +87,13 @@ USER 10001:10001
 # /var/lib/automl/tokens exists owned by automl so a volume mounted there (docker-compose's
 # tokens file) starts writable for `automl token create`.
 WORKDIR /var/lib/automl
-# data-management, prediction-service, metadata-store, training-service; /metrics.
-EXPOSE 6000 6001 6002 6003 9464
+# The argument is data-management, prediction-service, metadata-store, training-service, web
+# (the console, HTTP) or all of them (the default): their ports in that order, then /metrics.
+EXPOSE 6000 6001 6002 6003 8080 9464
 # Without --addr, `automl health` asks every configured service port on this machine and
-# passes when the ones that answer are SERVING, whichever service the argument started.
+# passes when the ones that answer are SERVING, whichever service the argument started. It
+# speaks gRPC only: a container running `web` alone answers on none of those ports and reports
+# unhealthy, so give it its own check of GET /healthz (docker-compose.yml's web service does).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 CMD ["automl", "health"]
 ENTRYPOINT ["automl", "serve"]
 CMD ["all"]

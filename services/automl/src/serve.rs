@@ -105,10 +105,17 @@ impl Service {
 /// Runs the selected services until a shutdown signal.
 pub async fn run(mut config: AutomlConfig, service: ServiceArg) -> anyhow::Result<()> {
     let common = config.common();
-    std::fs::create_dir_all(&common.data_dir)
-        .with_context(|| format!("creating data directory {}", common.data_dir.display()))?;
     let shutdown = shutdown_on_signals();
-    let (objects, _embedded) = connect_object_store(&common).await?;
+    // The console alone keeps no data and reads no objects: only the services need both.
+    let (objects, _embedded) = if service.expand().is_empty() {
+        (None, None)
+    } else {
+        std::fs::create_dir_all(&common.data_dir).with_context(|| {
+            format!("creating data directory {}", common.data_dir.display())
+        })?;
+        let (objects, embedded) = connect_object_store(&common).await?;
+        (Some(objects), embedded)
+    };
 
     // Bind every listener first, so services started together can find each other.
     let services = service.expand();
@@ -175,7 +182,10 @@ pub async fn run(mut config: AutomlConfig, service: ServiceArg) -> anyhow::Resul
     }
     let mut databases: Vec<Database> = Vec::new();
     for (name, listener) in listeners {
-        let (routes, db) = start_service(&config, &common, name, &objects, &shutdown).await?;
+        let objects = objects
+            .as_ref()
+            .context("the object store is connected for every service")?;
+        let (routes, db) = start_service(&config, &common, name, objects, &shutdown).await?;
         databases.extend(db);
         let addr = listener.local_addr()?;
         // A line on stdout that scripts and tests can wait for.

@@ -76,6 +76,9 @@ fn docker_compose_environment_is_accepted() {
         "data_management = \"http://data-management:6000\"",
         "trainer_minio_server = \"minio:9000\"",
         "enabled = true",
+        // The web console's [web] section: the only keys naming these two services.
+        "prediction_service = \"http://prediction-service:6001\"",
+        "training_service = \"http://training-service:6003\"",
     ] {
         assert!(config.contains(expected), "{expected} in:\n{config}");
     }
@@ -97,6 +100,15 @@ fn kubernetes_config_files_are_accepted_alone_and_layered() {
         "{config}"
     );
     assert!(config.contains("image = \"automl:latest\""), "{config}");
+    // The web console (web.yaml) reaches the services by their Service names.
+    for expected in [
+        "data_management = \"http://data-management:6000\"",
+        "metadata_store = \"http://metadata-store:6002\"",
+        "prediction_service = \"http://prediction-service:6001\"",
+        "training_service = \"http://training-service:6003\"",
+    ] {
+        assert!(config.contains(expected), "{expected} in:\n{config}");
+    }
 
     let layered = automl_config(
         &["--config", base, "--config", "k8s/overlays/gpu/gpu.toml"],
