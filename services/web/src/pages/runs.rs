@@ -31,6 +31,12 @@ pub fn run_state(run: &RunInfo) -> &'static str {
     }
 }
 
+/// Whether smaller values of `metric` are better (metadata-store's rule for "best").
+fn lower_is_better(metric: &str) -> bool {
+    let name = metric.to_ascii_lowercase();
+    name.contains("loss") || name.contains("error")
+}
+
 /// The table's query: sort key, direction, page, filters.
 #[derive(Debug, Deserialize, Default)]
 pub struct RunsQuery {
@@ -82,10 +88,14 @@ async fn job_parameters(
 fn sort_link(query: &RunsQuery, key: &str, label: &str) -> Markup {
     let active = query.sort == key;
     let descending = query.desc.is_some();
+    // A metric first sorts best first: ascending for a loss or an error, else descending.
+    let metric = key
+        .strip_prefix("best:")
+        .or_else(|| key.strip_prefix("last:"));
     let next_desc = if active {
         !descending
     } else {
-        key.starts_with("best:") || key.starts_with("last:")
+        metric.is_some_and(|name| !lower_is_better(name))
     };
     let mut url = form_urlencoded::Serializer::new(String::new());
     url.append_pair("sort", key);
@@ -377,4 +387,47 @@ pub async fn compare(
         script #compare-data type="application/json" { (script_json(&data)) }
     };
     Ok(page("Compare runs", &session, Section::Runs, true, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_data_cannot_close_its_script_element() {
+        let data = serde_json::json!({ "run_name": "</script><script>alert(1)</script>" });
+        let text = script_json(&data).0;
+        assert!(!text.contains("</script>"), "{text}");
+        let back: serde_json::Value = serde_json::from_str(&text).expect("still JSON");
+        assert_eq!(back, data);
+    }
+
+    #[test]
+    fn a_metric_sorts_best_first() {
+        let query = RunsQuery::default();
+        let link = |key: &str| sort_link(&query, key, key).into_string();
+        assert!(link("best:val_accuracy").contains("desc=1"));
+        assert!(!link("best:loss").contains("desc=1"));
+        assert!(!link("last:val_error").contains("desc=1"));
+        assert!(!link("name").contains("desc=1"));
+        let active = RunsQuery {
+            sort: "best:loss".into(),
+            ..RunsQuery::default()
+        };
+        assert!(
+            sort_link(&active, "best:loss", "loss")
+                .into_string()
+                .contains("desc=1")
+        );
+    }
+
+    #[test]
+    fn run_states() {
+        let mut run = RunInfo::default();
+        assert_eq!(run_state(&run), "running");
+        run.end_time = "2026-01-01T00:00:00Z".into();
+        assert_eq!(run_state(&run), "failed");
+        run.success = true;
+        assert_eq!(run_state(&run), "succeeded");
+    }
 }
