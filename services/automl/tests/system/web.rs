@@ -261,6 +261,55 @@ async fn console_shows_runs_live_training_comparison_and_predictions() {
         .await;
     browser.wait_for_text("#run-state", "succeeded", WAIT).await;
 
+    // Cancel from the job page.
+    let doomed = train(
+        &training,
+        "doomed",
+        "slow",
+        r#"{"EPOCHS":"60","EPOCH_SLEEP":"1"}"#,
+    );
+    wait_for_job(&training, doomed, &["running"]);
+    browser.goto(&format!("{web}/jobs/{doomed}")).await;
+    browser.wait_for_text("#job-status", "running", WAIT).await;
+    browser.click("#cancel-form button").await;
+    browser.wait_for_text("#job-status", "canceled", WAIT).await;
+    assert_eq!(browser.count("#cancel-form").await, 0);
+    assert_eq!(wait_for_job(&training, doomed, &["canceled"]), "canceled");
+
+    // An experiment: its trials, the objective of each, the best one marked.
+    grpcurl_json(
+        &training,
+        "training.TrainingService/CreateExperiment",
+        r#"{"spec":{"dataset_id":"1","train_data_version_hash":"hashAg==","algorithm":"intent-classification","parameters":{"EPOCHS":"3"},"objective":{"metric":"val_accuracy"},"search_space":[{"name":"LR","type":"PARAMETER_DOUBLE","min":1,"max":4,"grid_points":2}],"search_algorithm":"SEARCH_GRID","parallel_trials":2}}"#,
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let experiment = grpcurl_json(
+            &training,
+            "training.TrainingService/GetExperiment",
+            r#"{"experiment_id":1}"#,
+        );
+        if experiment["status"] == "EXPERIMENT_SUCCEEDED" {
+            break;
+        }
+        assert!(
+            experiment["status"].is_null() && std::time::Instant::now() < deadline,
+            "{experiment}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    browser.goto(&format!("{web}/experiments")).await;
+    browser
+        .wait_for_text("tr[data-experiment=\"1\"]", "succeeded", WAIT)
+        .await;
+    browser.goto(&format!("{web}/experiments/1")).await;
+    browser
+        .wait_for_css(".chart[data-metric=\"val_accuracy\"]", WAIT)
+        .await;
+    assert_eq!(browser.count("#trials tbody tr").await, 2);
+    assert_eq!(browser.count("#trials tr.best").await, 1);
+    assert_eq!(points(&browser, "val_accuracy").await, 2);
+
     // The other pages render with what exists.
     browser.goto(&format!("{web}/datasets/1")).await;
     browser
