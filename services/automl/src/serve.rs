@@ -110,9 +110,8 @@ pub async fn run(mut config: AutomlConfig, service: ServiceArg) -> anyhow::Resul
     let (objects, _embedded) = if service.expand().is_empty() {
         (None, None)
     } else {
-        std::fs::create_dir_all(&common.data_dir).with_context(|| {
-            format!("creating data directory {}", common.data_dir.display())
-        })?;
+        std::fs::create_dir_all(&common.data_dir)
+            .with_context(|| format!("creating data directory {}", common.data_dir.display()))?;
         let (objects, embedded) = connect_object_store(&common).await?;
         (Some(objects), embedded)
     };
