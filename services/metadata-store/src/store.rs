@@ -341,22 +341,29 @@ impl RunStore {
         } else {
             filter.limit
         };
-        let (join, order, metric) = run_order(&filter.order, filter.descending);
-        let sql = format!(
-            "SELECT {RUN_COLUMNS_R} FROM runs r{join} WHERE r.tenant = $1 \
-             AND ($2 = '' OR r.dataset_id = $2) AND ($3 = '' OR r.run_name = $3) \
-             ORDER BY {order} LIMIT $4 OFFSET $5"
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(tenant)
-            .bind(&filter.dataset_id)
-            .bind(&filter.run_name)
-            .bind(limit)
-            .bind(filter.offset);
-        if let Some(metric) = metric {
-            query = query.bind(metric);
-        }
-        let rows = query.fetch_all(&self.db.pool).timed("select").await?;
+        let rows = match metric_order(&filter.order) {
+            Some((column, metric)) => {
+                self.runs_by_metric(tenant, filter, limit, column, metric)
+                    .await?
+            }
+            None => {
+                let order = run_order(&filter.order, filter.descending);
+                let sql = format!(
+                    "SELECT {RUN_COLUMNS_R} FROM runs r WHERE r.tenant = $1 \
+                     AND ($2 = '' OR r.dataset_id = $2) AND ($3 = '' OR r.run_name = $3) \
+                     ORDER BY {order} LIMIT $4 OFFSET $5"
+                );
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(tenant)
+                    .bind(&filter.dataset_id)
+                    .bind(&filter.run_name)
+                    .bind(limit)
+                    .bind(filter.offset)
+                    .fetch_all(&self.db.pool)
+                    .timed("select")
+                    .await?
+            }
+        };
         let mut runs = rows.iter().map(decode_run).collect::<Result<Vec<_>, _>>()?;
         let ids: Vec<String> = runs.iter().map(|run| run.run_id.clone()).collect();
         let mut summaries = self.summaries_of(tenant, &ids).await?;
@@ -376,6 +383,76 @@ impl RunStore {
             run.metric_summaries = summaries.remove(&run.run_id).unwrap_or_default();
         }
         Ok((runs, total))
+    }
+
+    /// A page of runs ordered by a metric's `column` (`best_value` or `last_value`): first the
+    /// runs that have the metric, walked in the order of the run_metrics index (so a page costs
+    /// its own rows, not a sort of every run), then the runs without it in start order. Ties go
+    /// by start order in the same direction. (`CROSS JOIN` makes SQLite start from run_metrics;
+    /// Postgres plans it as the inner join it is.)
+    async fn runs_by_metric(
+        &self,
+        tenant: &str,
+        filter: &RunFilter,
+        limit: i64,
+        column: &str,
+        metric: &str,
+    ) -> Result<Vec<AnyRow>, MetadataError> {
+        let dir = if filter.descending { " DESC" } else { "" };
+        const WITH_METRIC: &str = "FROM run_metrics m CROSS JOIN runs r \
+             WHERE r.tenant = m.tenant AND r.run_id = m.run_id AND m.tenant = $1 AND m.name = $4 \
+             AND ($2 = '' OR r.dataset_id = $2) AND ($3 = '' OR r.run_name = $3)";
+        let sql = format!(
+            "SELECT {RUN_COLUMNS_R} {WITH_METRIC} \
+             ORDER BY m.{column}{dir}, r.seq{dir} LIMIT $5 OFFSET $6"
+        );
+        let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tenant)
+            .bind(&filter.dataset_id)
+            .bind(&filter.run_name)
+            .bind(metric)
+            .bind(limit)
+            .bind(filter.offset)
+            .fetch_all(&self.db.pool)
+            .timed("select")
+            .await?;
+        let wanted = usize::try_from(limit).unwrap_or(usize::MAX);
+        if rows.len() >= wanted {
+            return Ok(rows);
+        }
+        // The page reaches past the runs with the metric: how many there are says where the
+        // runs without it start.
+        let with: i64 = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) AS n {WITH_METRIC}"
+        )))
+        .bind(tenant)
+        .bind(&filter.dataset_id)
+        .bind(&filter.run_name)
+        .bind(metric)
+        .fetch_one(&self.db.pool)
+        .timed("select")
+        .await?
+        .try_get("n")?;
+        let rest = limit.saturating_sub(i64::try_from(rows.len()).unwrap_or(i64::MAX));
+        let sql = format!(
+            "SELECT {RUN_COLUMNS_R} FROM runs r WHERE r.tenant = $1 \
+             AND ($2 = '' OR r.dataset_id = $2) AND ($3 = '' OR r.run_name = $3) \
+             AND NOT EXISTS (SELECT 1 FROM run_metrics m WHERE m.tenant = r.tenant \
+             AND m.run_id = r.run_id AND m.name = $4) \
+             ORDER BY r.seq{dir} LIMIT $5 OFFSET $6"
+        );
+        let without = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tenant)
+            .bind(&filter.dataset_id)
+            .bind(&filter.run_name)
+            .bind(metric)
+            .bind(rest)
+            .bind((filter.offset - with).max(0))
+            .fetch_all(&self.db.pool)
+            .timed("select")
+            .await?;
+        rows.extend(without);
+        Ok(rows)
     }
 
     /// The metric summaries of runs, by run id (runs without numeric metrics are absent).
@@ -779,39 +856,27 @@ fn placeholders(first: usize, count: usize) -> String {
         .join(", ")
 }
 
-/// The join, ORDER BY list and metric parameter (`$6`) of a ListRuns order. Ties go by start
-/// order in the same direction; runs without the key sort last in both directions.
-fn run_order(order: &RunOrder, descending: bool) -> (&'static str, String, Option<&str>) {
+/// The ORDER BY list of a ListRuns order that is not by a metric ([`metric_order`]). Ties go
+/// by start order in the same direction; runs without the key sort last in both directions.
+fn run_order(order: &RunOrder, descending: bool) -> String {
     let dir = if descending { " DESC" } else { "" };
-    const METRIC_JOIN: &str =
-        " LEFT JOIN run_metrics m ON m.tenant = r.tenant AND m.run_id = r.run_id AND m.name = $6";
     match order {
-        RunOrder::Start => ("", format!("r.seq{dir}"), None),
-        RunOrder::Name => ("", format!("r.run_name{dir}, r.seq{dir}"), None),
-        RunOrder::StartTime => ("", format!("r.start_time{dir}, r.seq{dir}"), None),
-        RunOrder::Duration => (
-            "",
-            format!("(r.duration_ms IS NULL), r.duration_ms{dir}, r.seq{dir}"),
-            None,
+        RunOrder::Start | RunOrder::Last(_) | RunOrder::Best(_) => format!("r.seq{dir}"),
+        RunOrder::Name => format!("r.run_name{dir}, r.seq{dir}"),
+        RunOrder::StartTime => format!("r.start_time{dir}, r.seq{dir}"),
+        RunOrder::Duration => format!("(r.duration_ms IS NULL), r.duration_ms{dir}, r.seq{dir}"),
+        RunOrder::State => format!(
+            "CASE WHEN r.ended = 0 THEN 0 WHEN r.success <> 0 THEN 1 ELSE 2 END{dir}, r.seq{dir}"
         ),
-        RunOrder::State => (
-            "",
-            format!(
-                "CASE WHEN r.ended = 0 THEN 0 WHEN r.success <> 0 THEN 1 ELSE 2 END{dir}, \
-                 r.seq{dir}"
-            ),
-            None,
-        ),
-        RunOrder::Last(metric) => (
-            METRIC_JOIN,
-            format!("(m.last_value IS NULL), m.last_value{dir}, r.seq{dir}"),
-            Some(metric),
-        ),
-        RunOrder::Best(metric) => (
-            METRIC_JOIN,
-            format!("(m.best_value IS NULL), m.best_value{dir}, r.seq{dir}"),
-            Some(metric),
-        ),
+    }
+}
+
+/// The run_metrics column and metric name of an order by a metric.
+fn metric_order(order: &RunOrder) -> Option<(&'static str, &str)> {
+    match order {
+        RunOrder::Last(metric) => Some(("last_value", metric)),
+        RunOrder::Best(metric) => Some(("best_value", metric)),
+        _ => None,
     }
 }
 

@@ -1105,6 +1105,35 @@ async fn list_runs_orders_by_every_key_both_ways() {
             );
         }
 
+        // Pages of a metric order cut the same listing anywhere, also across the boundary
+        // between the runs with the metric and those without.
+        for (order_by, descending) in [("best:accuracy", true), ("last:accuracy", false)] {
+            let full = ordered_ids(client, order_by, descending).await;
+            for limit in 1..=3 {
+                for index in 0..=5 {
+                    let page = client
+                        .list_runs(pb::ListRunsRequest {
+                            order_by: order_by.into(),
+                            descending,
+                            limit,
+                            index,
+                            ..Default::default()
+                        })
+                        .await
+                        .expect("page")
+                        .into_inner();
+                    let ids: Vec<String> = page.runs.into_iter().map(|r| r.run_id).collect();
+                    let start = (index as usize).min(full.len());
+                    let end = (start + limit as usize).min(full.len());
+                    assert_eq!(
+                        ids,
+                        full[start..end],
+                        "{order_by} {limit}@{index} ({backend:?})"
+                    );
+                }
+            }
+        }
+
         // Paging applies after the order; filters still apply.
         let page = client
             .list_runs(pb::ListRunsRequest {
