@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmarks (not part of the tests).
-# Usage: scripts/bench.sh metadata|dataset|predict|predict-encoder|overhead|schedule|train|encoder|labels|experiment
+# Usage: scripts/bench.sh metadata|dataset|predict|predict-encoder|overhead|schedule|console|train|encoder|labels|experiment
 #
 #   metadata   LogEpoch throughput and p50/p99 latency with 1, 16 and 64 concurrent callers on
 #              one channel, plus the wall time of 1,000 sequential LogEpoch calls, against a
@@ -33,6 +33,13 @@
 #              BENCH_TENANT_JOBS (default 20) jobs of a trainer that sleeps 50 ms (so the queue
 #              backs up), one tenant after another; jobs/s and the spread of the tenants' median
 #              waits beside a FIFO queue's with the same time per job, with the load average.
+#   console    the web console's server time: `automl serve all` on SQLite, metadata-store
+#              filled through gRPC with 10,000 runs of 3 epochs and one run of 1,000 epochs;
+#              p50/p99/max of GET /runs (first page, sorted by best val_accuracy, page 100) and
+#              of the 1,000-epoch and a 3-epoch run page, at 1 and 4 callers, beside GET
+#              /healthz and the gRPC calls behind the pages; every page checked before it is
+#              timed; the load average before and after each (BENCH_SECONDS per case and level,
+#              default 2 here). Goal: every page's p99 under 50 ms.
 #   train      the intent classifier: automl-train (candle, CPU) against a PyTorch reference
 #              of the same model and data split; accuracy, wall time, examples/s
 #              (scripts/bench/train.sh says more).
@@ -62,13 +69,13 @@ source scripts/lib/tools.sh
 what=${1:-}
 bench=$what
 case "$what" in
-  metadata|dataset|predict|overhead|schedule|labels) ;;
+  metadata|dataset|predict|overhead|schedule|console|labels) ;;
   predict-encoder) bench=predict ;;
   train) exec scripts/bench/train.sh ;;
   encoder) exec scripts/bench/encoder.sh ;;
   experiment) exec scripts/bench/experiment.sh ;;
   *)
-    echo "usage: scripts/bench.sh metadata|dataset|predict|predict-encoder|overhead|schedule|train|encoder|labels|experiment" >&2
+    echo "usage: scripts/bench.sh metadata|dataset|predict|predict-encoder|overhead|schedule|console|train|encoder|labels|experiment" >&2
     exit 2
     ;;
 esac
@@ -108,6 +115,7 @@ start_server() {
   env AUTOML__DATA_DIR="$dir" AUTOML__DATABASE__URL="$url" \
     "AUTOML__${section^^}__HOST=127.0.0.1" "AUTOML__${section^^}__PORT=0" \
     AUTOML__S3__EMBEDDED_BIND=127.0.0.1:0 RUST_LOG=warn \
+    AUTOML__WEB__HOST=127.0.0.1 AUTOML__WEB__PORT=0 \
     AUTOML__TELEMETRY__METRICS_HOST=127.0.0.1 AUTOML__TELEMETRY__METRICS_PORT=0 \
     target/release/automl serve "$service" >"$work/out" 2>"$work/err" &
   # (AUTOML__S3__ENDPOINT from the caller's environment, when set, replaces the embedded one.)
@@ -213,6 +221,7 @@ serve_all_with_dataset() {
   : >"$work/out"
   AUTOML__DATA_DIR="$dir" AUTOML__S3__EMBEDDED_BIND=127.0.0.1:0 RUST_LOG=warn \
     AUTOML__DATA_MANAGEMENT__PORT=0 AUTOML__METADATA_STORE__PORT=0 AUTOML__PREDICTION_SERVICE__PORT=0 \
+    AUTOML__WEB__HOST=127.0.0.1 AUTOML__WEB__PORT=0 \
     AUTOML__TELEMETRY__METRICS_HOST=127.0.0.1 AUTOML__TELEMETRY__METRICS_PORT=0 \
     target/release/automl serve all >"$work/out" 2>"$work/err" &
   server_pid=$!
@@ -289,6 +298,7 @@ start_extra() {
   shift 2
   env AUTOML__DATA_DIR="$work/$name" AUTOML__S3__EMBEDDED_BIND=127.0.0.1:0 RUST_LOG=info \
     "AUTOML__${section^^}__HOST=127.0.0.1" "AUTOML__${section^^}__PORT=0" \
+    AUTOML__WEB__HOST=127.0.0.1 AUTOML__WEB__PORT=0 \
     AUTOML__TELEMETRY__METRICS_HOST=127.0.0.1 AUTOML__TELEMETRY__METRICS_PORT=0 "$@" \
     target/release/automl serve "$service" >"$work/$name.out" 2>"$work/$name.err" &
   extra_pids+=("$!")
@@ -396,6 +406,34 @@ bench_fairness() {
   done <"$work/tokens"
   echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
   "$bench_bin" --addr "$ts" --trace "$trace" --tenants "$work/tenants" --jobs-per-tenant "$jobs"
+  echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+  stop_server
+}
+
+# The web console against `automl serve all` on SQLite (no trainer runs: the runs are logged
+# to metadata-store directly by the bench).
+bench_console() {
+  : >"$work/out"
+  AUTOML__DATA_DIR="$work/console" AUTOML__S3__EMBEDDED_BIND=127.0.0.1:0 RUST_LOG=warn \
+    AUTOML__DATA_MANAGEMENT__PORT=0 AUTOML__METADATA_STORE__PORT=0 \
+    AUTOML__PREDICTION_SERVICE__PORT=0 AUTOML__TRAINING_SERVICE__PORT=0 \
+    AUTOML__WEB__HOST=127.0.0.1 AUTOML__WEB__PORT=0 \
+    AUTOML__TELEMETRY__METRICS_HOST=127.0.0.1 AUTOML__TELEMETRY__METRICS_PORT=0 \
+    target/release/automl serve all >"$work/out" 2>"$work/err" &
+  server_pid=$!
+  local web='' ms='' ts=''
+  for _ in $(seq 1 100); do
+    web=$(sed -n 's/^automl: web listening on //p' "$work/out")
+    ms=$(sed -n 's/^automl: metadata-store listening on //p' "$work/out")
+    ts=$(sed -n 's/^automl: training-service listening on //p' "$work/out")
+    [ -n "$web" ] && [ -n "$ms" ] && [ -n "$ts" ] && break
+    sleep 0.1
+  done
+  [ -n "$web" ] && [ -n "$ms" ] && [ -n "$ts" ] || { cat "$work/err" >&2; return 1; }
+  ms=127.0.0.1:${ms##*:}
+  log "console at http://$web, metadata-store at $ms; logging the runs"
+  echo "load average: $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) CPUs)"
+  "$bench_bin" --web "$web" --metadata "$ms" --seconds "${BENCH_SECONDS:-2}"
   echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
   stop_server
 }
