@@ -180,7 +180,7 @@ async fn seed(args: &Args, channel: &Channel) -> anyhow::Result<String> {
             async move {
                 seed_run(client, id).await?;
                 let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                if n % 2_000 == 0 {
+                if n.is_multiple_of(2_000) {
                     eprintln!(
                         "  {n} runs logged ({:.0} s)",
                         started.elapsed().as_secs_f64()
