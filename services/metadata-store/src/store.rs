@@ -336,11 +336,7 @@ impl RunStore {
         .timed("select")
         .await?
         .try_get("n")?;
-        let limit = if filter.limit == 0 {
-            i64::MAX
-        } else {
-            filter.limit
-        };
+        let limit = page_limit(filter.limit);
         let rows = match metric_order(&filter.order) {
             Some((column, metric)) => {
                 self.runs_by_metric(tenant, filter, limit, column, metric)
@@ -655,11 +651,7 @@ impl RunStore {
         .timed("select")
         .await?
         .try_get("n")?;
-        let limit = if filter.limit == 0 {
-            i64::MAX
-        } else {
-            filter.limit
-        };
+        let limit = page_limit(filter.limit);
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE tenant = $1 \
              AND ($2 = '' OR name = $2) \
@@ -869,6 +861,11 @@ fn run_order(order: &RunOrder, descending: bool) -> String {
             "CASE WHEN r.ended = 0 THEN 0 WHEN r.success <> 0 THEN 1 ELSE 2 END{dir}, r.seq{dir}"
         ),
     }
+}
+
+/// A page size as SQL's LIMIT takes it: 0 means every row.
+fn page_limit(limit: i64) -> i64 {
+    if limit == 0 { i64::MAX } else { limit }
 }
 
 /// The run_metrics column and metric name of an order by a metric.
