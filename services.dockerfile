@@ -90,10 +90,9 @@ WORKDIR /var/lib/automl
 # The argument is data-management, prediction-service, metadata-store, training-service, web
 # (the console, HTTP) or all of them (the default): their ports in that order, then /metrics.
 EXPOSE 6000 6001 6002 6003 8080 9464
-# Without --addr, `automl health` asks every configured service port on this machine and
-# passes when the ones that answer are SERVING, whichever service the argument started. It
-# speaks gRPC only: a container running `web` alone answers on none of those ports and reports
-# unhealthy, so give it its own check of GET /healthz (docker-compose.yml's web service does).
+# Without --addr, `automl health` asks every configured service port on this machine (gRPC
+# health) and the console's GET /healthz, and passes when the ones that answer are SERVING,
+# whichever service the argument started.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 CMD ["automl", "health"]
 ENTRYPOINT ["automl", "serve"]
 CMD ["all"]

@@ -196,12 +196,30 @@ pub async fn health(addr: &str, service: &str) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// `automl health` without `--addr`: asks each `(name, host:port)` in `targets`; ports nobody
-/// listens on are skipped, so one check fits a process serving any subset of the services.
+/// `automl health` without `--addr`: asks each `(name, host:port)` in `targets`, and the web
+/// console at `web` (`GET /healthz`) when given; ports nobody listens on are skipped, so one
+/// check fits a process serving any subset of the services and the console.
 /// Success when at least one answers and every one that answers is SERVING.
-pub async fn health_local(targets: &[(&str, String)], service: &str) -> anyhow::Result<ExitCode> {
+pub async fn health_local(
+    targets: &[(&str, String)],
+    web: Option<&str>,
+    service: &str,
+) -> anyhow::Result<ExitCode> {
     let mut answered = 0;
     let mut healthy = true;
+    if let Some(addr) = web {
+        let base = url(addr);
+        if let Some(serving) = web_health(&base).await? {
+            let status = if serving {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            println!("web {addr} {}", status.as_str_name());
+            answered += 1;
+            healthy &= serving;
+        }
+    }
     for (name, addr) in targets {
         let endpoint = endpoint(addr)?
             .connect_timeout(Duration::from_secs(2))
@@ -230,6 +248,48 @@ pub async fn health_local(targets: &[(&str, String)], service: &str) -> anyhow::
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `GET <base>/healthz` of the web console: None when nothing answers, else whether it
+/// answered 200. An `https://` base is verified with `--ca-file`.
+async fn web_health(base: &str) -> anyhow::Result<Option<bool>> {
+    use http_body_util::Empty;
+    use hyper::body::Bytes;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use rustls::pki_types::pem::PemObject;
+
+    let uri: hyper::Uri = format!("{base}/healthz")
+        .parse()
+        .with_context(|| format!("web console address {base}"))?;
+    let builder = Client::builder(TokioExecutor::new());
+    let request = if base.starts_with("https://") {
+        let ca_file = &options().tls.ca_file;
+        let mut roots = rustls::RootCertStore::empty();
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(ca_file)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .with_context(|| format!("reading the CA file {ca_file}"))?;
+        roots.add_parsable_certificates(certs);
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_only()
+            .enable_http1()
+            .build();
+        builder.build::<_, Empty<Bytes>>(connector).get(uri)
+    } else {
+        builder.build_http::<Empty<Bytes>>().get(uri)
+    };
+    Ok(
+        match tokio::time::timeout(Duration::from_secs(3), request).await {
+            Ok(Ok(response)) => Some(response.status() == hyper::StatusCode::OK),
+            Ok(Err(_)) | Err(_) => None,
+        },
+    )
 }
 
 /// `automl predict`: prints the label and scores (or the whole response as JSON).

@@ -336,7 +336,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .into_iter()
                 .map(|one| (one.as_str(), serve::local_address(&config, one)))
                 .collect();
-            return client::health_local(&targets, &service).await;
+            // The console answers on its own port (GET /healthz), not grpc.health.v1.
+            let web =
+                (service.is_empty() || service == "web").then(|| serve::local_web_address(&config));
+            let targets: Vec<(&str, String)> = if service == "web" {
+                Vec::new()
+            } else {
+                targets
+            };
+            return client::health_local(&targets, web.as_deref(), &service).await;
         }
         Command::Dataset { server, command } => datasets::run(&server, command).await?,
         Command::Predict {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use automl_common::config::CommonConfig;
+use automl_common::config::{CommonConfig, ServerConfig};
 use automl_common::db::{Database, MigrationSource};
 use automl_common::embedded_s3::EmbeddedS3;
 use automl_common::s3::{ObjectStore, S3Error};
@@ -222,6 +222,15 @@ pub fn local_address(config: &AutomlConfig, service: Service) -> String {
         Service::Prediction => config.prediction_service.server(),
         Service::Training => config.training_service.server(),
     };
+    reachable(&server)
+}
+
+/// `host:port` a client on this machine reaches the web console at.
+pub fn local_web_address(config: &AutomlConfig) -> String {
+    reachable(&config.web.server())
+}
+
+fn reachable(server: &ServerConfig) -> String {
     let host = match server.host.as_str() {
         "" | "0.0.0.0" => "127.0.0.1",
         "::" | "[::]" => "[::1]",

@@ -948,6 +948,31 @@ async fn everything_works_over_tls_with_a_token() {
         .expect("cookie value");
     let runs = curl(&["-H", &format!("cookie: {session}"), &format!("{web}/runs")]);
     assert!(runs.contains("data-run=\"1\""), "{runs}");
+
+    // `automl health` checks the four services and the console over TLS.
+    let port = |service: &str| {
+        deployment
+            .addr(service)
+            .rsplit(':')
+            .next()
+            .expect("port")
+            .to_string()
+    };
+    let health = automl(
+        &["--ca-file", &ca.display().to_string(), "health"],
+        &[
+            ("AUTOML__DATA_MANAGEMENT__PORT", port("data-management")),
+            ("AUTOML__METADATA_STORE__PORT", port("metadata-store")),
+            (
+                "AUTOML__PREDICTION_SERVICE__PORT",
+                port("prediction-service"),
+            ),
+            ("AUTOML__TRAINING_SERVICE__PORT", port("training-service")),
+            ("AUTOML__WEB__PORT", port("web")),
+        ],
+    );
+    assert_eq!(health.matches("SERVING").count(), 5, "{health}");
+    assert!(health.contains("web 127.0.0.1"), "{health}");
 }
 
 /// Signs `browser` in to the console at `web` with `token`.

@@ -341,3 +341,51 @@ async fn console_shows_runs_live_training_comparison_and_predictions() {
     }
     browser.close().await;
 }
+
+/// `automl health` (the image's HEALTHCHECK) answers for a process serving the console alone:
+/// SERVING while it runs, a failure once it is gone. `serve web` opens no object store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_a_console_serving_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let web = Automl::spawn_serving(
+        Path::new(env!("CARGO_BIN_EXE_automl")),
+        "web",
+        &["web"],
+        dir.path(),
+        &[],
+        std::process::Stdio::inherit(),
+    );
+    let port = web
+        .addr("web")
+        .rsplit(':')
+        .next()
+        .expect("port")
+        .to_string();
+    let health = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_automl"))
+            .arg("health")
+            .current_dir(dir.path())
+            .env("AUTOML__WEB__PORT", &port)
+            // Nothing listens on the services' ports: they are skipped.
+            .env("AUTOML__DATA_MANAGEMENT__PORT", "1")
+            .env("AUTOML__METADATA_STORE__PORT", "1")
+            .env("AUTOML__PREDICTION_SERVICE__PORT", "1")
+            .env("AUTOML__TRAINING_SERVICE__PORT", "1")
+            .output()
+            .expect("automl health runs")
+    };
+    let output = tokio::task::block_in_place(health);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("web") && stdout.contains("SERVING"),
+        "{stdout}"
+    );
+    assert!(
+        !dir.path().join("automl-data").exists(),
+        "the console alone keeps no data directory"
+    );
+    web.terminate();
+    let output = tokio::task::block_in_place(health);
+    assert!(!output.status.success());
+}
