@@ -305,8 +305,9 @@ fn versioned_snapshot(snapshot: Snapshot, bucket: &str, tenant: &str) -> pb::Ver
     let ready = snapshot.state == SnapshotState::Ready;
     pb::VersionedSnapshot {
         dataset_id: snapshot.dataset_id.to_string(),
+        // MiniAutoML names the snapshot's folder "root".
         root: ready.then(|| pb::FileInfo {
-            name: snapshot.version_hash.clone(),
+            name: "root".into(),
             bucket: bucket.to_string(),
             path: snapshot_prefix(tenant, snapshot.dataset_id, &snapshot.version_hash),
         }),

@@ -236,10 +236,9 @@ async fn commits_snapshots_and_first_appearance_label_ids() {
         );
         let names: Vec<_> = snapshot.parts.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["examples.csv", "labels.csv"]);
-        assert_eq!(
-            snapshot.root.as_ref().expect("root").path,
-            "versionedDatasets/1/hashDg=="
-        );
+        let root = snapshot.root.as_ref().expect("root");
+        assert_eq!(root.path, "versionedDatasets/1/hashDg==");
+        assert_eq!(root.name, "root", "as MiniAutoML names it");
         assert_eq!(snapshot.statistics["numExamples"], "5");
         assert_eq!(snapshot.statistics["numLabels"], "5");
         // Label ids follow first appearance across the selected commits, in commit order.
