@@ -9,6 +9,8 @@ mod browser;
 mod datasets;
 #[path = "system/deploy.rs"]
 mod deploy;
+#[path = "system/docs.rs"]
+mod docs;
 #[path = "system/encoder.rs"]
 mod encoder;
 #[path = "system/experiments.rs"]
