@@ -273,14 +273,11 @@ fn sha256_hex(data: &[u8]) -> String {
 }
 
 fn random_hex(bytes: usize) -> Result<String, TokenError> {
-    use std::io::Read;
+    use ring::rand::SecureRandom;
     let mut buffer = vec![0u8; bytes];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buffer))
-        .map_err(|source| TokenError::Io {
-            path: "/dev/urandom".into(),
-            source,
-        })?;
+    ring::rand::SystemRandom::new()
+        .fill(&mut buffer)
+        .map_err(|_| TokenError::Invalid("the system's random source failed".into()))?;
     Ok(hex::encode(buffer))
 }
 
@@ -393,25 +390,19 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
-    let mut block = [0u8; 64];
-    if key.len() > 64 {
-        block[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        block[..key.len()].copy_from_slice(key);
-    }
-    let mut inner = Sha256::new();
-    inner.update(block.map(|b| b ^ 0x36));
-    inner.update(message);
-    let mut outer = Sha256::new();
-    outer.update(block.map(|b| b ^ 0x5c));
-    outer.update(inner.finalize());
-    outer.finalize().into()
+/// HMAC-SHA256 of `message` under `key` (ring's).
+fn hmac_sha256(key: &[u8], message: &[u8]) -> ring::hmac::Tag {
+    ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key), message)
 }
 
-/// Compares without an early exit.
-fn equal(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Whether `mac` is the HMAC-SHA256 of `message` under `key`, compared in constant time.
+fn hmac_verifies(key: &[u8], message: &[u8], mac: &[u8]) -> bool {
+    ring::hmac::verify(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key),
+        message,
+        mac,
+    )
+    .is_ok()
 }
 
 #[derive(Debug)]
@@ -453,7 +444,7 @@ impl Authenticator {
             expires: unix_now().saturating_add(ttl.as_secs()),
         };
         let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap_or_default());
-        let mac = hex::encode(hmac_sha256(&self.secret, body.as_bytes()));
+        let mac = hex::encode(hmac_sha256(&self.secret, body.as_bytes()).as_ref());
         format!("amls.{body}.{mac}")
     }
 
@@ -462,9 +453,8 @@ impl Authenticator {
         let refused = || tonic::Status::unauthenticated("invalid or revoked token");
         if let Some(rest) = token.strip_prefix("amls.") {
             let (body, mac) = rest.rsplit_once('.').ok_or_else(refused)?;
-            let expected = hmac_sha256(&self.secret, body.as_bytes());
             let given = hex::decode(mac).map_err(|_| refused())?;
-            if !equal(&expected, &given) {
+            if !hmac_verifies(&self.secret, body.as_bytes(), &given) {
                 return Err(refused());
             }
             let claims: Claims = URL_SAFE_NO_PAD
@@ -765,8 +755,10 @@ mod tests {
     fn hmac_matches_rfc_4231() {
         let mac = hmac_sha256(&[0x0b; 20], b"Hi There");
         assert_eq!(
-            hex::encode(mac),
+            hex::encode(mac.as_ref()),
             "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"
         );
+        assert!(hmac_verifies(&[0x0b; 20], b"Hi There", mac.as_ref()));
+        assert!(!hmac_verifies(&[0x0b; 20], b"Hi there", mac.as_ref()));
     }
 }

@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::html;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use crate::AppState;
 use crate::error::{WebError, WebResult};
@@ -68,7 +69,7 @@ impl Session {
         let given = given
             .or_else(|| headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))
             .unwrap_or_default();
-        if !constant_time_eq(given.as_bytes(), self.csrf.as_bytes()) {
+        if !bool::from(given.as_bytes().ct_eq(self.csrf.as_bytes())) {
             return Err(WebError::Forbidden(
                 "this form has expired or comes from another site; reload the page".into(),
             ));
@@ -83,10 +84,6 @@ fn csrf_token(cookie: &str) -> String {
         .chain_update(cookie.as_bytes())
         .finalize();
     hex::encode(&digest[..16])
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// A request with an `Origin` header must come from this host.
