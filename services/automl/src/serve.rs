@@ -231,12 +231,16 @@ pub fn local_web_address(config: &AutomlConfig) -> String {
 }
 
 fn reachable(server: &ServerConfig) -> String {
-    let host = match server.host.as_str() {
+    format!("{}:{}", loopback(&server.host), server.port)
+}
+
+/// A bind host as a client on this machine reaches it: a wildcard becomes the loopback address.
+pub fn loopback(host: &str) -> &str {
+    match host {
         "" | "0.0.0.0" => "127.0.0.1",
         "::" | "[::]" => "[::1]",
         other => other,
-    };
-    format!("{host}:{}", server.port)
+    }
 }
 
 fn bind_address(config: &AutomlConfig, service: Service) -> String {

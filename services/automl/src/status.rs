@@ -16,7 +16,7 @@ use tonic::transport::Channel;
 use crate::client::Conn;
 
 use crate::config::AutomlConfig;
-use crate::serve::{Service, ServiceArg};
+use crate::serve::{self, ServiceArg};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -37,25 +37,14 @@ impl Targets {
         let services = ServiceArg::All
             .expand()
             .into_iter()
-            .map(|one| {
-                let server = match one {
-                    Service::DataManagement => config.data_management.server(),
-                    Service::MetadataStore => config.metadata_store.server(),
-                    Service::Prediction => config.prediction_service.server(),
-                    Service::Training => config.training_service.server(),
-                };
-                (
-                    one.as_str(),
-                    format!("{}:{}", loopback(&server.host), server.port),
-                )
-            })
+            .map(|one| (one.as_str(), serve::local_address(config, one)))
             .collect();
         Self {
             services,
             metrics: metrics.unwrap_or_else(|| {
                 format!(
                     "{}:{}",
-                    loopback(&config.telemetry.metrics_host),
+                    serve::loopback(&config.telemetry.metrics_host),
                     config.telemetry.metrics_port
                 )
             }),
@@ -65,14 +54,6 @@ impl Targets {
 }
 
 /// A bind host as a client on this machine reaches it.
-fn loopback(host: &str) -> &str {
-    match host {
-        "" | "0.0.0.0" => "127.0.0.1",
-        "::" | "[::]" => "[::1]",
-        other => other,
-    }
-}
-
 async fn channel(addr: &str) -> Option<Channel> {
     crate::client::endpoint(addr)
         .ok()?

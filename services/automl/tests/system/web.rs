@@ -37,11 +37,8 @@ call "{{\"run_id\":\"$JOB_ID\",\"success\":true,\"message\":\"done\"}}" LogRunEn
         grpcurl = grpcurl().display()
     );
     std::fs::write(&path, script).expect("write the trainer");
-    let status = std::process::Command::new("chmod")
-        .args(["+x", &path.display().to_string()])
-        .status()
-        .expect("chmod");
-    assert!(status.success());
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("make the trainer executable");
     path
 }
 

@@ -9,11 +9,11 @@ use automl_proto::training::{
 };
 use axum::Extension;
 use axum::extract::{Path, Query, State};
-use maud::{Markup, PreEscaped, html};
+use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::layout::{Section, page};
-use super::{number, pager, parameters, time};
+use super::{number, pager, parameters, script_json, time};
 use crate::AppState;
 use crate::error::{WebError, WebResult};
 use crate::session::Session;
@@ -165,7 +165,7 @@ pub async fn show(
                 }
             } }
         } }
-        script #experiment-data type="application/json" { (PreEscaped(data.to_string().replace('<', "\\u003c"))) }
+        script #experiment-data type="application/json" { (script_json(&data)) }
     };
     Ok(page(
         &format!("Experiment {}", e.experiment_id),

@@ -10,7 +10,7 @@ pub mod runs;
 use std::collections::BTreeMap;
 
 use axum::response::Redirect;
-use maud::{Markup, html};
+use maud::{Markup, PreEscaped, html};
 
 /// GET /: the runs table is the front page.
 pub async fn home() -> Redirect {
@@ -25,6 +25,11 @@ pub fn parameters<'a>(params: impl IntoIterator<Item = (&'a String, &'a String)>
             span.param { (key) "=" (value) } " "
         }
     }
+}
+
+/// Data for the page's script, safe inside `<script type="application/json">`.
+pub fn script_json(value: &serde_json::Value) -> PreEscaped<String> {
+    PreEscaped(value.to_string().replace('<', "\\u003c"))
 }
 
 /// A metric value as people read it: 4 significant digits.

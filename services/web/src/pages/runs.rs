@@ -8,11 +8,11 @@ use automl_proto::metadata_store::{GetRunStatusRequest, ListRunsRequest, RunInfo
 use automl_proto::training::ListTrainingJobsRequest;
 use axum::Extension;
 use axum::extract::{Path, Query, RawQuery, State};
-use maud::{Markup, PreEscaped, html};
+use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::layout::{Section, page};
-use super::{duration, number, pager, parameters, seconds_between, time};
+use super::{duration, number, pager, parameters, script_json, seconds_between, time};
 use crate::AppState;
 use crate::error::{WebError, WebResult};
 use crate::session::Session;
@@ -235,11 +235,6 @@ async fn get_run(state: &AppState, session: &Session, run_id: &str) -> WebResult
         .into_inner()
         .run_info
         .ok_or_else(|| WebError::NotFound(format!("run {run_id} not found")))
-}
-
-/// Data for the page's script, safe inside `<script type="application/json">`.
-fn script_json(value: &serde_json::Value) -> PreEscaped<String> {
-    PreEscaped(value.to_string().replace('<', "\\u003c"))
 }
 
 /// GET /runs/{id}
