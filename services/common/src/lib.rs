@@ -13,11 +13,14 @@
 //! - [`db`]: the SQL pool (SQLite file or Postgres) and per-service migrations.
 //! - [`s3`]: the object-store client; [`embedded_s3`]: the in-process S3 endpoint.
 //! - [`tls`]: rustls for servers and clients.
+//! - [`csv`]: the CSV record reader of ingest, snapshots and the trainer, and the quoting of
+//!   normalized rows.
 //! - [`time`]: timestamps as ISO-8601 UTC strings.
 //! - `testing` (feature `testing`): start services on `127.0.0.1:0` with a temp data directory.
 
 pub mod auth;
 pub mod config;
+pub mod csv;
 pub mod db;
 pub mod embedded_s3;
 pub mod error;

@@ -8,15 +8,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use automl_common::csv::{Fields, Record, RecordReader, push_row};
 use automl_common::metrics::metrics;
 use automl_common::s3::{ObjectStore, S3Error};
 use sha2::{Digest, Sha256};
 
-use crate::csv::{Record, RecordReader, push_row};
 use crate::error::DataError;
 
-/// Longest raw record accepted (bytes).
-pub const MAX_RECORD_BYTES: usize = 64 * 1024;
+/// Longest raw record accepted (bytes of field data).
+pub const MAX_RECORD_BYTES: usize = automl_common::csv::MAX_RECORD_BYTES;
 /// Longest utterance accepted (bytes).
 pub const MAX_UTTERANCE_BYTES: usize = 16 * 1024;
 /// Longest label accepted (bytes).
@@ -156,19 +156,15 @@ struct Row {
 }
 
 /// Checks one raw record; `Err` names what is wrong with it.
-fn validate(fields: Vec<Vec<u8>>) -> Result<Row, String> {
-    if fields.len() != 2 {
+fn validate(fields: Fields<'_>) -> Result<Row, String> {
+    let (2, Some(utterance), Some(label)) = (fields.len(), fields.get(0), fields.get(1)) else {
         return Err(format!(
             "expected 2 columns (utterance,label), found {}",
             fields.len()
         ));
-    }
-    let mut fields = fields.into_iter();
-    let (Some(utterance), Some(label)) = (fields.next(), fields.next()) else {
-        return Err("expected 2 columns (utterance,label)".into());
     };
-    let utterance = String::from_utf8(utterance).map_err(|_| "invalid UTF-8".to_string())?;
-    let label = String::from_utf8(label).map_err(|_| "invalid UTF-8".to_string())?;
+    let utterance = std::str::from_utf8(utterance).map_err(|_| "invalid UTF-8".to_string())?;
+    let label = std::str::from_utf8(label).map_err(|_| "invalid UTF-8".to_string())?;
     // Normalized files hold one example per line.
     let utterance = utterance.replace(['\r', '\n'], " ").trim().to_string();
     if utterance.is_empty() {
@@ -426,21 +422,34 @@ fn source_error(err: S3Error, bucket: &str, key: &str) -> DataError {
 mod tests {
     use super::*;
 
-    fn raw(values: &[&str]) -> Vec<Vec<u8>> {
-        values.iter().map(|v| v.as_bytes().to_vec()).collect()
+    use automl_common::csv::Parser;
+
+    /// `validate` of the one record in `line`.
+    fn validate_line(line: &[u8]) -> Result<Row, String> {
+        let mut parser = Parser::new(MAX_RECORD_BYTES);
+        let mut input = line;
+        match parser.next_in(&mut input) {
+            Some(Record::Fields { fields, .. }) => validate(fields),
+            other => panic!("one record expected, got {other:?}"),
+        }
     }
 
     #[test]
     fn rows_are_validated() {
-        let row = validate(raw(&["  book a flight ", "travel; booking"])).expect("valid");
+        let row = validate_line(b"  book a flight ,travel; booking").expect("valid");
         assert_eq!(row.utterance, "book a flight");
         assert_eq!(row.labels, ["travel", "booking"]);
-        assert!(validate(raw(&["only one column"])).is_err());
-        assert!(validate(raw(&["a", "b", "c"])).is_err());
-        assert!(validate(raw(&["", "label"])).is_err());
-        assert!(validate(raw(&["text", ""])).is_err());
-        assert!(validate(raw(&["text", "a;;b"])).is_err());
-        assert!(validate(vec![vec![0xff, 0xfe], b"x".to_vec()]).is_err());
+        let err = validate_line(b"only one column").err();
+        assert_eq!(
+            err.as_deref(),
+            Some("expected 2 columns (utterance,label), found 1")
+        );
+        assert!(validate_line(b"a,b,c").is_err());
+        assert!(validate_line(b"\"\",label").is_err());
+        assert!(validate_line(b"text,").is_err());
+        assert!(validate_line(b"text,a;;b").is_err());
+        let err = validate_line(b"\xff\xfe,x").err();
+        assert_eq!(err.as_deref(), Some("invalid UTF-8"));
     }
 
     #[test]

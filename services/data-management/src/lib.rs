@@ -3,7 +3,6 @@
 //!
 //! - [`config`]: the service's configuration section.
 //! - [`model`]: domain types, input checks, version hashes and object keys.
-//! - [`csv`]: the streaming CSV reader and the quoting of normalized files.
 //! - [`ingest`]: raw objects → a commit's normalized files (TEXT_INTENT, GENERIC).
 //! - [`snapshot`]: commits → a snapshot's files, streamed and deterministic.
 //! - [`store`]: SQL persistence; pending reservations make commits all-or-nothing.
@@ -12,7 +11,6 @@
 //! - [`error`]: the service's error enum and its gRPC codes.
 
 pub mod config;
-pub mod csv;
 pub mod error;
 pub mod grpc;
 pub mod ingest;

@@ -4,10 +4,10 @@
 
 use std::collections::BTreeMap;
 
+use automl_common::csv::{Record, RecordReader, push_row};
 use automl_common::s3::ObjectStore;
 use sha2::{Digest, Sha256};
 
-use crate::csv::{Record, RecordReader, push_row};
 use crate::error::DataError;
 use crate::ingest::{HashingWriter, LabelIds, MAX_RECORD_BYTES, content_digest, copy_hashed};
 use crate::model::{Commit, DatasetType, Part};
@@ -44,6 +44,18 @@ pub async fn build(
     built
 }
 
+/// The two fields of a normalized row, as text; `Corrupt` names the file and line otherwise.
+fn two_fields<'r>(record: Record<'r>, key: &str) -> Result<(&'r str, &'r str), DataError> {
+    let Record::Fields { fields, line } = record else {
+        return Err(DataError::Corrupt(format!("{key} is malformed")));
+    };
+    let (2, Some(first), Some(second)) = (fields.len(), fields.get(0), fields.get(1)) else {
+        return Err(DataError::Corrupt(format!("{key} line {line}")));
+    };
+    let text = |field| std::str::from_utf8(field).map_err(|_| DataError::Corrupt(key.to_string()));
+    Ok((text(first)?, text(second)?))
+}
+
 /// Reads a commit's `labels.csv` into local id → label name.
 async fn read_labels(
     objects: &ObjectStore,
@@ -54,15 +66,8 @@ async fn read_labels(
     let mut records = RecordReader::new(reader, MAX_RECORD_BYTES);
     let mut labels = BTreeMap::new();
     while let Some(record) = records.next().await? {
-        let Record::Fields { fields, line } = record else {
-            return Err(DataError::Corrupt(format!("{key} is malformed")));
-        };
-        let [id, name]: [Vec<u8>; 2] = fields
-            .try_into()
-            .map_err(|_| DataError::Corrupt(format!("{key} line {line}")))?;
-        let id = String::from_utf8(id).map_err(|_| DataError::Corrupt(key.clone()))?;
-        let name = String::from_utf8(name).map_err(|_| DataError::Corrupt(key.clone()))?;
-        labels.insert(id, name);
+        let (id, name) = two_fields(record, &key)?;
+        labels.insert(id.to_string(), name.to_string());
     }
     Ok(labels)
 }
@@ -136,16 +141,8 @@ async fn append_commit(
     let mut rows = 0;
     let mut ids = String::new();
     while let Some(record) = records.next().await? {
-        let Record::Fields { fields, line } = record else {
-            return Err(DataError::Corrupt(format!("{key} is malformed")));
-        };
-        let [utterance, local_ids]: [Vec<u8>; 2] = fields
-            .try_into()
-            .map_err(|_| DataError::Corrupt(format!("{key} line {line}")))?;
-        let utterance =
-            String::from_utf8(utterance).map_err(|_| DataError::Corrupt(key.clone()))?;
-        let local_ids =
-            String::from_utf8(local_ids).map_err(|_| DataError::Corrupt(key.clone()))?;
+        let line = record.line();
+        let (utterance, local_ids) = two_fields(record, &key)?;
         ids.clear();
         for (index, id) in local_ids.split(';').enumerate() {
             let global = remap
@@ -156,7 +153,7 @@ async fn append_commit(
             }
             ids.push_str(global);
         }
-        push_row(out.buffer(), &[&utterance, &ids]);
+        push_row(out.buffer(), &[utterance, &ids]);
         out.flush_if_full().await?;
         rows += 1;
     }

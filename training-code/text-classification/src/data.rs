@@ -2,9 +2,11 @@
 //! seeded test/validation/train split.
 //!
 //! `examples.csv` rows are `"<utterance>","<id>[;<id>]"` and `labels.csv` rows `"<id>","<label>"`
-//! with 1-based ids; a row with several labels trains on its first.
+//! with 1-based ids; a row with several labels trains on its first. They are read with the CSV
+//! reader of data-management's ingest, with its bound on a record's size.
 
-use crate::csv;
+use automl_common::csv::{MAX_RECORD_BYTES, Parser, Record};
+
 use crate::error::{Error, Result};
 use crate::rng::{SplitMix64, Stream};
 
@@ -47,18 +49,7 @@ impl Dataset {
     pub fn parse(examples_csv: &str, labels_csv: &str) -> Result<Self> {
         let labels = parse_labels(labels_csv)?;
         let mut examples = Vec::new();
-        for record in csv::parse(examples_csv, "examples.csv")? {
-            let bad = |reason: String| Error::Data {
-                file: "examples.csv".into(),
-                line: record.line,
-                reason,
-            };
-            let [text, ids] = record.fields.as_slice() else {
-                return Err(bad(format!(
-                    "expected 2 fields, found {}",
-                    record.fields.len()
-                )));
-            };
+        for_each_row(examples_csv, "examples.csv", |[text, ids], bad| {
             let first = ids.split(';').next().unwrap_or_default().trim();
             let id: usize = first
                 .parse()
@@ -67,10 +58,11 @@ impl Dataset {
                 return Err(bad(format!("label id {id} is not in labels.csv")));
             }
             examples.push(Example {
-                text: text.clone(),
+                text: text.to_string(),
                 label: id - 1,
             });
-        }
+            Ok(())
+        })?;
         if examples.is_empty() {
             return Err(Error::Dataset("examples.csv has no rows".into()));
         }
@@ -113,18 +105,7 @@ impl Dataset {
 
 fn parse_labels(labels_csv: &str) -> Result<Vec<String>> {
     let mut labels = Vec::new();
-    for record in csv::parse(labels_csv, "labels.csv")? {
-        let bad = |reason: String| Error::Data {
-            file: "labels.csv".into(),
-            line: record.line,
-            reason,
-        };
-        let [id, name] = record.fields.as_slice() else {
-            return Err(bad(format!(
-                "expected 2 fields, found {}",
-                record.fields.len()
-            )));
-        };
+    for_each_row(labels_csv, "labels.csv", |[id, name], bad| {
         let expected = labels.len() + 1;
         if id.trim().parse::<usize>().ok() != Some(expected) {
             return Err(bad(format!("expected label id {expected}, found {id:?}")));
@@ -132,12 +113,46 @@ fn parse_labels(labels_csv: &str) -> Result<Vec<String>> {
         if name.is_empty() {
             return Err(bad("empty label".into()));
         }
-        labels.push(name.clone());
-    }
+        labels.push(name.to_string());
+        Ok(())
+    })?;
     if labels.is_empty() {
         return Err(Error::Dataset("labels.csv has no rows".into()));
     }
     Ok(labels)
+}
+
+/// Calls `row` with the two fields of every record of `text` and a maker of errors naming
+/// `file` and the record's line; a record that is not two fields of text is such an error.
+fn for_each_row(
+    text: &str,
+    file: &str,
+    mut row: impl FnMut([&str; 2], &dyn Fn(String) -> Error) -> Result<()>,
+) -> Result<()> {
+    let mut parser = Parser::new(MAX_RECORD_BYTES);
+    let mut input = text.as_bytes();
+    while let Some(record) = parser.next_in(&mut input) {
+        let line = record.line();
+        let bad = |reason: String| Error::Data {
+            file: file.to_string(),
+            line,
+            reason,
+        };
+        let fields = match record {
+            Record::Fields { fields, .. } => fields,
+            Record::TooLong { .. } => {
+                return Err(bad(format!("longer than {MAX_RECORD_BYTES} bytes")));
+            }
+            Record::UnclosedQuote { .. } => return Err(bad("unterminated quoted field".into())),
+        };
+        let (2, Some(first), Some(second)) = (fields.len(), fields.get(0), fields.get(1)) else {
+            return Err(bad(format!("expected 2 fields, found {}", fields.len())));
+        };
+        // Fields split valid UTF-8 at ASCII bytes, so they are valid UTF-8 themselves.
+        let text = |field| std::str::from_utf8(field).map_err(|_| bad("invalid UTF-8".into()));
+        row([text(first)?, text(second)?], &bad)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -163,6 +178,21 @@ mod tests {
         assert!(Dataset::parse("\"a\",\"x\"\n", LABELS).is_err());
         assert!(Dataset::parse("\"a\",\"1\"\n", "\"2\",\"x\"\n").is_err());
         assert!(Dataset::parse("", LABELS).is_err());
+    }
+
+    #[test]
+    fn malformed_quoting_is_an_error_with_a_line() {
+        let err = Dataset::parse("\"a\",\"1\"\n\"open,1\n", LABELS).expect_err("fails");
+        assert!(
+            err.to_string()
+                .contains("examples.csv line 2: unterminated quoted field"),
+            "{err}"
+        );
+        let long = format!("\"{}\",\"1\"\n", "a".repeat(MAX_RECORD_BYTES));
+        let err = Dataset::parse(&long, LABELS).expect_err("fails");
+        assert!(err.to_string().contains("line 1: longer than"), "{err}");
+        let crlf = Dataset::parse("\"a\",\"1\"\r\n\r\n\"b\",\"2\"\r\n", LABELS).expect("parses");
+        assert_eq!(crlf.examples[1].label, 1);
     }
 
     #[test]

@@ -11,7 +11,7 @@ pub enum Error {
         /// Which file (`examples.csv`, `labels.csv`, or a path).
         file: String,
         /// 1-based line number.
-        line: usize,
+        line: u64,
         /// What is wrong with it.
         reason: String,
     },

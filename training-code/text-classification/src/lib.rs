@@ -3,7 +3,7 @@
 //!
 //! - [`tokenizer`]: lowercase word-level tokenization and the vocabulary (`vocab.json`).
 //! - [`data`]: the snapshot files (`examples.csv`, `labels.csv`) and the seeded split, read by
-//!   the small quoted-CSV reader in [`csv`].
+//!   the CSV reader data-management's ingest uses (`automl_common::csv`).
 //! - [`model`]: mean-pooled embedding bag → Linear → ReLU → Linear → ReLU → Linear, on candle.
 //! - [`backprop`]: the head's gradients, written out (cheaper than a general autograd graph).
 //! - [`optim`]: SGD and AdamW with a row-sparse embedding update; [`params`]: the
@@ -23,7 +23,6 @@
 
 pub mod artifact;
 pub mod backprop;
-pub mod csv;
 pub mod data;
 pub mod declare;
 pub mod demo;
