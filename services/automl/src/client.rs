@@ -257,33 +257,17 @@ async fn web_health(base: &str) -> anyhow::Result<Option<bool>> {
     use hyper::body::Bytes;
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
-    use rustls::pki_types::pem::PemObject;
 
     let uri: hyper::Uri = format!("{base}/healthz")
         .parse()
         .with_context(|| format!("web console address {base}"))?;
-    let builder = Client::builder(TokioExecutor::new());
-    let request = if base.starts_with("https://") {
-        let ca_file = &options().tls.ca_file;
-        let mut roots = rustls::RootCertStore::empty();
-        let certs = rustls::pki_types::CertificateDer::pem_file_iter(ca_file)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .with_context(|| format!("reading the CA file {ca_file}"))?;
-        roots.add_parsable_certificates(certs);
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(config)
-            .https_only()
-            .enable_http1()
-            .build();
-        builder.build::<_, Empty<Bytes>>(connector).get(uri)
-    } else {
-        builder.build_http::<Empty<Bytes>>().get(uri)
-    };
+    let ca_file = base
+        .starts_with("https://")
+        .then(|| std::path::Path::new(&options().tls.ca_file));
+    let connector = automl_common::tls::https_connector(ca_file)?;
+    let request = Client::builder(TokioExecutor::new())
+        .build::<_, Empty<Bytes>>(connector)
+        .get(uri);
     Ok(
         match tokio::time::timeout(Duration::from_secs(3), request).await {
             Ok(Ok(response)) => Some(response.status() == hyper::StatusCode::OK),

@@ -321,9 +321,12 @@ pub struct TelemetryConfig {
     pub metrics_enabled: bool,
     /// Per-RPC spans with request ids, RPC and SQL metrics. Off only to measure their cost.
     pub instrument: bool,
-    /// OTLP/HTTP collector for trace export (JSON encoding), e.g. `http://otel-collector:4318`;
-    /// empty: export off.
+    /// OTLP/HTTP collector for trace export (protobuf encoding), e.g.
+    /// `http://otel-collector:4318` or `https://…`; empty: export off.
     pub otlp_endpoint: String,
+    /// PEM file of the CA that signed an `https://` collector's certificate; empty: the
+    /// system's trusted roots.
+    pub otlp_ca_file: String,
 }
 
 impl Default for TelemetryConfig {
@@ -336,6 +339,7 @@ impl Default for TelemetryConfig {
             metrics_enabled: true,
             instrument: true,
             otlp_endpoint: String::new(),
+            otlp_ca_file: String::new(),
         }
     }
 }
@@ -343,9 +347,12 @@ impl Default for TelemetryConfig {
 impl TelemetryConfig {
     /// Checks the values that serde cannot check.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !self.otlp_endpoint.is_empty() && !self.otlp_endpoint.starts_with("http://") {
+        let endpoint = &self.otlp_endpoint;
+        if !endpoint.is_empty()
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
             return Err(ConfigError::Validation(
-                "telemetry.otlp_endpoint must be an http:// URL of an OTLP/HTTP collector (e.g. http://otel-collector:4318)".into(),
+                "telemetry.otlp_endpoint must be an http:// or https:// URL of an OTLP/HTTP collector (e.g. http://otel-collector:4318)".into(),
             ));
         }
         Ok(())

@@ -26,7 +26,7 @@ pub trait Timed: Future + Sized {
             }
             let started = std::time::Instant::now();
             let output = self.await;
-            sql_histogram(statement).observe_duration(started.elapsed());
+            sql_histogram(statement).observe(started.elapsed().as_secs_f64());
             output
         }
     }
@@ -35,15 +35,17 @@ pub trait Timed: Future + Sized {
 impl<F: Future> Timed for F {}
 
 /// The histogram of `statement`, resolved once for the usual kinds (every SQL call records one).
-fn sql_histogram(statement: &'static str) -> std::sync::Arc<crate::metrics::Histogram> {
-    use std::sync::{Arc, OnceLock};
+fn sql_histogram(statement: &'static str) -> &'static crate::metrics::Histogram {
+    use std::sync::OnceLock;
     const KINDS: [&str; 5] = ["select", "insert", "update", "delete", "transaction"];
-    static RESOLVED: [OnceLock<Arc<crate::metrics::Histogram>>; 5] = [const { OnceLock::new() }; 5];
+    static RESOLVED: [OnceLock<crate::metrics::Histogram>; 6] = [const { OnceLock::new() }; 6];
     let family = &crate::metrics::metrics().storage.sql_duration;
-    match KINDS.iter().position(|kind| *kind == statement) {
-        Some(index) => Arc::clone(RESOLVED[index].get_or_init(|| family.with(&[statement]))),
-        None => family.with(&[statement]),
-    }
+    // Any other kind shares the last slot, labelled `other`.
+    let (index, label) = match KINDS.iter().position(|kind| *kind == statement) {
+        Some(index) => (index, statement),
+        None => (KINDS.len(), "other"),
+    };
+    RESOLVED[index].get_or_init(|| family.with(&[label]))
 }
 
 /// Which SQL dialect a pool speaks.

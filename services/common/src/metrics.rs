@@ -1,6 +1,5 @@
-//! Prometheus metrics: one process-wide registry of counters, gauges and histograms built on
-//! atomics, and its text exposition (format 0.0.4) for the `/metrics` endpoint
-//! ([`crate::metrics_server`]).
+//! Prometheus metrics through `prometheus-client`: one process-wide [`Registry`] holding every
+//! family, exposed as OpenMetrics text on `/metrics` ([`crate::metrics_server`]).
 //!
 //! Every family lives in [`Metrics`], reached through [`metrics()`], so that `automl serve all`
 //! exposes the four services on one endpoint, and every family is registered before its first
@@ -17,10 +16,16 @@
 //!   update ended it), and [`TrainingMetrics::trial_early_stopped`] once per trial the median
 //!   rule stops.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::OnceLock;
 use std::time::Duration;
+
+pub use prometheus_client::metrics::counter::Counter;
+pub use prometheus_client::metrics::gauge::Gauge;
+pub use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// The content type of the exposition (OpenMetrics text, which Prometheus scrapes natively).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Latency buckets in seconds: 0.5 ms to 10 s, for RPCs, S3 and SQL calls.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -38,291 +43,52 @@ pub const JOB_STATUSES: &[&str] = &["succeed", "failure", "canceled"];
 /// The final states of an experiment, pre-registered so their series exist at 0.
 pub const EXPERIMENT_STATUSES: &[&str] = &["succeeded", "failed", "stopped"];
 
-/// A monotonically increasing count.
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
+/// A label set: the family's label names with one value each.
+type Labels = Vec<(&'static str, String)>;
 
-impl Counter {
-    /// Adds one.
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Adds `n`.
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// The current count.
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// A value that goes up and down.
-#[derive(Debug, Default)]
-pub struct Gauge(AtomicI64);
-
-impl Gauge {
-    /// Sets the value.
-    pub fn set(&self, value: i64) {
-        self.0.store(value, Ordering::Relaxed);
-    }
-
-    /// Adds `delta` (negative to subtract).
-    pub fn add(&self, delta: i64) {
-        self.0.fetch_add(delta, Ordering::Relaxed);
-    }
-
-    /// The current value.
-    pub fn get(&self) -> i64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// Observations counted into fixed buckets, with their sum and count.
+/// A metric family whose label values are given by position, in the order of its label names.
+/// The series are `prometheus-client`'s (cheap clones of one shared metric).
 #[derive(Debug)]
-pub struct Histogram {
-    bounds: &'static [f64],
-    /// One per bound plus the `+Inf` bucket; not cumulative (summed when rendered).
-    buckets: Vec<AtomicU64>,
-    /// The sum of observations, as f64 bits.
-    sum: AtomicU64,
-    count: AtomicU64,
+pub struct Family<M> {
+    names: &'static [&'static str],
+    inner: prometheus_client::metrics::family::Family<Labels, M, fn() -> M>,
 }
 
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Self {
+impl<M: Clone> Family<M> {
+    fn new(names: &'static [&'static str], make: fn() -> M) -> Self {
         Self {
-            bounds,
-            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum: AtomicU64::new(0f64.to_bits()),
-            count: AtomicU64::new(0),
+            names,
+            inner: prometheus_client::metrics::family::Family::new_with_constructor(make),
         }
     }
 
-    /// Records one observation.
-    pub fn observe(&self, value: f64) {
-        let index = self
-            .bounds
+    fn labels(&self, values: &[&str]) -> Labels {
+        self.names
             .iter()
-            .position(|bound| value <= *bound)
-            .unwrap_or(self.bounds.len());
-        if let Some(bucket) = self.buckets.get(index) {
-            bucket.fetch_add(1, Ordering::Relaxed);
-        }
-        let _ = self
-            .sum
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-                Some((f64::from_bits(bits) + value).to_bits())
-            });
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Records a duration in seconds.
-    pub fn observe_duration(&self, elapsed: Duration) {
-        self.observe(elapsed.as_secs_f64());
-    }
-
-    /// How many observations were recorded.
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-
-    /// The sum of the observations.
-    pub fn sum(&self) -> f64 {
-        f64::from_bits(self.sum.load(Ordering::Relaxed))
-    }
-}
-
-/// What a family holds per label set: how one series is written in the exposition.
-pub trait Series: Send + Sync {
-    /// Appends the series' sample lines.
-    fn render(&self, out: &mut String, name: &str, labels: &str);
-}
-
-impl Series for Counter {
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let _ = writeln!(out, "{name}{} {}", braces(labels), self.get());
-    }
-}
-
-impl Series for Gauge {
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let _ = writeln!(out, "{name}{} {}", braces(labels), self.get());
-    }
-}
-
-impl Series for Histogram {
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        let mut cumulative = 0;
-        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
-            cumulative += bucket.load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}"
-            );
-        }
-        if let Some(last) = self.buckets.last() {
-            cumulative += last.load(Ordering::Relaxed);
-        }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}"
-        );
-        let _ = writeln!(out, "{name}_sum{} {}", braces(labels), self.sum());
-        let _ = writeln!(out, "{name}_count{} {}", braces(labels), self.count());
-    }
-}
-
-fn braces(labels: &str) -> String {
-    if labels.is_empty() {
-        String::new()
-    } else {
-        format!("{{{labels}}}")
-    }
-}
-
-/// A metric name with one series per combination of label values.
-pub struct Family<T> {
-    name: &'static str,
-    help: &'static str,
-    kind: &'static str,
-    label_names: &'static [&'static str],
-    make: fn() -> T,
-    /// Few series per family: a scan compares without allocating, unlike a map keyed by owned
-    /// strings.
-    series: RwLock<Vec<(Vec<String>, Arc<T>)>>,
-}
-
-impl<T> std::fmt::Debug for Family<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Family").field("name", &self.name).finish()
-    }
-}
-
-impl<T: Series + 'static> Family<T> {
-    fn new(
-        name: &'static str,
-        help: &'static str,
-        kind: &'static str,
-        label_names: &'static [&'static str],
-        make: fn() -> T,
-    ) -> Self {
-        let family = Self {
-            name,
-            help,
-            kind,
-            label_names,
-            make,
-            series: RwLock::new(Vec::new()),
-        };
-        if label_names.is_empty() {
-            family.with(&[]);
-        }
-        family
+            .zip(values)
+            .map(|(name, value)| (*name, (*value).to_string()))
+            .collect()
     }
 
     /// The series for `values` (one per label name, in order), created at its first use.
-    pub fn with(&self, values: &[&str]) -> Arc<T> {
-        let matches = |stored: &Vec<String>| {
-            stored.len() == values.len() && stored.iter().zip(values).all(|(a, b)| a == b)
-        };
-        if let Ok(series) = self.series.read()
-            && let Some((_, found)) = series.iter().find(|(key, _)| matches(key))
-        {
-            return found.clone();
-        }
-        let mut series = match self.series.write() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if let Some((_, found)) = series.iter().find(|(key, _)| matches(key)) {
-            return found.clone();
-        }
-        let created = Arc::new((self.make)());
-        series.push((
-            values.iter().map(|v| (*v).to_string()).collect(),
-            created.clone(),
-        ));
-        created
+    /// Keep the returned handle where a call path uses the same series every time.
+    pub fn with(&self, values: &[&str]) -> M {
+        self.inner.get_or_create_owned(&self.labels(values))
     }
 
     /// Drops the series for `values`, so it is no longer exposed (a model evicted from the
     /// cache, say).
     pub fn remove(&self, values: &[&str]) {
-        let mut series = match self.series.write() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        series.retain(|(stored, _)| {
-            !(stored.len() == values.len() && stored.iter().zip(values).all(|(a, b)| a == b))
-        });
-    }
-
-    /// The family's name as exposed.
-    pub fn name(&self) -> &'static str {
-        self.name
-    }
-
-    fn render(&self, out: &mut String) {
-        let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
-        let _ = writeln!(out, "# TYPE {} {}", self.name, self.kind);
-        let series = match self.series.read() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        for (values, one) in series.iter() {
-            let labels: Vec<String> = self
-                .label_names
-                .iter()
-                .zip(values)
-                .map(|(name, value)| format!("{name}=\"{}\"", escape(value)))
-                .collect();
-            one.render(out, self.name, &labels.join(","));
-        }
+        self.inner.remove(&self.labels(values));
     }
 }
 
-/// Label values escaped as the text format wants: backslash, quote and newline.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+fn latency() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS.iter().copied())
 }
 
-fn counter(
-    name: &'static str,
-    help: &'static str,
-    labels: &'static [&'static str],
-) -> Family<Counter> {
-    Family::new(name, help, "counter", labels, Counter::default)
-}
-
-fn gauge(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Family<Gauge> {
-    Family::new(name, help, "gauge", labels, Gauge::default)
-}
-
-fn latency(
-    name: &'static str,
-    help: &'static str,
-    labels: &'static [&'static str],
-) -> Family<Histogram> {
-    Family::new(name, help, "histogram", labels, || {
-        Histogram::new(LATENCY_BUCKETS)
-    })
-}
-
-fn long(
-    name: &'static str,
-    help: &'static str,
-    labels: &'static [&'static str],
-) -> Family<Histogram> {
-    Family::new(name, help, "histogram", labels, || {
-        Histogram::new(LONG_BUCKETS)
-    })
+fn long() -> Histogram {
+    Histogram::new(LONG_BUCKETS.iter().copied())
 }
 
 /// Every RPC of every service (recorded by [`crate::rpc::RpcLayer`]).
@@ -340,9 +106,9 @@ pub struct RpcMetrics {
 #[derive(Debug)]
 pub struct TrainingMetrics {
     /// `automl_training_queue_depth`: jobs waiting to run.
-    pub queue_depth: Family<Gauge>,
+    pub queue_depth: Gauge,
     /// `automl_training_running_jobs`: jobs launched and not yet ended.
-    pub running_jobs: Family<Gauge>,
+    pub running_jobs: Gauge,
     /// `automl_training_jobs_total{status}`: jobs that ended, by final status.
     pub jobs: Family<Counter>,
     /// `automl_training_job_duration_seconds{status}`: launch to end.
@@ -350,21 +116,19 @@ pub struct TrainingMetrics {
     /// `automl_experiments_total{status}`: experiments that ended, by final status.
     pub experiments: Family<Counter>,
     /// `automl_experiment_trials_early_stopped_total`: trials the median rule stopped.
-    pub early_stopped: Family<Counter>,
+    pub early_stopped: Counter,
 }
 
 impl TrainingMetrics {
     /// Sets the number of queued jobs.
     pub fn set_queue_depth(&self, jobs: u64) {
         self.queue_depth
-            .with(&[])
             .set(i64::try_from(jobs).unwrap_or(i64::MAX));
     }
 
     /// Sets the number of running jobs.
     pub fn set_running_jobs(&self, jobs: u64) {
         self.running_jobs
-            .with(&[])
             .set(i64::try_from(jobs).unwrap_or(i64::MAX));
     }
 
@@ -373,7 +137,9 @@ impl TrainingMetrics {
     pub fn job_finished(&self, status: &str, duration: Option<Duration>) {
         self.jobs.with(&[status]).inc();
         if let Some(duration) = duration {
-            self.job_duration.with(&[status]).observe_duration(duration);
+            self.job_duration
+                .with(&[status])
+                .observe(duration.as_secs_f64());
         }
     }
 
@@ -384,7 +150,7 @@ impl TrainingMetrics {
 
     /// Records one trial stopped by the median rule.
     pub fn trial_early_stopped(&self) {
-        self.early_stopped.with(&[]).inc();
+        self.early_stopped.inc();
     }
 }
 
@@ -392,9 +158,9 @@ impl TrainingMetrics {
 #[derive(Debug)]
 pub struct DataMetrics {
     /// `automl_ingest_bytes_total`: raw bytes read by ingests (CreateDataset, UpdateDataset).
-    pub ingest_bytes: Family<Counter>,
+    pub ingest_bytes: Counter,
     /// `automl_upload_bytes_total`: bytes received by the UploadData RPC.
-    pub upload_bytes: Family<Counter>,
+    pub upload_bytes: Counter,
     /// `automl_snapshot_build_duration_seconds{outcome}`: building one training snapshot.
     pub snapshot_build: Family<Histogram>,
 }
@@ -403,20 +169,20 @@ pub struct DataMetrics {
 #[derive(Debug)]
 pub struct ModelCacheMetrics {
     /// `automl_model_cache_hits_total`: requests served by a loaded model.
-    pub hits: Family<Counter>,
+    pub hits: Counter,
     /// `automl_model_cache_misses_total`: requests that had to wait for a load.
-    pub misses: Family<Counter>,
+    pub misses: Counter,
     /// `automl_model_loads_total`: models downloaded and loaded.
-    pub loads: Family<Counter>,
+    pub loads: Counter,
     /// `automl_model_load_duration_seconds`: download plus load of one model.
-    pub load_duration: Family<Histogram>,
+    pub load_duration: Histogram,
     /// `automl_model_cache_evictions_total`: models dropped to make room.
-    pub evictions: Family<Counter>,
+    pub evictions: Counter,
     /// `automl_model_cache_models`: models loaded now.
-    pub models: Family<Gauge>,
+    pub models: Gauge,
     /// `automl_model_cache_bytes`: memory held by loaded models (their weight and vocabulary
     /// files).
-    pub bytes: Family<Gauge>,
+    pub bytes: Gauge,
     /// `automl_model_cache_loaded_bytes{run_id,version,location}`: one series per model in
     /// memory now (bounded by the cache's size), with its bytes; gone once evicted.
     pub loaded: Family<Gauge>,
@@ -433,7 +199,7 @@ pub struct StorageMetrics {
     pub sql_duration: Family<Histogram>,
 }
 
-/// Every metric family of the process.
+/// Every metric family of the process, and the registry that exposes them.
 #[derive(Debug)]
 pub struct Metrics {
     /// Per-RPC counts and latency.
@@ -446,37 +212,23 @@ pub struct Metrics {
     pub model_cache: ModelCacheMetrics,
     /// S3 and SQL.
     pub storage: StorageMetrics,
+    registry: Registry,
 }
 
 impl Metrics {
     fn new() -> Self {
+        let rpc = RpcMetrics {
+            requests: Family::new(&["service", "method"], Counter::default),
+            errors: Family::new(&["service", "method", "code"], Counter::default),
+            duration: Family::new(&["service", "method"], latency),
+        };
         let training = TrainingMetrics {
-            queue_depth: gauge("automl_training_queue_depth", "Training jobs queued.", &[]),
-            running_jobs: gauge(
-                "automl_training_running_jobs",
-                "Training jobs running.",
-                &[],
-            ),
-            jobs: counter(
-                "automl_training_jobs_total",
-                "Training jobs ended, by final status.",
-                &["status"],
-            ),
-            job_duration: long(
-                "automl_training_job_duration_seconds",
-                "Training job duration from launch to end, by final status.",
-                &["status"],
-            ),
-            experiments: counter(
-                "automl_experiments_total",
-                "Experiments ended, by final status.",
-                &["status"],
-            ),
-            early_stopped: counter(
-                "automl_experiment_trials_early_stopped_total",
-                "Experiment trials stopped early by the median rule.",
-                &[],
-            ),
+            queue_depth: Gauge::default(),
+            running_jobs: Gauge::default(),
+            jobs: Family::new(&["status"], Counter::default),
+            job_duration: Family::new(&["status"], long),
+            experiments: Family::new(&["status"], Counter::default),
+            early_stopped: Counter::default(),
         };
         for status in JOB_STATUSES {
             training.jobs.with(&[status]);
@@ -485,131 +237,160 @@ impl Metrics {
         for status in EXPERIMENT_STATUSES {
             training.experiments.with(&[status]);
         }
+        let data = DataMetrics {
+            ingest_bytes: Counter::default(),
+            upload_bytes: Counter::default(),
+            snapshot_build: Family::new(&["outcome"], long),
+        };
+        let model_cache = ModelCacheMetrics {
+            hits: Counter::default(),
+            misses: Counter::default(),
+            loads: Counter::default(),
+            load_duration: latency(),
+            evictions: Counter::default(),
+            models: Gauge::default(),
+            bytes: Gauge::default(),
+            loaded: Family::new(&["run_id", "version", "location"], Gauge::default),
+        };
+        let storage = StorageMetrics {
+            s3_duration: Family::new(&["operation"], latency),
+            s3_errors: Family::new(&["operation"], Counter::default),
+            sql_duration: Family::new(&["statement"], latency),
+        };
+
+        // Counters are registered without their `_total`, which the encoder appends.
+        let mut registry = Registry::default();
+        let r = &mut registry;
+        r.register(
+            "automl_grpc_requests",
+            "gRPC calls received",
+            rpc.requests.inner.clone(),
+        );
+        r.register(
+            "automl_grpc_errors",
+            "gRPC calls answered with an error, by status code",
+            rpc.errors.inner.clone(),
+        );
+        r.register(
+            "automl_grpc_request_duration_seconds",
+            "gRPC call latency to the response headers",
+            rpc.duration.inner.clone(),
+        );
+        r.register(
+            "automl_training_queue_depth",
+            "Training jobs queued",
+            training.queue_depth.clone(),
+        );
+        r.register(
+            "automl_training_running_jobs",
+            "Training jobs running",
+            training.running_jobs.clone(),
+        );
+        r.register(
+            "automl_training_jobs",
+            "Training jobs ended, by final status",
+            training.jobs.inner.clone(),
+        );
+        r.register(
+            "automl_training_job_duration_seconds",
+            "Training job duration from launch to end, by final status",
+            training.job_duration.inner.clone(),
+        );
+        r.register(
+            "automl_experiments",
+            "Experiments ended, by final status",
+            training.experiments.inner.clone(),
+        );
+        r.register(
+            "automl_experiment_trials_early_stopped",
+            "Experiment trials stopped early by the median rule",
+            training.early_stopped.clone(),
+        );
+        r.register(
+            "automl_ingest_bytes",
+            "Raw bytes read by dataset ingests",
+            data.ingest_bytes.clone(),
+        );
+        r.register(
+            "automl_upload_bytes",
+            "Bytes received by UploadData",
+            data.upload_bytes.clone(),
+        );
+        r.register(
+            "automl_snapshot_build_duration_seconds",
+            "Training snapshot build time, by outcome",
+            data.snapshot_build.inner.clone(),
+        );
+        r.register(
+            "automl_model_cache_hits",
+            "Predict calls served by a loaded model",
+            model_cache.hits.clone(),
+        );
+        r.register(
+            "automl_model_cache_misses",
+            "Predict calls that waited for a model load",
+            model_cache.misses.clone(),
+        );
+        r.register(
+            "automl_model_loads",
+            "Models downloaded and loaded",
+            model_cache.loads.clone(),
+        );
+        r.register(
+            "automl_model_load_duration_seconds",
+            "Time to download and load one model",
+            model_cache.load_duration.clone(),
+        );
+        r.register(
+            "automl_model_cache_evictions",
+            "Models evicted from the cache",
+            model_cache.evictions.clone(),
+        );
+        r.register(
+            "automl_model_cache_models",
+            "Models loaded",
+            model_cache.models.clone(),
+        );
+        r.register(
+            "automl_model_cache_bytes",
+            "Bytes of model files held by loaded models",
+            model_cache.bytes.clone(),
+        );
+        r.register(
+            "automl_model_cache_loaded_bytes",
+            "Each model in memory now, by run, artifact version and location, with its bytes",
+            model_cache.loaded.inner.clone(),
+        );
+        r.register(
+            "automl_s3_request_duration_seconds",
+            "Object-store call latency, by operation",
+            storage.s3_duration.inner.clone(),
+        );
+        r.register(
+            "automl_s3_errors",
+            "Object-store calls that failed, by operation",
+            storage.s3_errors.inner.clone(),
+        );
+        r.register(
+            "automl_sql_query_duration_seconds",
+            "SQL statement latency, by statement verb",
+            storage.sql_duration.inner.clone(),
+        );
         Self {
-            rpc: RpcMetrics {
-                requests: counter(
-                    "automl_grpc_requests_total",
-                    "gRPC calls received.",
-                    &["service", "method"],
-                ),
-                errors: counter(
-                    "automl_grpc_errors_total",
-                    "gRPC calls answered with an error, by status code.",
-                    &["service", "method", "code"],
-                ),
-                duration: latency(
-                    "automl_grpc_request_duration_seconds",
-                    "gRPC call latency to the response headers.",
-                    &["service", "method"],
-                ),
-            },
+            rpc,
             training,
-            data: DataMetrics {
-                ingest_bytes: counter(
-                    "automl_ingest_bytes_total",
-                    "Raw bytes read by dataset ingests.",
-                    &[],
-                ),
-                upload_bytes: counter(
-                    "automl_upload_bytes_total",
-                    "Bytes received by UploadData.",
-                    &[],
-                ),
-                snapshot_build: long(
-                    "automl_snapshot_build_duration_seconds",
-                    "Training snapshot build time, by outcome.",
-                    &["outcome"],
-                ),
-            },
-            model_cache: ModelCacheMetrics {
-                hits: counter(
-                    "automl_model_cache_hits_total",
-                    "Predict calls served by a loaded model.",
-                    &[],
-                ),
-                misses: counter(
-                    "automl_model_cache_misses_total",
-                    "Predict calls that waited for a model load.",
-                    &[],
-                ),
-                loads: counter(
-                    "automl_model_loads_total",
-                    "Models downloaded and loaded.",
-                    &[],
-                ),
-                load_duration: latency(
-                    "automl_model_load_duration_seconds",
-                    "Time to download and load one model.",
-                    &[],
-                ),
-                evictions: counter(
-                    "automl_model_cache_evictions_total",
-                    "Models evicted from the cache.",
-                    &[],
-                ),
-                models: gauge("automl_model_cache_models", "Models loaded.", &[]),
-                bytes: gauge(
-                    "automl_model_cache_bytes",
-                    "Bytes of model files held by loaded models.",
-                    &[],
-                ),
-                loaded: gauge(
-                    "automl_model_cache_loaded_bytes",
-                    "Each model in memory now, by run, artifact version and location, with its bytes.",
-                    &["run_id", "version", "location"],
-                ),
-            },
-            storage: StorageMetrics {
-                s3_duration: latency(
-                    "automl_s3_request_duration_seconds",
-                    "Object-store call latency, by operation.",
-                    &["operation"],
-                ),
-                s3_errors: counter(
-                    "automl_s3_errors_total",
-                    "Object-store calls that failed, by operation.",
-                    &["operation"],
-                ),
-                sql_duration: latency(
-                    "automl_sql_query_duration_seconds",
-                    "SQL statement latency, by statement verb.",
-                    &["statement"],
-                ),
-            },
+            data,
+            model_cache,
+            storage,
+            registry,
         }
     }
 
-    /// The text exposition of every family.
+    /// The OpenMetrics text exposition of every family.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
-        let rpc = &self.rpc;
-        rpc.requests.render(&mut out);
-        rpc.errors.render(&mut out);
-        rpc.duration.render(&mut out);
-        let training = &self.training;
-        training.queue_depth.render(&mut out);
-        training.running_jobs.render(&mut out);
-        training.jobs.render(&mut out);
-        training.job_duration.render(&mut out);
-        training.experiments.render(&mut out);
-        training.early_stopped.render(&mut out);
-        let data = &self.data;
-        data.ingest_bytes.render(&mut out);
-        data.upload_bytes.render(&mut out);
-        data.snapshot_build.render(&mut out);
-        let cache = &self.model_cache;
-        cache.hits.render(&mut out);
-        cache.misses.render(&mut out);
-        cache.loads.render(&mut out);
-        cache.load_duration.render(&mut out);
-        cache.evictions.render(&mut out);
-        cache.models.render(&mut out);
-        cache.bytes.render(&mut out);
-        cache.loaded.render(&mut out);
-        let storage = &self.storage;
-        storage.s3_duration.render(&mut out);
-        storage.s3_errors.render(&mut out);
-        storage.sql_duration.render(&mut out);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
 }
@@ -628,8 +409,8 @@ pub async fn timed_s3<T, E>(
     S3Timer::start(operation).finish(call.await)
 }
 
-/// Times one object-store call: records its latency when dropped, and an error when
-/// [`S3Timer::failed`] was called.
+/// Times one object-store call: records its latency when dropped, and an error when the result
+/// handed to [`S3Timer::finish`] was one.
 #[derive(Debug)]
 pub struct S3Timer {
     operation: &'static str,
@@ -670,11 +451,21 @@ impl Drop for S3Timer {
         storage
             .s3_duration
             .with(&[self.operation])
-            .observe_duration(self.start.elapsed());
+            .observe(self.start.elapsed().as_secs_f64());
         if self.failed {
             storage.s3_errors.with(&[self.operation]).inc();
         }
     }
+}
+
+/// The value of a sample (`name` or `name{labels}` exactly as exposed) in an exposition.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (key, value) = line.rsplit_once(' ')?;
+            (key == series).then(|| value.parse().ok()).flatten()
+        })
 }
 
 #[cfg(test)]
@@ -682,46 +473,67 @@ mod tests {
     use super::*;
 
     #[test]
-    fn histogram_buckets_are_cumulative_in_the_exposition() {
-        let family = latency("t_seconds", "test", &["op"]);
-        let one = family.with(&["get"]);
+    fn histograms_and_label_values_are_exposed_as_openmetrics() {
+        let metrics = Metrics::new();
+        let one = metrics.storage.s3_duration.with(&["get"]);
         one.observe(0.0007);
         one.observe(0.3);
         one.observe(99.0);
-        let mut out = String::new();
-        family.render(&mut out);
-        assert!(out.contains("# TYPE t_seconds histogram\n"));
-        assert!(out.contains("t_seconds_bucket{op=\"get\",le=\"0.0005\"} 0\n"));
-        assert!(out.contains("t_seconds_bucket{op=\"get\",le=\"0.001\"} 1\n"));
-        assert!(out.contains("t_seconds_bucket{op=\"get\",le=\"0.5\"} 2\n"));
-        assert!(out.contains("t_seconds_bucket{op=\"get\",le=\"+Inf\"} 3\n"));
-        assert!(out.contains("t_seconds_count{op=\"get\"} 3\n"));
-        assert_eq!(one.count(), 3);
-        assert!((one.sum() - 99.3007).abs() < 1e-9);
-    }
-
-    #[test]
-    fn label_values_are_escaped_and_series_are_shared() {
-        let family = counter("c_total", "test", &["name"]);
-        family.with(&["a\"b\\c\nd"]).inc();
-        family.with(&["a\"b\\c\nd"]).add(2);
-        let mut out = String::new();
-        family.render(&mut out);
+        metrics.rpc.requests.with(&["a\"b\\c\nd", "M"]).inc();
+        metrics.rpc.requests.with(&["a\"b\\c\nd", "M"]).inc_by(2);
+        let out = metrics.render();
+        let series = |name: &str| sample(&out, name);
+        assert!(out.contains("# TYPE automl_s3_request_duration_seconds histogram\n"));
+        let bucket = |le: &str| {
+            series(&format!(
+                "automl_s3_request_duration_seconds_bucket{{le=\"{le}\",operation=\"get\"}}"
+            ))
+        };
+        assert_eq!(bucket("0.0005"), Some(0.0));
+        assert_eq!(bucket("0.001"), Some(1.0));
+        assert_eq!(bucket("0.5"), Some(2.0));
+        assert_eq!(bucket("+Inf"), Some(3.0));
+        assert_eq!(
+            series("automl_s3_request_duration_seconds_count{operation=\"get\"}"),
+            Some(3.0)
+        );
         assert!(
-            out.contains("c_total{name=\"a\\\"b\\\\c\\nd\"} 3\n"),
+            out.contains(
+                "automl_grpc_requests_total{service=\"a\\\"b\\\\c\\nd\",method=\"M\"} 3\n"
+            ),
             "{out}"
         );
+        assert!(out.ends_with("# EOF\n"));
     }
 
     #[test]
     fn unlabelled_and_training_families_exist_before_use() {
         let text = Metrics::new().render();
-        assert!(text.contains("\nautoml_training_queue_depth 0\n"));
-        assert!(text.contains("\nautoml_training_running_jobs 0\n"));
-        assert!(text.contains("automl_training_jobs_total{status=\"failure\"} 0\n"));
-        assert!(text.contains("automl_training_job_duration_seconds_count{status=\"succeed\"} 0"));
-        assert!(text.contains("automl_experiments_total{status=\"stopped\"} 0\n"));
-        assert!(text.contains("\nautoml_experiment_trials_early_stopped_total 0\n"));
-        assert!(text.contains("\nautoml_model_cache_hits_total 0\n"));
+        let zero = |series: &str| assert_eq!(sample(&text, series), Some(0.0), "{series}: {text}");
+        zero("automl_training_queue_depth");
+        zero("automl_training_running_jobs");
+        zero("automl_training_jobs_total{status=\"failure\"}");
+        zero("automl_training_job_duration_seconds_count{status=\"succeed\"}");
+        zero("automl_experiments_total{status=\"stopped\"}");
+        zero("automl_experiment_trials_early_stopped_total");
+        zero("automl_model_cache_hits_total");
+    }
+
+    #[test]
+    fn removed_series_are_no_longer_exposed() {
+        let metrics = Metrics::new();
+        metrics
+            .model_cache
+            .loaded
+            .with(&["7", "1", "models/run_7"])
+            .set(42);
+        let series =
+            "automl_model_cache_loaded_bytes{run_id=\"7\",version=\"1\",location=\"models/run_7\"}";
+        assert_eq!(sample(&metrics.render(), series), Some(42.0));
+        metrics
+            .model_cache
+            .loaded
+            .remove(&["7", "1", "models/run_7"]);
+        assert_eq!(sample(&metrics.render(), series), None);
     }
 }

@@ -1,298 +1,234 @@
-//! Optional trace export: spans (each RPC's `rpc` span and what runs inside it) sent to an
-//! OpenTelemetry collector with OTLP/HTTP in its JSON encoding (`POST <endpoint>/v1/traces`).
+//! Trace export with OpenTelemetry: `tracing` spans become OpenTelemetry spans
+//! (`tracing-opentelemetry`), batched by the SDK and sent to a collector over OTLP/HTTP
+//! (protobuf, `POST <endpoint>/v1/traces`, `http://` or `https://` with `telemetry.otlp_ca_file`).
 //! Off unless `telemetry.otlp_endpoint` is set.
 //!
-//! The trace id of a span without a parent is derived from its `request_id` field, so the spans
-//! of one request in every service (and the trainer's calls, which carry the same id) form one
-//! trace; spans inside it inherit the trace id and name their parent.
-//!
-//! Export never blocks a call: spans go through a bounded queue and are dropped when the
-//! collector falls behind; a batch is sent every second or every 512 spans.
+//! One request is one trace across processes through the W3C trace context: a server takes the
+//! parent of its call's span from the `traceparent` header ([`set_parent_from_headers`]), every
+//! outgoing call carries the current span's ([`inject`]), and a trainer gets the `Train` call's as
+//! the `TRACEPARENT` environment variable ([`current_traceparent`], [`set_parent_from_env`]). A
+//! trace id therefore comes from the caller's trace context or is new, never from the
+//! `x-request-id` a client chose, which stays a log field and response header.
 
-use std::hash::{BuildHasher, Hasher};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::collections::HashMap;
+use std::sync::OnceLock;
+use std::time::Duration;
 
-use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
+use anyhow::Context as _;
+use opentelemetry::propagation::{Injector, TextMapPropagator};
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_http::hyper::HyperClient;
+use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Subscriber;
-use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id, Record};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::Layer;
-use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
-/// Spans waiting for export before new ones are dropped.
-const QUEUE: usize = 8192;
-/// Spans per request to the collector.
-const BATCH: usize = 512;
+/// The environment variable carrying a trace context into a child process (the trainer).
+pub const TRACEPARENT_ENV: &str = "TRACEPARENT";
 
-/// One finished span.
+/// The header (and metadata key) of the W3C trace context.
+const TRACEPARENT: &str = "traceparent";
+
+/// How long one export request may take.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The standard variable naming a child process's collector (the trainer's).
+pub const ENDPOINT_ENV: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+
+/// The standard variable naming the CA file of a child process's `https://` collector.
+pub const CERTIFICATE_ENV: &str = "OTEL_EXPORTER_OTLP_CERTIFICATE";
+
+/// Export, once on: the provider, and where it sends (handed on to trainers).
+struct Export {
+    provider: SdkTracerProvider,
+    endpoint: String,
+    ca_file: String,
+}
+
+static EXPORT: OnceLock<Export> = OnceLock::new();
+
+/// Whether this process exports spans.
+pub fn exporting() -> bool {
+    EXPORT.get().is_some()
+}
+
+/// The environment of a trainer whose job was submitted in the trace context `traceparent`
+/// ([`current_traceparent`] then): the collector and that context, when exporting.
+pub fn child_env(traceparent: &str) -> Vec<(String, String)> {
+    let Some(export) = EXPORT.get() else {
+        return Vec::new();
+    };
+    let mut env = vec![(ENDPOINT_ENV.to_string(), export.endpoint.clone())];
+    if !export.ca_file.is_empty() {
+        env.push((CERTIFICATE_ENV.to_string(), export.ca_file.clone()));
+    }
+    if !traceparent.is_empty() {
+        env.push((TRACEPARENT_ENV.to_string(), traceparent.to_string()));
+    }
+    env
+}
+
+/// The runtime export requests run on: the caller's, or outside any (a program that sets up
+/// logging before its runtime) one thread of its own.
+fn runtime() -> anyhow::Result<tokio::runtime::Handle> {
+    static OWN: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        return Ok(handle);
+    }
+    if OWN.get().is_none() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("otlp-export")
+            .enable_all()
+            .build()
+            .context("a runtime for trace export")?;
+        let _ = OWN.set(runtime);
+    }
+    OWN.get()
+        .map(|runtime| runtime.handle().clone())
+        .context("a runtime for trace export")
+}
+
+/// The exporter's HTTP client. The SDK's batch processor sends from a thread of its own, outside
+/// any async runtime, so each request runs as a task on the runtime that installed the exporter.
 #[derive(Debug, Clone)]
-struct Finished {
-    trace_id: u128,
-    span_id: u64,
-    parent: Option<u64>,
-    name: &'static str,
-    start: SystemTime,
-    end: SystemTime,
-    attributes: Vec<(String, String)>,
+struct RuntimeClient {
+    runtime: tokio::runtime::Handle,
+    inner: HyperClient<crate::tls::HttpsConnector>,
 }
 
-/// What a live span carries until it closes.
-#[derive(Debug)]
-struct Live {
-    trace_id: Option<u128>,
-    span_id: u64,
-    parent: Option<u64>,
-    start: SystemTime,
-    attributes: Vec<(String, String)>,
-}
-
-struct Fields<'a>(&'a mut Vec<(String, String)>);
-
-impl Visit for Fields<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.push((field.name().to_string(), value.to_string()));
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0
-            .push((field.name().to_string(), format!("{value:?}")));
+#[async_trait::async_trait]
+impl HttpClient for RuntimeClient {
+    async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
+        let inner = self.inner.clone();
+        self.runtime
+            .spawn(async move { inner.send_bytes(request).await })
+            .await?
     }
 }
 
-fn random_u64() -> u64 {
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    hasher.finish().max(1)
-}
-
-/// The trace id of a request id: the same in every process (SHA-256, first 16 bytes).
-pub fn trace_id_of(request_id: &str) -> u128 {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(request_id.as_bytes());
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    u128::from_be_bytes(bytes)
-}
-
-/// The tracing layer collecting spans for export.
-pub struct OtlpLayer {
-    queue: mpsc::Sender<Finished>,
-}
-
-impl OtlpLayer {
-    /// A layer exporting to `endpoint` (`http://host:port`), with its exporter task started on
-    /// the current tokio runtime; `None` outside a runtime or for a URL it cannot use.
-    /// Give it a level filter (INFO: the spans a log at INFO shows).
-    pub fn start(endpoint: &str, service: &str) -> Option<Self> {
-        let handle = tokio::runtime::Handle::try_current().ok()?;
-        let target = Target::parse(endpoint)?;
-        let (queue, receiver) = mpsc::channel(QUEUE);
-        handle.spawn(export(target, service.to_string(), receiver));
-        Some(Self { queue })
-    }
-}
-
-impl<S> Layer<S> for OtlpLayer
+/// The `tracing` layer exporting spans to `endpoint` as `service`, installed as the process's
+/// provider, with the W3C trace context as the propagator.
+pub fn layer<S>(
+    endpoint: &str,
+    ca_file: Option<&std::path::Path>,
+    service: &str,
+) -> anyhow::Result<impl Layer<S> + use<S>>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        let Some(span) = ctx.span(id) else { return };
-        let mut attributes = Vec::new();
-        attrs.record(&mut Fields(&mut attributes));
-        let parent = span.parent().and_then(|parent| {
-            parent
-                .extensions()
-                .get::<Live>()
-                .map(|live| (live.trace_id, live.span_id))
-        });
-        let trace_id = match parent {
-            Some((Some(trace_id), _)) => Some(trace_id),
-            _ => attributes
-                .iter()
-                .find(|(k, _)| k == "request_id")
-                .map(|(_, v)| trace_id_of(v)),
-        };
-        span.extensions_mut().insert(Live {
-            trace_id,
-            span_id: random_u64(),
-            parent: parent.map(|(_, span_id)| span_id),
-            start: SystemTime::now(),
-            attributes,
-        });
+    let runtime = runtime()?;
+    let connector = crate::tls::https_connector(ca_file)?;
+    let client = RuntimeClient {
+        runtime,
+        inner: HyperClient::new(connector, EXPORT_TIMEOUT, None),
+    };
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_http_client(client)
+        .with_protocol(Protocol::HttpBinary)
+        .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+        .with_timeout(EXPORT_TIMEOUT)
+        .build()
+        .with_context(|| format!("the OTLP exporter for {endpoint}"))?;
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            Resource::builder()
+                .with_service_name(service.to_string())
+                .build(),
+        )
+        .build();
+    let tracer = provider.tracer("automl");
+    let export = Export {
+        provider,
+        endpoint: endpoint.to_string(),
+        ca_file: ca_file
+            .map(|path| path.display().to_string())
+            .unwrap_or_default(),
+    };
+    if EXPORT.set(export).is_err() {
+        anyhow::bail!("trace export is already set up in this process");
     }
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    Ok(tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false))
+}
 
-    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
-        let Some(span) = ctx.span(id) else { return };
-        let mut extensions = span.extensions_mut();
-        if let Some(live) = extensions.get_mut::<Live>() {
-            let mut fields = Vec::new();
-            values.record(&mut Fields(&mut fields));
-            if live.trace_id.is_none()
-                && let Some((_, request_id)) = fields.iter().find(|(k, _)| k == "request_id")
-            {
-                live.trace_id = Some(trace_id_of(request_id));
-            }
-            live.attributes.extend(fields);
+/// Sends the spans batched so far and waits for the collector (before a short-lived process
+/// such as the trainer exits). Runs the wait off the async threads.
+pub async fn flush() {
+    if let Some(export) = EXPORT.get() {
+        let provider = export.provider.clone();
+        let flushed = tokio::task::spawn_blocking(move || provider.force_flush()).await;
+        if let Ok(Err(err)) = flushed {
+            tracing::warn!(%err, "sending the last spans failed");
         }
     }
+}
 
-    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
-        let Some(span) = ctx.span(&id) else { return };
-        let name = span.name();
-        let Some(live) = span.extensions_mut().remove::<Live>() else {
-            return;
-        };
-        let finished = Finished {
-            trace_id: live
-                .trace_id
-                .unwrap_or_else(|| u128::from(random_u64()) << 64 | u128::from(random_u64())),
-            span_id: live.span_id,
-            parent: live.parent,
-            name,
-            start: live.start,
-            end: SystemTime::now(),
-            attributes: live.attributes,
-        };
-        // A full queue drops the span: export must never slow a call down.
-        let _ = self.queue.try_send(finished);
+/// `traceparent` of the current span, when exporting: for a job whose trainer starts later.
+pub fn current_traceparent() -> Option<String> {
+    if !exporting() {
+        return None;
+    }
+    let context = tracing::Span::current().context();
+    let mut carrier = HashMap::new();
+    TraceContextPropagator::new().inject_context(&context, &mut carrier);
+    carrier.remove(TRACEPARENT)
+}
+
+/// Puts the current span's trace context on an outgoing request, when exporting.
+pub fn inject<T>(request: &mut tonic::Request<T>) {
+    if !exporting() {
+        return;
+    }
+    let context = tracing::Span::current().context();
+    TraceContextPropagator::new().inject_context(&context, &mut Metadata(request.metadata_mut()));
+}
+
+/// Makes the trace context of incoming `headers` (a `traceparent`) the parent of `span`.
+pub fn set_parent_from_headers(span: &tracing::Span, headers: &http::HeaderMap) {
+    let context =
+        TraceContextPropagator::new().extract(&opentelemetry_http::HeaderExtractor(headers));
+    set_parent(span, context);
+}
+
+/// Makes the trace context in `TRACEPARENT` (a trainer's environment) the parent of `span`.
+pub fn set_parent_from_env(span: &tracing::Span) {
+    let Ok(traceparent) = std::env::var(TRACEPARENT_ENV) else {
+        return;
+    };
+    let carrier = HashMap::from([(TRACEPARENT.to_string(), traceparent)]);
+    set_parent(span, TraceContextPropagator::new().extract(&carrier));
+}
+
+fn set_parent(span: &tracing::Span, context: opentelemetry::Context) {
+    if context.span().span_context().is_valid() {
+        // Fails only for a span that is not recorded (filtered out): nothing to join.
+        let _ = span.set_parent(context);
     }
 }
 
-/// Where the collector listens.
-#[derive(Debug, Clone)]
-struct Target {
-    authority: String,
-    path: String,
-}
+/// gRPC metadata as the propagator's carrier.
+struct Metadata<'a>(&'a mut tonic::metadata::MetadataMap);
 
-impl Target {
-    fn parse(endpoint: &str) -> Option<Self> {
-        let rest = endpoint.strip_prefix("http://")?;
-        let (authority, base) = rest.split_once('/').unwrap_or((rest, ""));
-        let base = base.trim_end_matches('/');
-        let path = if base.is_empty() {
-            "/v1/traces".to_string()
-        } else {
-            format!("/{base}/v1/traces")
-        };
-        (!authority.is_empty()).then(|| Self {
-            authority: authority.to_string(),
-            path,
-        })
-    }
-}
-
-fn nanos(time: SystemTime) -> String {
-    time.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default()
-        .to_string()
-}
-
-/// The OTLP/JSON body of a batch.
-fn body(service: &str, spans: &[Finished]) -> Value {
-    let spans: Vec<Value> = spans
-        .iter()
-        .map(|span| {
-            let mut value = json!({
-                "traceId": format!("{:032x}", span.trace_id),
-                "spanId": format!("{:016x}", span.span_id),
-                "name": span.name,
-                // SPAN_KIND_SERVER for a received call, SPAN_KIND_INTERNAL for work inside it.
-                "kind": if span.name == "rpc" { 2 } else { 1 },
-                "startTimeUnixNano": nanos(span.start),
-                "endTimeUnixNano": nanos(span.end),
-                "attributes": span.attributes.iter().map(|(key, value)| json!({
-                    "key": key,
-                    "value": {"stringValue": value},
-                })).collect::<Vec<_>>(),
-            });
-            if let Some(parent) = span.parent {
-                value["parentSpanId"] = json!(format!("{parent:016x}"));
-            }
-            value
-        })
-        .collect();
-    json!({
-        "resourceSpans": [{
-            "resource": {"attributes": [
-                {"key": "service.name", "value": {"stringValue": service}},
-            ]},
-            "scopeSpans": [{"scope": {"name": "automl"}, "spans": spans}],
-        }]
-    })
-}
-
-async fn export(target: Target, service: String, mut receiver: mpsc::Receiver<Finished>) {
-    let mut batch = Vec::with_capacity(BATCH);
-    loop {
-        let deadline = tokio::time::sleep(Duration::from_secs(1));
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                received = receiver.recv() => match received {
-                    Some(span) => {
-                        batch.push(span);
-                        if batch.len() >= BATCH {
-                            break;
-                        }
-                    }
-                    None => {
-                        if !batch.is_empty() {
-                            let _ = post(&target, &body(&service, &batch)).await;
-                        }
-                        return;
-                    }
-                },
-                () = &mut deadline => break,
-            }
+impl Injector for Metadata<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(key), Ok(value)) = (
+            tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+            tonic::metadata::MetadataValue::try_from(value),
+        ) {
+            self.0.insert(key, value);
         }
-        if batch.is_empty() {
-            continue;
-        }
-        if let Err(err) = post(&target, &body(&service, &batch)).await {
-            // Not through tracing: that would feed this exporter with its own failures.
-            eprintln!("automl: trace export to {} failed: {err}", target.authority);
-        }
-        batch.clear();
-    }
-}
-
-/// One HTTP/1.1 POST; an error unless the collector answers 2xx.
-async fn post(target: &Target, body: &Value) -> std::io::Result<()> {
-    let payload = serde_json::to_vec(body).map_err(std::io::Error::other)?;
-    let connect = tokio::net::TcpStream::connect(&target.authority);
-    let mut stream = tokio::time::timeout(Duration::from_secs(5), connect)
-        .await
-        .map_err(|_| std::io::Error::other("connect timed out"))??;
-    let head = format!(
-        "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        target.path,
-        target.authority,
-        payload.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(&payload).await?;
-    let mut status = [0u8; 12];
-    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut status))
-        .await
-        .map_err(|_| std::io::Error::other("no answer"))??;
-    if status.starts_with(b"HTTP/1.1 2") || status.starts_with(b"HTTP/1.0 2") {
-        Ok(())
-    } else {
-        Err(std::io::Error::other(format!(
-            "collector answered {}",
-            String::from_utf8_lossy(&status)
-        )))
     }
 }
 
@@ -301,35 +237,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn endpoints_and_trace_ids() {
-        let target = Target::parse("http://collector:4318").expect("target");
-        assert_eq!(target.authority, "collector:4318");
-        assert_eq!(target.path, "/v1/traces");
-        let target = Target::parse("http://c:4318/otlp/").expect("target");
-        assert_eq!(target.path, "/otlp/v1/traces");
-        assert!(Target::parse("https://c:4318").is_none());
-        assert_eq!(trace_id_of("abc"), trace_id_of("abc"));
-        assert_ne!(trace_id_of("abc"), trace_id_of("abd"));
-    }
-
-    #[test]
-    fn the_body_is_otlp_json() {
-        let now = SystemTime::now();
-        let body = body(
-            "automl",
-            &[Finished {
-                trace_id: 1,
-                span_id: 2,
-                parent: Some(3),
-                name: "rpc",
-                start: now,
-                end: now,
-                attributes: vec![("request_id".into(), "x".into())],
-            }],
+    fn traceparent_round_trips_through_metadata() {
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let carrier = HashMap::from([(TRACEPARENT.to_string(), traceparent.to_string())]);
+        let context = TraceContextPropagator::new().extract(&carrier);
+        assert!(context.span().span_context().is_valid());
+        let mut request = tonic::Request::new(());
+        TraceContextPropagator::new()
+            .inject_context(&context, &mut Metadata(request.metadata_mut()));
+        assert_eq!(
+            request
+                .metadata()
+                .get(TRACEPARENT)
+                .and_then(|v| v.to_str().ok()),
+            Some(traceparent)
         );
-        let span = &body["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
-        assert_eq!(span["traceId"], format!("{:032x}", 1));
-        assert_eq!(span["parentSpanId"], "0000000000000003");
-        assert_eq!(span["attributes"][0]["value"]["stringValue"], "x");
     }
 }

@@ -145,11 +145,13 @@ pub fn set<T>(request: &mut tonic::Request<T>, id: &str) {
     }
 }
 
-/// Puts the [`current`] id, if any, on an outgoing request.
+/// Puts the [`current`] id, if any, and the current trace context (when spans are exported)
+/// on an outgoing request.
 pub fn attach<T>(request: &mut tonic::Request<T>) {
     if let Some(id) = current() {
         set(request, &id);
     }
+    crate::otlp::inject(request);
 }
 
 /// The id on an incoming request, if it carries a valid one.
@@ -182,6 +184,7 @@ impl tonic::service::Interceptor for Fixed {
         if let Some(id) = &self.0 {
             set(&mut request, id);
         }
+        crate::otlp::inject(&mut request);
         Ok(request)
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! The span is a `tracing` span where spans are consumed ([`crate::telemetry::rpc_spans`]);
 //! otherwise it is the call's task-local [`Scope`], which the log formatters write as the same
-//! `rpc{…}` span.
+//! `rpc{…}` span. When spans are exported ([`crate::otlp`]), the span continues the trace of the
+//! caller's `traceparent` header.
 //!
 //! The status code is read from the response headers, where tonic puts it for a call that fails
 //! before its first response message (every unary error); a stream that fails later counts as
@@ -12,7 +13,7 @@
 
 use std::cell::RefCell;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -38,8 +39,8 @@ const MAX_PATHS: usize = 512;
 #[derive(Debug)]
 struct PathSeries {
     name: RpcName,
-    requests: Arc<Counter>,
-    duration: Arc<Histogram>,
+    requests: Counter,
+    duration: Histogram,
 }
 
 /// The series of `path`. Each thread keeps the paths it has seen, so a call takes no lock and
@@ -144,7 +145,19 @@ where
             value.set_sensitive(true);
             value
         });
-        let (span, rpc) = if crate::telemetry::rpc_spans() {
+        let (span, rpc) = if crate::otlp::exporting() {
+            // Exported: named after the RPC, a child of the caller's trace context.
+            let span = tracing::info_span!(
+                "rpc",
+                otel.name = request.uri().path(),
+                otel.kind = "server",
+                request_id = id.as_str(),
+                method = series.name.method.as_str(),
+                service = series.name.service.as_str(),
+            );
+            crate::otlp::set_parent_from_headers(&span, request.headers());
+            (span, None)
+        } else if crate::telemetry::rpc_spans() {
             let span = tracing::info_span!(
                 "rpc",
                 request_id = id.as_str(),
@@ -189,7 +202,9 @@ where
         let Poll::Ready(mut result) = this.call.poll(cx) else {
             return Poll::Pending;
         };
-        this.series.duration.observe_duration(this.start.elapsed());
+        this.series
+            .duration
+            .observe(this.start.elapsed().as_secs_f64());
         match &mut result {
             Ok(response) => {
                 record_status(this.series, response.headers());

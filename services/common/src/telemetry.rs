@@ -87,14 +87,22 @@ pub fn init_as(config: &TelemetryConfig, service_name: &str) {
             .event_format(JsonFormat)
             .boxed(),
     };
-    let otlp = (!config.otlp_endpoint.is_empty())
-        .then(|| crate::otlp::OtlpLayer::start(&config.otlp_endpoint, service_name))
-        .flatten()
-        .map(|layer| layer.with_filter(tracing_subscriber::filter::LevelFilter::INFO));
-    let exporting = otlp.is_some();
     let subscriber = tracing_subscriber::registry().with(filter).with(logs);
     // Without an exporter the stack has no layer for it at all: every span operation passes
     // through each layer of the stack.
+    let otlp = if config.otlp_endpoint.is_empty() {
+        None
+    } else {
+        let ca_file = std::path::Path::new(&config.otlp_ca_file);
+        match crate::otlp::layer(&config.otlp_endpoint, Some(ca_file), service_name) {
+            Ok(layer) => Some(layer.with_filter(tracing_subscriber::filter::LevelFilter::INFO)),
+            Err(err) => {
+                eprintln!("automl: trace export is off: {err:#}");
+                None
+            }
+        }
+    };
+    let exporting = otlp.is_some();
     let installed = match otlp {
         Some(otlp) => subscriber.with(otlp).try_init(),
         None => subscriber.try_init(),

@@ -101,3 +101,41 @@ impl TlsConfig {
         if self.serves_tls() { "https" } else { "http" }
     }
 }
+
+/// An HTTP/1 client connector that speaks `http://` and `https://`.
+pub type HttpsConnector =
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
+
+/// A connector for plain HTTP and for HTTPS verified against the CA in `ca_file` (PEM), or
+/// against the system's trusted roots without one (none on the system: `https://` fails to
+/// verify, `http://` still works).
+pub fn https_connector(ca_file: Option<&Path>) -> anyhow::Result<HttpsConnector> {
+    use anyhow::Context as _;
+    use hyper_rustls::HttpsConnectorBuilder;
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    let with_roots = |roots: rustls::RootCertStore| -> anyhow::Result<_> {
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(HttpsConnectorBuilder::new().with_tls_config(config))
+    };
+    let builder = match ca_file.filter(|path| !path.as_os_str().is_empty()) {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .with_context(|| format!("reading the CA file {}", path.display()))?;
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add_parsable_certificates(certs);
+            with_roots(roots)?
+        }
+        None => match HttpsConnectorBuilder::new().with_native_roots() {
+            Ok(builder) => builder,
+            Err(_) => with_roots(rustls::RootCertStore::empty())?,
+        },
+    };
+    Ok(builder.https_or_http().enable_http1().build())
+}

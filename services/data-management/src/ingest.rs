@@ -266,11 +266,7 @@ pub async fn text_intent(
             }
         }
     }
-    metrics()
-        .data
-        .ingest_bytes
-        .with(&[])
-        .add(records.consumed());
+    metrics().data.ingest_bytes.inc_by(records.consumed());
     if let Some(line) = over_limit {
         examples.abort().await;
         return Err(DataError::InvalidData(format!(
@@ -386,7 +382,7 @@ pub async fn generic(
         )
         .await;
         if let Ok((size, _)) = &copied {
-            metrics().data.ingest_bytes.with(&[]).add(*size);
+            metrics().data.ingest_bytes.inc_by(*size);
         }
         match copied {
             Ok((size, digest)) => {

@@ -648,8 +648,7 @@ impl Upload {
         automl_common::metrics::metrics()
             .data
             .upload_bytes
-            .with(&[])
-            .add(chunk.len() as u64);
+            .inc_by(chunk.len() as u64);
         Ok(())
     }
 

@@ -40,7 +40,7 @@ pub async fn build(
         .data
         .snapshot_build
         .with(&[outcome])
-        .observe_duration(started.elapsed());
+        .observe(started.elapsed().as_secs_f64());
     built
 }
 

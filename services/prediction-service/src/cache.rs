@@ -72,26 +72,26 @@ pub struct CacheStats {
 
 /// The process-wide cache metrics, resolved once so a prediction costs no registry lookup.
 struct Exported {
-    hits: Arc<Counter>,
-    misses: Arc<Counter>,
-    loads: Arc<Counter>,
-    load_duration: Arc<Histogram>,
-    evictions: Arc<Counter>,
-    models: Arc<Gauge>,
-    bytes: Arc<Gauge>,
+    hits: Counter,
+    misses: Counter,
+    loads: Counter,
+    load_duration: Histogram,
+    evictions: Counter,
+    models: Gauge,
+    bytes: Gauge,
 }
 
 impl Exported {
     fn new() -> Self {
         let cache = &metrics().model_cache;
         Self {
-            hits: cache.hits.with(&[]),
-            misses: cache.misses.with(&[]),
-            loads: cache.loads.with(&[]),
-            load_duration: cache.load_duration.with(&[]),
-            evictions: cache.evictions.with(&[]),
-            models: cache.models.with(&[]),
-            bytes: cache.bytes.with(&[]),
+            hits: cache.hits.clone(),
+            misses: cache.misses.clone(),
+            loads: cache.loads.clone(),
+            load_duration: cache.load_duration.clone(),
+            evictions: cache.evictions.clone(),
+            models: cache.models.clone(),
+            bytes: cache.bytes.clone(),
         }
     }
 }
@@ -324,7 +324,7 @@ impl ModelCache {
         self.exported.loads.inc();
         self.exported
             .load_duration
-            .observe_duration(fetch_started.elapsed());
+            .observe(fetch_started.elapsed().as_secs_f64());
         tracing::info!(
             run_id = %artifact.run_id,
             version = %artifact.version,

@@ -88,6 +88,7 @@ fn spec_of(metadata: pb::TrainingJobMetadata) -> Result<JobSpec, Status> {
         base_run_id: metadata.base_run_id,
         priority,
         request_id: automl_common::request_id::current().unwrap_or_default(),
+        traceparent: automl_common::otlp::current_traceparent().unwrap_or_default(),
         // Given by the service when the job is queued.
         submission: String::new(),
     })

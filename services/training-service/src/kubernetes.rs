@@ -775,6 +775,7 @@ mod tests {
                 },
                 base_run_id: String::new(),
                 request_id: String::new(),
+                traceparent: String::new(),
                 submission: "0f3a9c".into(),
                 ..JobSpec::default()
             },

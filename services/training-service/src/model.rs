@@ -154,6 +154,10 @@ pub struct JobSpec {
     /// Id of the `Train` call that queued the job; the trainer gets it as AUTOML_REQUEST_ID.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub request_id: String,
+    /// W3C trace context of the `Train` call, when traces are exported; the trainer gets it as
+    /// TRACEPARENT and continues that trace.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub traceparent: String,
     /// A random id given at submission: a Kubernetes Job carries it, so a Job left behind by
     /// another database's job of the same id is never taken for this one.
     #[serde(default, skip_serializing_if = "String::is_empty")]

@@ -1120,6 +1120,7 @@ impl Training {
         if !spec.request_id.is_empty() {
             env.push((request_id::ENV_VAR.into(), spec.request_id.clone()));
         }
+        env.extend(automl_common::otlp::child_env(&spec.traceparent));
         if !self.ca_file.is_empty() {
             env.push((CA_FILE_ENV.into(), self.ca_file.clone()));
         }

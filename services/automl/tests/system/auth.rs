@@ -300,7 +300,7 @@ impl Deployment {
 
 /// A CA and a server certificate for localhost and 127.0.0.1, made by scripts/dev-certs.sh:
 /// (ca, cert, key).
-fn certificate(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+pub(crate) fn certificate(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let certs = dir.join("certs");
     let status = Command::new("bash")

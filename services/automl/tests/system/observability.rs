@@ -377,97 +377,320 @@ async fn one_request_id_follows_train_through_the_trainer_to_log_run_end() {
     }
 }
 
-/// A minimal OTLP/HTTP collector: answers 200 to every POST and keeps the JSON bodies.
-fn collector() -> (String, std::sync::mpsc::Receiver<Value>) {
-    use std::io::{BufRead, BufReader, Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (sender, receiver) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-            let mut length = 0usize;
-            let mut request_line = String::new();
-            let _ = reader.read_line(&mut request_line);
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = value.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0u8; length];
-            let _ = reader.read_exact(&mut body);
-            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
-            if request_line.starts_with("POST /v1/traces")
-                && let Ok(json) = serde_json::from_slice(&body)
-                && sender.send(json).is_err()
-            {
-                return;
-            }
-        }
-    });
-    (format!("http://{addr}"), receiver)
+/// A span as the collector received it.
+#[derive(Debug, Clone)]
+struct Received {
+    /// The exporting process's `service.name`.
+    process: String,
+    name: String,
+    trace_id: String,
+    span_id: String,
+    parent: String,
+    attributes: std::collections::HashMap<String, String>,
 }
 
+/// An OTLP/HTTP collector on 127.0.0.1, over TLS with `tls` = (certificate, key): decodes every
+/// `POST /v1/traces` (protobuf) and sends on its spans. Returns its base URL.
+async fn collector(
+    tls: Option<(&Path, &Path)>,
+) -> (String, tokio::sync::mpsc::UnboundedReceiver<Received>) {
+    use http_body_util::BodyExt;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+    use prost::Message;
+    use rustls::pki_types::pem::PemObject;
+
+    let acceptor = tls.map(|(cert, key)| {
+        let chain = rustls::pki_types::CertificateDer::pem_file_iter(cert)
+            .expect("certificate")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("certificate");
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key).expect("key");
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("protocols")
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("server config");
+        tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    let text = |value: Option<&opentelemetry_proto::tonic::common::v1::AnyValue>| match value
+        .and_then(|v| v.value.as_ref())
+    {
+        Some(AnyValue::StringValue(text)) => text.clone(),
+        Some(other) => format!("{other:?}"),
+        None => String::new(),
+    };
+    let service =
+        hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+            let sender = sender.clone();
+            async move {
+                let traces = request.uri().path() == "/v1/traces";
+                let body = request.into_body().collect().await?.to_bytes();
+                if traces && let Ok(export) = ExportTraceServiceRequest::decode(body) {
+                    for resource_spans in export.resource_spans {
+                        let process = resource_spans
+                            .resource
+                            .iter()
+                            .flat_map(|resource| &resource.attributes)
+                            .find(|a| a.key == "service.name")
+                            .map(|a| text(a.value.as_ref()))
+                            .unwrap_or_default();
+                        for span in resource_spans.scope_spans.into_iter().flat_map(|s| s.spans) {
+                            let _ = sender.send(Received {
+                                process: process.clone(),
+                                name: span.name.clone(),
+                                trace_id: hex(&span.trace_id),
+                                span_id: hex(&span.span_id),
+                                parent: hex(&span.parent_span_id),
+                                attributes: span
+                                    .attributes
+                                    .iter()
+                                    .map(|a| (a.key.clone(), text(a.value.as_ref())))
+                                    .collect(),
+                            });
+                        }
+                    }
+                }
+                Ok::<_, hyper::Error>(hyper::Response::new(http_body_util::Full::new(
+                    hyper::body::Bytes::new(),
+                )))
+            }
+        });
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, service) = (acceptor.clone(), service.clone());
+            tokio::spawn(async move {
+                let builder = hyper::server::conn::http1::Builder::new();
+                let _ = match acceptor {
+                    Some(acceptor) => {
+                        let Ok(stream) = acceptor.accept(stream).await else {
+                            return;
+                        };
+                        builder
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                            .await
+                    }
+                    None => {
+                        builder
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                            .await
+                    }
+                };
+            });
+        }
+    });
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    (format!("{scheme}://{addr}"), receiver)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Spans from `spans` until `done` holds for those received, within 60 s.
+async fn receive_until(
+    spans: &mut tokio::sync::mpsc::UnboundedReceiver<Received>,
+    done: impl Fn(&[Received]) -> bool,
+) -> Vec<Received> {
+    let mut received = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !done(&received) {
+        match tokio::time::timeout_at(deadline, spans.recv()).await {
+            Ok(Some(span)) => received.push(span),
+            _ => panic!("the collector did not receive the spans within 60 s: {received:#?}"),
+        }
+    }
+    received
+}
+
+/// The RPC spans of `method` among `spans`.
+fn rpc_spans<'a>(spans: &'a [Received], method: &str) -> Vec<&'a Received> {
+    spans
+        .iter()
+        .filter(|span| span.attributes.get("method").is_some_and(|m| m == method))
+        .collect()
+}
+
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN: &str = "00f067aa0ba902b7";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spans_of_one_request_reach_an_otlp_collector_as_one_trace() {
+async fn calls_join_the_callers_trace_and_a_request_id_starts_none() {
     let env = TestEnv::new(automl_common::db::Backend::Sqlite)
         .await
         .expect("env");
-    let (endpoint, bodies) = collector();
+    let (endpoint, mut spans) = collector(None).await;
     let mut vars = process_env(&env, &env.path().join("automl"));
     vars.push(("AUTOML__TELEMETRY__OTLP_ENDPOINT", endpoint));
     vars.push(("RUST_LOG", "info".into()));
     let automl = Automl::spawn(env.path(), &vars);
     let id = "otlp-trace-4711";
-    for run_id in ["1", "2"] {
-        let (ok, _, stderr) = crate::support::run_grpcurl(&[
-            "-plaintext",
-            "-H",
-            &format!("x-request-id: {id}"),
-            "-d",
-            &format!(r#"{{"run_id":"{run_id}","run_name":"x"}}"#),
-            &automl.addr("metadata-store"),
+    for (run_id, traceparent) in [
+        (
+            "1",
+            Some(format!("traceparent: 00-{TRACE_ID}-{CALLER_SPAN}-01")),
+        ),
+        ("2", None),
+    ] {
+        let body = format!(r#"{{"run_id":"{run_id}","run_name":"x"}}"#);
+        let request_id = format!("x-request-id: {id}");
+        let mut args = vec!["-plaintext", "-H", &request_id, "-d", &body];
+        if let Some(traceparent) = &traceparent {
+            args.extend(["-H", traceparent]);
+        }
+        let addr = automl.addr("metadata-store");
+        args.extend([
+            addr.as_str(),
             "metadata_store.MetadataStoreService/LogRunStart",
         ]);
+        let (ok, _, stderr) = crate::support::run_grpcurl(&args);
         assert!(ok, "{stderr}");
     }
-    let trace_id = format!("{:032x}", automl_common::otlp::trace_id_of(id));
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let mut spans: Vec<Value> = Vec::new();
-    while spans.len() < 2 {
-        let remaining = deadline.saturating_duration_since(std::time::Instant::now());
-        let body = tokio::task::block_in_place(|| bodies.recv_timeout(remaining))
-            .expect("the collector receives the spans within 20 s");
-        for span in body["resourceSpans"][0]["scopeSpans"][0]["spans"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-        {
-            let carries_id = span["attributes"].as_array().is_some_and(|attributes| {
-                attributes
-                    .iter()
-                    .any(|a| a["key"] == "request_id" && a["value"]["stringValue"] == id)
-            });
-            if span["name"] == "rpc" && carries_id {
-                spans.push(span);
-            }
-        }
-    }
-    // Both calls, one trace, each its own span with start and end.
-    assert!(
-        spans.iter().all(|s| s["traceId"] == trace_id.as_str()),
-        "{spans:?}"
+    let received = receive_until(&mut spans, |spans| {
+        rpc_spans(spans, "LogRunStart").len() >= 2
+    })
+    .await;
+    let calls = rpc_spans(&received, "LogRunStart");
+    // The call with a traceparent continues the caller's trace under the caller's span; the
+    // one with the same request id and no traceparent is a trace of its own.
+    let joined = calls
+        .iter()
+        .find(|span| span.trace_id == TRACE_ID)
+        .expect("a span in the caller's trace");
+    assert_eq!(joined.parent, CALLER_SPAN);
+    assert_eq!(
+        joined.name,
+        "/metadata_store.MetadataStoreService/LogRunStart"
     );
-    assert_ne!(spans[0]["spanId"], spans[1]["spanId"]);
-    assert!(
-        spans
-            .iter()
-            .all(|s| s["endTimeUnixNano"].as_str() >= s["startTimeUnixNano"].as_str())
+    assert_eq!(joined.attributes["request_id"], id);
+    let alone = calls
+        .iter()
+        .find(|span| span.trace_id != TRACE_ID)
+        .expect("a span in another trace");
+    assert_eq!(alone.attributes["request_id"], id);
+    assert!(alone.parent.is_empty(), "a root span: {alone:?}");
+    automl.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_follows_train_through_the_trainer_to_an_https_collector() {
+    require_trainer();
+    let env = TestEnv::new(automl_common::db::Backend::Sqlite)
+        .await
+        .expect("env");
+    let (ca, cert, key) = crate::auth::certificate(env.path());
+    let (endpoint, mut spans) = collector(Some((&cert, &key))).await;
+    assert!(endpoint.starts_with("https://127.0.0.1:"));
+    let data = crate::support::clinc_data("clinc-intents-part1.csv");
+    env.objects
+        .put_bytes(&env.objects.datasets_bucket, "upload/part1.csv", data)
+        .await
+        .expect("upload");
+    let mut vars = process_env(&env, &env.path().join("automl"));
+    vars.push(("AUTOML__TELEMETRY__OTLP_ENDPOINT", endpoint));
+    vars.push(("AUTOML__TELEMETRY__OTLP_CA_FILE", ca.display().to_string()));
+    vars.push(("RUST_LOG", "info".into()));
+    let automl = Automl::spawn(env.path(), &vars);
+    let dm = automl.addr("data-management");
+    grpcurl_json(
+        &dm,
+        "data_management.DataManagementService/CreateDataset",
+        r#"{"name":"clinc","dataset_type":"TEXT_INTENT","path":"upload/part1.csv"}"#,
+    );
+    grpcurl_json(
+        &dm,
+        "data_management.DataManagementService/PrepareTrainingDataset",
+        r#"{"dataset_id":"1"}"#,
+    );
+    let channel = tonic::transport::Endpoint::from_shared(format!(
+        "http://{}",
+        automl.addr("training-service")
+    ))
+    .expect("url")
+    .connect()
+    .await
+    .expect("connect");
+    let mut training = TrainingServiceClient::new(channel);
+    let mut request = tonic::Request::new(tr::TrainRequest {
+        metadata: Some(tr::TrainingJobMetadata {
+            algorithm: "intent-classification".into(),
+            dataset_id: "1".into(),
+            name: "traced".into(),
+            train_data_version_hash: "hashAg==".into(),
+            parameters: [("EPOCHS", "1"), ("LR", "4")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            output_model_name: "intent".into(),
+            ..Default::default()
+        }),
+    });
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{TRACE_ID}-{CALLER_SPAN}-01")
+            .parse()
+            .expect("metadata value"),
+    );
+    let job_id = training
+        .train(request)
+        .await
+        .expect("train")
+        .into_inner()
+        .job_id;
+
+    // Train in training-service, the trainer's job, LogRunStart and LogRunEnd in metadata-store:
+    // one trace, each span the child of the one before it.
+    let received = receive_until(&mut spans, |spans| {
+        !rpc_spans(spans, "LogRunEnd").is_empty()
+            && spans.iter().any(|span| span.process == "automl-train")
+    })
+    .await;
+    let in_trace: Vec<&Received> = received
+        .iter()
+        .filter(|span| span.trace_id == TRACE_ID)
+        .collect();
+    let train = rpc_spans(&received, "Train");
+    assert_eq!(train.len(), 1, "{received:#?}");
+    assert_eq!(train[0].trace_id, TRACE_ID);
+    assert_eq!(train[0].parent, CALLER_SPAN);
+    assert_eq!(train[0].attributes["service"], "training.TrainingService");
+    let trainer = in_trace
+        .iter()
+        .find(|span| span.process == "automl-train" && span.name == "train")
+        .unwrap_or_else(|| panic!("the trainer's span in the trace: {received:#?}"));
+    assert_eq!(
+        trainer.parent, train[0].span_id,
+        "the trainer continues Train"
+    );
+    for method in ["LogRunStart", "LogRunEnd"] {
+        let calls = rpc_spans(&received, method);
+        assert!(
+            calls.iter().any(|span| span.trace_id == TRACE_ID
+                && span.parent == trainer.span_id
+                && span.attributes["service"] == "metadata_store.MetadataStoreService"),
+            "{method} is a child of the trainer's span: {calls:#?}"
+        );
+    }
+    let status = training
+        .get_training_status(tr::GetTrainingStatusRequest { job_id })
+        .await
+        .expect("status")
+        .into_inner();
+    assert_ne!(
+        status.status(),
+        tr::TrainingStatus::Failure,
+        "{}",
+        status.message
     );
     automl.terminate();
 }

@@ -579,6 +579,7 @@ fn trial_job(spec: &ExperimentSpec, name: &str, chosen: &BTreeMap<String, String
         base_run_id: String::new(),
         priority: spec.priority,
         request_id: automl_common::request_id::current().unwrap_or_default(),
+        traceparent: automl_common::otlp::current_traceparent().unwrap_or_default(),
         submission: String::new(),
     }
 }

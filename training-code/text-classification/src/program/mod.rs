@@ -310,11 +310,35 @@ fn short(value: f64) -> String {
 }
 
 /// Library logs go to stderr (`RUST_LOG`, default `warn`); stdout carries the progress lines.
+/// With `OTEL_EXPORTER_OTLP_ENDPOINT` set (training-service sets it when it exports traces),
+/// the trainer's spans go to that collector too, in the trace of its `TRACEPARENT`.
 fn init_tracing() {
+    use automl_common::otlp;
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_filter(filter);
+    let traces = std::env::var(otlp::ENDPOINT_ENV)
+        .ok()
+        .filter(|endpoint| !endpoint.is_empty())
+        .and_then(|endpoint| {
+            let ca_file = std::env::var(otlp::CERTIFICATE_ENV).unwrap_or_default();
+            otlp::layer(
+                &endpoint,
+                Some(std::path::Path::new(&ca_file)),
+                "automl-train",
+            )
+            .map_err(|err| eprintln!("trace export is off: {err:#}"))
+            .ok()
+        })
+        .map(|layer| layer.with_filter(tracing_subscriber::filter::LevelFilter::INFO));
+    let _ = tracing_subscriber::registry()
+        .with(logs)
+        .with(traces)
         .try_init();
 }

@@ -19,6 +19,7 @@ use automl_proto::metadata_store::metadata_store_service_client::MetadataStoreSe
 use candle_core::Device;
 use tonic::codegen::InterceptedService;
 use tonic::transport::Channel;
+use tracing::Instrument;
 
 use super::objects::Objects;
 use super::retry;
@@ -46,6 +47,16 @@ impl tonic::service::Interceptor for Outgoing {
 /// Runs one training job; the error, if any, has been recorded with LogRunEnd when the run had
 /// started.
 pub async fn run(env: TrainerEnv, job: super::Job, device: Device) -> anyhow::Result<()> {
+    // One span for the whole job, in the trace of the `Train` call that queued it: every call
+    // to metadata-store carries it on.
+    let span = tracing::info_span!("train", otel.name = "train", job_id = %env.job_id);
+    automl_common::otlp::set_parent_from_env(&span);
+    let trained = run_job(env, job, device).instrument(span).await;
+    automl_common::otlp::flush().await;
+    trained
+}
+
+async fn run_job(env: TrainerEnv, job: super::Job, device: Device) -> anyhow::Result<()> {
     // training-service hands its CA to trainers when its services speak TLS: metadata-store
     // is then reached over https (the object store keeps its own scheme).
     let tls = automl_common::tls::TlsConfig {
