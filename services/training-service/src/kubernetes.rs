@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use futures::future::BoxFuture;
 use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::batch::v1::{Job as KubeJob, JobSpec};
 use k8s_openapi::api::core::v1::{
@@ -21,11 +22,16 @@ use tokio_util::sync::CancellationToken;
 
 use automl_common::auth::TOKEN_ENV;
 
+use crate::backend::{
+    Backend, JobRef, Launch, Launched, LogFollow, Observed, Stopped, TRAINER_ERROR,
+};
 use crate::config::{KubernetesConfig, TolerationConfig};
 use crate::error::TrainingError;
 use crate::local::Exit;
 use crate::model::Job;
 
+/// The name recorded on jobs run as Kubernetes Jobs.
+pub const NAME: &str = "kubernetes";
 /// Label selecting every Job and Pod this service made.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "automl-training-service");
 /// Label carrying the training job id.
@@ -37,8 +43,6 @@ pub const SUBMISSION_LABEL: &str = "automl.io/submission";
 pub const ALGORITHM_LABEL: &str = "automl.io/algorithm";
 /// The trainer container's name.
 pub const CONTAINER: &str = "trainer";
-/// How automl-train starts the error line it writes before a failing exit.
-pub const TRAINER_ERROR: &str = "automl-train: error: ";
 /// The trainer program in the image when the registry names no command.
 pub const DEFAULT_TRAINER: &str = "automl-train";
 /// Key of the job token in the job's own Secret.
@@ -57,38 +61,6 @@ const JOB_SECRET_VARS: [(&str, &str); 2] = [
 pub const ACCESS_KEY_VAR: &str = "MINIO_SERVER_ACCESS_KEY";
 /// See [`ACCESS_KEY_VAR`].
 pub const SECRET_KEY_VAR: &str = "MINIO_SERVER_SECRET_KEY";
-
-/// Which job a Job or Pod belongs to, read from its labels.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct JobRef {
-    /// The training job id.
-    pub job_id: i64,
-    /// The job's submission id; empty on Jobs made before submissions had one.
-    pub submission: String,
-}
-
-impl JobRef {
-    /// Whether this Job is the one of `job` (and not an older job with the same id).
-    pub fn is_of(&self, job: &Job) -> bool {
-        self.job_id == job.job_id
-            && (self.submission.is_empty()
-                || job.spec.submission.is_empty()
-                || self.submission == job.spec.submission)
-    }
-}
-
-/// What the backend observed about a job.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Observed {
-    /// Its pod runs.
-    Running(JobRef),
-    /// Its Job finished.
-    Exited(JobRef, Exit),
-    /// Its Job is gone without having finished (deleted, or expired while nobody watched).
-    Gone(JobRef),
-    /// The watch's (re)list is complete: these jobs have a Job object.
-    Listed(HashSet<JobRef>),
-}
 
 /// What a trainer Job runs: image, program, environment, resources.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -750,7 +722,7 @@ impl KubernetesBackend {
     }
 
     /// Watches this service's Jobs and Pods until `shutdown`, sending what it observes.
-    pub async fn track(
+    async fn watch_jobs(
         self,
         observed: mpsc::UnboundedSender<Observed>,
         shutdown: CancellationToken,
@@ -814,6 +786,164 @@ impl KubernetesBackend {
             _ => reason,
         };
         Observed::Exited(job, Exit::Failed(reason))
+    }
+}
+
+impl KubernetesBackend {
+    /// Streams a job's pod log from `from_line`, following it until the job ends. When the
+    /// follow stream breaks off early the log is read again and the lines already sent are
+    /// skipped.
+    async fn follow_pod_log(
+        self,
+        job_id: i64,
+        from_line: i64,
+        follow: LogFollow,
+    ) -> Result<(), TrainingError> {
+        let LogFollow {
+            ended,
+            sender,
+            shutdown,
+            poll,
+        } = follow;
+        let mut sent = from_line;
+        loop {
+            let ended = ended().await?;
+            let pod = self.pod_of(job_id).await?;
+            let started = pod.as_ref().is_some_and(|pod| {
+                pod.status
+                    .as_ref()
+                    .and_then(|status| status.phase.as_deref())
+                    .is_some_and(|phase| phase != "Pending")
+            });
+            if let (Some(pod), true) = (pod, started) {
+                let name = pod.metadata.name.unwrap_or_default();
+                let mut lines = Box::pin(self.log_lines(&name, !ended).await?);
+                let mut number = 0i64;
+                loop {
+                    let line = tokio::select! {
+                        () = shutdown.cancelled() => return Ok(()),
+                        () = sender.closed() => return Ok(()),
+                        line = lines.next() => line,
+                    };
+                    let Some(line) = line else { break };
+                    let line = line?;
+                    if number >= sent {
+                        if sender.send(Ok((number, line))).await.is_err() {
+                            return Ok(());
+                        }
+                        sent = number + 1;
+                    }
+                    number += 1;
+                }
+            }
+            if ended {
+                return Ok(());
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = sender.closed() => return Ok(()),
+                () = tokio::time::sleep(poll) => {}
+            }
+        }
+    }
+
+    /// The image and program of a job's trainer, from its algorithm's registry entry.
+    fn trainer(launch: &Launch<'_>) -> TrainerSpec {
+        let algorithm = launch.algorithm;
+        let image = if launch.job.spec.resources.gpus > 0 && !algorithm.gpu_image.is_empty() {
+            algorithm.gpu_image.clone()
+        } else {
+            algorithm.image.clone()
+        };
+        let command = if algorithm.command.is_empty() {
+            DEFAULT_TRAINER.to_string()
+        } else {
+            algorithm.command.clone()
+        };
+        TrainerSpec {
+            image,
+            command,
+            env: launch.env.to_vec(),
+        }
+    }
+}
+
+impl Backend for KubernetesBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn trainer_kind(&self) -> &'static str {
+        "the Kubernetes Job"
+    }
+
+    fn launch<'a>(&'a self, launch: Launch<'a>) -> BoxFuture<'a, Result<Launched, TrainingError>> {
+        Box::pin(async move {
+            let trainer = Self::trainer(&launch);
+            let name = KubernetesBackend::launch(self, launch.job, &trainer).await?;
+            Ok(Launched::Created {
+                name,
+                image: trainer.image,
+            })
+        })
+    }
+
+    fn stop<'a>(
+        &'a self,
+        job: &'a Job,
+        launching: bool,
+    ) -> BoxFuture<'a, Result<Stopped, TrainingError>> {
+        Box::pin(async move {
+            // A Job being created right now is deleted once it exists (next pass).
+            if launching {
+                return Ok(Stopped::Stopping);
+            }
+            self.cancel(job.job_id).await?;
+            Ok(Stopped::Gone)
+        })
+    }
+
+    fn stops_at_once(&self) -> bool {
+        false
+    }
+
+    fn follow_logs(
+        &self,
+        job_id: i64,
+        from_line: i64,
+        follow: LogFollow,
+    ) -> BoxFuture<'static, Result<(), TrainingError>> {
+        Box::pin(self.clone().follow_pod_log(job_id, from_line, follow))
+    }
+
+    fn trainer_error(&self, _job_id: i64) -> BoxFuture<'_, Option<String>> {
+        // The pod's termination message carries it, with the Job's failure.
+        Box::pin(async { None })
+    }
+
+    fn exists<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<bool, TrainingError>> {
+        Box::pin(KubernetesBackend::exists(self, job))
+    }
+
+    fn can_wait_to_start(&self) -> bool {
+        true
+    }
+
+    fn pending_reason(&self, job_id: i64) -> BoxFuture<'_, String> {
+        Box::pin(KubernetesBackend::pending_reason(self, job_id))
+    }
+
+    fn follow_orphan(
+        &self,
+        _job: &Job,
+        _max_runtime: std::time::Duration,
+    ) -> Option<BoxFuture<'static, String>> {
+        // The watch's initial list re-attaches to every Job.
+        None
+    }
+
+    fn track(&self, observed: mpsc::UnboundedSender<Observed>, shutdown: CancellationToken) {
+        tokio::spawn(self.clone().watch_jobs(observed, shutdown));
     }
 }
 
