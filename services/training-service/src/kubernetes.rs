@@ -6,23 +6,32 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use futures::future::BoxFuture;
 use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
-use k8s_openapi::api::batch::v1::Job as KubeJob;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
-use kube::runtime::watcher;
-use serde_json::json;
+use k8s_openapi::api::batch::v1::{Job as KubeJob, JobSpec};
+use k8s_openapi::api::core::v1::{
+    Container, EnvVar, EnvVarSource, Pod, PodSpec, PodTemplateSpec, ResourceRequirements, Secret,
+    SecretKeySelector, Toleration,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use automl_common::auth::TOKEN_ENV;
-use k8s_openapi::api::core::v1::Secret;
 
+use crate::backend::{
+    Backend, JobRef, Launch, Launched, LogFollow, Observed, Stopped, TRAINER_ERROR,
+};
 use crate::config::{KubernetesConfig, TolerationConfig};
 use crate::error::TrainingError;
 use crate::local::Exit;
 use crate::model::Job;
 
+/// The name recorded on jobs run as Kubernetes Jobs.
+pub const NAME: &str = "kubernetes";
 /// Label selecting every Job and Pod this service made.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "automl-training-service");
 /// Label carrying the training job id.
@@ -34,8 +43,6 @@ pub const SUBMISSION_LABEL: &str = "automl.io/submission";
 pub const ALGORITHM_LABEL: &str = "automl.io/algorithm";
 /// The trainer container's name.
 pub const CONTAINER: &str = "trainer";
-/// How automl-train starts the error line it writes before a failing exit.
-pub const TRAINER_ERROR: &str = "automl-train: error: ";
 /// The trainer program in the image when the registry names no command.
 pub const DEFAULT_TRAINER: &str = "automl-train";
 /// Key of the job token in the job's own Secret.
@@ -54,38 +61,6 @@ const JOB_SECRET_VARS: [(&str, &str); 2] = [
 pub const ACCESS_KEY_VAR: &str = "MINIO_SERVER_ACCESS_KEY";
 /// See [`ACCESS_KEY_VAR`].
 pub const SECRET_KEY_VAR: &str = "MINIO_SERVER_SECRET_KEY";
-
-/// Which job a Job or Pod belongs to, read from its labels.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct JobRef {
-    /// The training job id.
-    pub job_id: i64,
-    /// The job's submission id; empty on Jobs made before submissions had one.
-    pub submission: String,
-}
-
-impl JobRef {
-    /// Whether this Job is the one of `job` (and not an older job with the same id).
-    pub fn is_of(&self, job: &Job) -> bool {
-        self.job_id == job.job_id
-            && (self.submission.is_empty()
-                || job.spec.submission.is_empty()
-                || self.submission == job.spec.submission)
-    }
-}
-
-/// What the backend observed about a job.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Observed {
-    /// Its pod runs.
-    Running(JobRef),
-    /// Its Job finished.
-    Exited(JobRef, Exit),
-    /// Its Job is gone without having finished (deleted, or expired while nobody watched).
-    Gone(JobRef),
-    /// The watch's (re)list is complete: these jobs have a Job object.
-    Listed(HashSet<JobRef>),
-}
 
 /// What a trainer Job runs: image, program, environment, resources.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,34 +101,130 @@ fn label_value(value: &str) -> String {
         .to_string()
 }
 
-fn tolerations(items: &[TolerationConfig]) -> Vec<serde_json::Value> {
+fn tolerations(items: &[TolerationConfig]) -> Vec<Toleration> {
+    let set = |field: &String| (!field.is_empty()).then(|| field.clone());
     items
         .iter()
-        .map(|t| {
-            let mut value = serde_json::Map::new();
-            for (key, field) in [
-                ("key", &t.key),
-                ("operator", &t.operator),
-                ("value", &t.value),
-                ("effect", &t.effect),
-            ] {
-                if !field.is_empty() {
-                    value.insert(key.into(), json!(field));
-                }
-            }
-            serde_json::Value::Object(value)
+        .map(|t| Toleration {
+            key: set(&t.key),
+            operator: set(&t.operator),
+            value: set(&t.value),
+            effect: set(&t.effect),
+            ..Toleration::default()
         })
         .collect()
 }
 
-/// The batch/v1 Job of a training job.
-pub fn job_manifest(
-    config: &KubernetesConfig,
-    namespace: &str,
-    job: &Job,
-    trainer: &TrainerSpec,
-) -> Result<KubeJob, TrainingError> {
-    let labels = BTreeMap::from([
+/// A trainer variable: a plain value, or a reference to `(secret, key)`.
+fn env_var(name: &str, value: &str, secret: Option<(&str, &str)>) -> EnvVar {
+    match secret {
+        Some((secret, key)) => EnvVar {
+            name: name.to_string(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: secret.to_string(),
+                    key: key.to_string(),
+                    ..SecretKeySelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        },
+        None => EnvVar {
+            name: name.to_string(),
+            value: Some(value.to_string()),
+            ..EnvVar::default()
+        },
+    }
+}
+
+/// The trainer's environment: the S3 keys come from the S3 Secret, the job's token and grants
+/// from its own Secret, the rest as plain values.
+fn trainer_env(config: &KubernetesConfig, job_id: i64, trainer: &TrainerSpec) -> Vec<EnvVar> {
+    let token_secret = token_secret_name(job_id);
+    trainer
+        .env
+        .iter()
+        .map(|(name, value)| {
+            let own = JOB_SECRET_VARS
+                .iter()
+                .find(|(var, _)| var == name)
+                .map(|(_, key)| (token_secret.as_str(), *key));
+            let secret = match name.as_str() {
+                ACCESS_KEY_VAR => Some((
+                    config.s3_secret_name.as_str(),
+                    config.s3_access_key_key.as_str(),
+                )),
+                SECRET_KEY_VAR => Some((
+                    config.s3_secret_name.as_str(),
+                    config.s3_secret_key_key.as_str(),
+                )),
+                _ => own,
+            };
+            env_var(name, value, secret)
+        })
+        .collect()
+}
+
+/// Requests and limits of a job's `resources` (`nvidia.com/gpu` only as a limit).
+fn resource_requirements(resources: &crate::model::Resources) -> ResourceRequirements {
+    let mut requests = BTreeMap::new();
+    if !resources.cpu.is_empty() {
+        requests.insert("cpu".to_string(), Quantity(resources.cpu.clone()));
+    }
+    if !resources.memory.is_empty() {
+        requests.insert("memory".to_string(), Quantity(resources.memory.clone()));
+    }
+    let mut limits = requests.clone();
+    if resources.gpus > 0 {
+        limits.insert(
+            "nvidia.com/gpu".to_string(),
+            Quantity(resources.gpus.to_string()),
+        );
+    }
+    ResourceRequirements {
+        requests: Some(requests),
+        limits: Some(limits),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// The trainer pod of a job: one container, never restarted, placed by the node selectors
+/// and tolerations (the GPU ones added for a GPU job).
+fn pod_spec(config: &KubernetesConfig, job: &Job, trainer: &TrainerSpec) -> PodSpec {
+    let gpu = job.spec.resources.gpus > 0;
+    let mut node_selector = config.node_selector.clone();
+    let mut all_tolerations = tolerations(&config.tolerations);
+    if gpu {
+        node_selector.extend(config.gpu_node_selector.clone());
+        all_tolerations.extend(tolerations(&config.gpu_tolerations));
+    }
+    let container = Container {
+        name: CONTAINER.to_string(),
+        image: Some(trainer.image.clone()),
+        image_pull_policy: Some(config.image_pull_policy.clone()),
+        command: Some(vec![trainer.command.clone()]),
+        // A failing trainer's last log lines become its termination message.
+        termination_message_policy: Some("FallbackToLogsOnError".to_string()),
+        env: Some(trainer_env(config, job.job_id, trainer)),
+        resources: Some(resource_requirements(&job.spec.resources)),
+        ..Container::default()
+    };
+    PodSpec {
+        restart_policy: Some("Never".to_string()),
+        automount_service_account_token: Some(false),
+        containers: vec![container],
+        service_account_name: (!config.service_account.is_empty())
+            .then(|| config.service_account.clone()),
+        node_selector: (!node_selector.is_empty()).then_some(node_selector),
+        tolerations: (!all_tolerations.is_empty()).then_some(all_tolerations),
+        ..PodSpec::default()
+    }
+}
+
+/// The labels of a job's Job, its pods and its Secret.
+fn job_labels(job: &Job) -> BTreeMap<String, String> {
+    BTreeMap::from([
         (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
         (JOB_ID_LABEL.to_string(), job.job_id.to_string()),
         (
@@ -164,99 +235,67 @@ pub fn job_manifest(
             ALGORITHM_LABEL.to_string(),
             label_value(&job.spec.algorithm),
         ),
-    ]);
-    let env: Vec<serde_json::Value> = trainer
-        .env
-        .iter()
-        .map(|(name, value)| {
-            let token_secret = token_secret_name(job.job_id);
-            let own = JOB_SECRET_VARS
-                .iter()
-                .find(|(var, _)| var == name)
-                .map(|(_, key)| (&token_secret, *key));
-            let secret = match name.as_str() {
-                ACCESS_KEY_VAR => Some((&config.s3_secret_name, config.s3_access_key_key.as_str())),
-                SECRET_KEY_VAR => Some((&config.s3_secret_name, config.s3_secret_key_key.as_str())),
-                _ => own,
-            };
-            match secret {
-                Some((secret, key)) => json!({
-                    "name": name,
-                    "valueFrom": {"secretKeyRef": {"name": secret, "key": key}},
-                }),
-                None => json!({"name": name, "value": value}),
-            }
-        })
-        .collect();
+    ])
+}
 
-    let resources = &job.spec.resources;
-    let mut quantities = serde_json::Map::new();
-    if !resources.cpu.is_empty() {
-        quantities.insert("cpu".into(), json!(resources.cpu));
-    }
-    if !resources.memory.is_empty() {
-        quantities.insert("memory".into(), json!(resources.memory));
-    }
-    let mut limits = quantities.clone();
-    if resources.gpus > 0 {
-        limits.insert("nvidia.com/gpu".into(), json!(resources.gpus.to_string()));
-    }
-
-    let gpu = resources.gpus > 0;
-    let mut node_selector = config.node_selector.clone();
-    let mut all_tolerations = tolerations(&config.tolerations);
-    if gpu {
-        node_selector.extend(config.gpu_node_selector.clone());
-        all_tolerations.extend(tolerations(&config.gpu_tolerations));
-    }
-
-    let mut pod_spec = json!({
-        "restartPolicy": "Never",
-        "automountServiceAccountToken": false,
-        "containers": [{
-            "name": CONTAINER,
-            "image": trainer.image,
-            "imagePullPolicy": config.image_pull_policy,
-            "command": [trainer.command],
-            // A failing trainer's last log lines become its termination message.
-            "terminationMessagePolicy": "FallbackToLogsOnError",
-            "env": env,
-            "resources": {"requests": quantities, "limits": limits},
-        }],
-    });
-    if !config.service_account.is_empty() {
-        pod_spec["serviceAccountName"] = json!(config.service_account);
-    }
-    if !node_selector.is_empty() {
-        pod_spec["nodeSelector"] = json!(node_selector);
-    }
-    if !all_tolerations.is_empty() {
-        pod_spec["tolerations"] = json!(all_tolerations);
-    }
-
-    let manifest = json!({
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {
-            "name": job_name(job.job_id),
-            "namespace": namespace,
-            "labels": labels,
-            "annotations": {"automl.io/job-name": job.spec.name},
+/// The batch/v1 Job of a training job.
+pub fn job_manifest(
+    config: &KubernetesConfig,
+    namespace: &str,
+    job: &Job,
+    trainer: &TrainerSpec,
+) -> KubeJob {
+    let labels = job_labels(job);
+    let max_runtime = job.spec.resources.max_runtime_seconds;
+    KubeJob {
+        metadata: ObjectMeta {
+            name: Some(job_name(job.job_id)),
+            namespace: Some(namespace.to_string()),
+            labels: Some(labels.clone()),
+            annotations: Some(BTreeMap::from([(
+                "automl.io/job-name".to_string(),
+                job.spec.name.clone(),
+            )])),
+            ..ObjectMeta::default()
         },
-        "spec": {
+        spec: Some(JobSpec {
             // The job's run-time deadline, counted by Kubernetes from the Job's start.
-            "activeDeadlineSeconds": (resources.max_runtime_seconds > 0)
-                .then_some(resources.max_runtime_seconds),
-            "backoffLimit": config.backoff_limit,
-            "ttlSecondsAfterFinished": config.ttl_seconds_after_finished,
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": pod_spec,
+            active_deadline_seconds: (max_runtime > 0).then_some(max_runtime),
+            backoff_limit: Some(config.backoff_limit),
+            ttl_seconds_after_finished: Some(config.ttl_seconds_after_finished),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod_spec(config, job, trainer)),
             },
-        },
-    });
-    serde_json::from_value(manifest)
-        .map_err(|err| TrainingError::Corrupt(format!("job manifest: {err}")))
+            ..JobSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// What goes into a job's own Secret: the values of [`JOB_SECRET_VARS`] by their key.
+fn secret_data(trainer: &TrainerSpec) -> BTreeMap<String, String> {
+    JOB_SECRET_VARS
+        .iter()
+        .filter_map(|(var, key)| {
+            let (_, value) = trainer.env.iter().find(|(k, _)| k == var)?;
+            Some(((*key).to_string(), value.clone()))
+        })
+        .collect()
+}
+
+/// A reference to `owner`, a Job, for what it owns.
+fn owner_reference(owner: &KubeJob) -> OwnerReference {
+    OwnerReference {
+        api_version: "batch/v1".to_string(),
+        kind: "Job".to_string(),
+        name: owner.metadata.name.clone().unwrap_or_default(),
+        uid: owner.metadata.uid.clone().unwrap_or_default(),
+        ..OwnerReference::default()
+    }
 }
 
 /// The training job id a Job or Pod belongs to.
@@ -396,49 +435,86 @@ impl KubernetesBackend {
         &self.namespace
     }
 
-    /// Creates the job's Job; returns its name. A Job of that name already there (a launch
-    /// interrupted after the create) is adopted.
+    /// Creates the job's Secret (its token and object grants), then its Job, then makes the
+    /// Job the Secret's owner so that the Secret goes with it; returns the Job's name. The pod
+    /// never looks for a Secret that is not there yet. A Job of that name already there is
+    /// adopted when it is this job's (a launch interrupted after the create), else deleted and
+    /// replaced.
     pub async fn launch(&self, job: &Job, trainer: &TrainerSpec) -> Result<String, TrainingError> {
-        let manifest = job_manifest(&self.config, &self.namespace, job, trainer)?;
         let name = job_name(job.job_id);
-        let created = match self.create(&manifest).await? {
-            Some(created) => created,
-            None => {
-                let existing = self
-                    .jobs
-                    .get(&name)
-                    .await
-                    .map_err(|err| kube_error("get Job", err))?;
-                if job_ref(existing.metadata.labels.as_ref()).is_some_and(|r| r.is_of(job)) {
-                    // A launch interrupted after the create: this job's own Job.
-                    tracing::info!(job_id = job.job_id, job = %name, "adopting an existing Job");
-                    existing
-                } else {
-                    tracing::warn!(job_id = job.job_id, job = %name, "deleting a Job left by another job with this id");
-                    self.cancel(job.job_id).await?;
-                    self.create(&manifest).await?.ok_or_else(|| {
-                        TrainingError::FailedPrecondition(format!(
-                            "a Job named {name} from an earlier job is still being deleted"
-                        ))
-                    })?
+        let adopted = self.adoptable(job).await?;
+        let data = secret_data(trainer);
+        if !data.is_empty() {
+            self.put_job_secret(job.job_id, data.clone(), adopted.as_ref())
+                .await?;
+        }
+        let created = match adopted {
+            Some(existing) => existing,
+            None => match self.create_or_adopt(job, trainer).await {
+                Ok(created) => created,
+                Err(err) => {
+                    if !data.is_empty() {
+                        self.delete_job_secret(job.job_id).await;
+                    }
+                    return Err(err);
                 }
-            }
+            },
         };
-        let data: serde_json::Map<String, serde_json::Value> = JOB_SECRET_VARS
-            .iter()
-            .filter_map(|(var, key)| {
-                let (_, value) = trainer.env.iter().find(|(k, _)| k == var)?;
-                Some(((*key).to_string(), json!(value)))
-            })
-            .collect();
         if !data.is_empty()
-            && let Err(err) = self.create_job_secret(job.job_id, &created, data).await
+            && let Err(err) = self.own_job_secret(job.job_id, &created).await
         {
-            // Without its token and grants the pod could never start: take the Job back.
+            // A Secret without its owner would outlive the Job: take both back.
             let _ = self.cancel(job.job_id).await;
+            self.delete_job_secret(job.job_id).await;
             return Err(err);
         }
         Ok(name)
+    }
+
+    /// The Job already named for `job`, when it is this job's own; one left by another job
+    /// with this id is deleted.
+    async fn adoptable(&self, job: &Job) -> Result<Option<KubeJob>, TrainingError> {
+        let name = job_name(job.job_id);
+        let existing = self
+            .jobs
+            .get_opt(&name)
+            .await
+            .map_err(|err| kube_error("get Job", err))?;
+        match existing {
+            Some(existing)
+                if job_ref(existing.metadata.labels.as_ref()).is_some_and(|r| r.is_of(job)) =>
+            {
+                // A launch interrupted after the create: this job's own Job.
+                tracing::info!(job_id = job.job_id, job = %name, "adopting an existing Job");
+                Ok(Some(existing))
+            }
+            Some(_) => {
+                tracing::warn!(job_id = job.job_id, job = %name, "deleting a Job left by another job with this id");
+                self.cancel(job.job_id).await?;
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Creates the job's Job; one of that name created meanwhile is adopted when it is this
+    /// job's.
+    async fn create_or_adopt(
+        &self,
+        job: &Job,
+        trainer: &TrainerSpec,
+    ) -> Result<KubeJob, TrainingError> {
+        let manifest = job_manifest(&self.config, &self.namespace, job, trainer);
+        if let Some(created) = self.create(&manifest).await? {
+            return Ok(created);
+        }
+        match self.adoptable(job).await? {
+            Some(existing) => Ok(existing),
+            None => Err(TrainingError::FailedPrecondition(format!(
+                "a Job named {} from an earlier job is still being deleted",
+                job_name(job.job_id)
+            ))),
+        }
     }
 
     /// Creates a Job; `None` when one of that name exists.
@@ -456,36 +532,93 @@ impl KubernetesBackend {
         }
     }
 
-    /// The job's own Secret (its token, its object grants), owned by the Job so that it goes
-    /// when the Job goes.
-    async fn create_job_secret(
+    /// The job's own Secret (its token, its object grants), owned by `owner` when given.
+    fn job_secret(
         &self,
         job_id: i64,
-        owner: &KubeJob,
-        data: serde_json::Map<String, serde_json::Value>,
-    ) -> Result<(), TrainingError> {
-        let secret: Secret = serde_json::from_value(json!({
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {
-                "name": token_secret_name(job_id),
-                "namespace": self.namespace,
-                "labels": {MANAGED_BY.0: MANAGED_BY.1, JOB_ID_LABEL: job_id.to_string()},
-                "ownerReferences": [{
-                    "apiVersion": "batch/v1",
-                    "kind": "Job",
-                    "name": owner.metadata.name,
-                    "uid": owner.metadata.uid,
-                }],
+        data: BTreeMap<String, String>,
+        owner: Option<&KubeJob>,
+    ) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                name: Some(token_secret_name(job_id)),
+                namespace: Some(self.namespace.clone()),
+                labels: Some(BTreeMap::from([
+                    (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
+                    (JOB_ID_LABEL.to_string(), job_id.to_string()),
+                ])),
+                owner_references: Some(owner.map(owner_reference).into_iter().collect()),
+                ..ObjectMeta::default()
             },
-            "type": "Opaque",
-            "stringData": data,
-        }))
-        .map_err(|err| TrainingError::Corrupt(format!("secret manifest: {err}")))?;
+            type_: Some("Opaque".to_string()),
+            string_data: Some(data),
+            ..Secret::default()
+        }
+    }
+
+    /// Writes the job's Secret before its Job exists. One of that name already there (left by
+    /// an interrupted launch, or by another job with this id) gets this job's values and
+    /// `owner` in place of its own, so no garbage collection of an older Job takes it away.
+    async fn put_job_secret(
+        &self,
+        job_id: i64,
+        data: BTreeMap<String, String>,
+        owner: Option<&KubeJob>,
+    ) -> Result<(), TrainingError> {
+        let secret = self.job_secret(job_id, data, owner);
+        let name = token_secret_name(job_id);
         match self.secrets.create(&PostParams::default(), &secret).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(err) => return Err(kube_error("create Secret", err)),
+        }
+        match self
+            .secrets
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&secret))
+            .await
+        {
             Ok(_) => Ok(()),
-            Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
-            Err(err) => Err(kube_error("create Secret", err)),
+            // Collected with an older owner between the two calls: create it afresh.
+            Err(kube::Error::Api(status)) if status.code == 404 => self
+                .secrets
+                .create(&PostParams::default(), &secret)
+                .await
+                .map(drop)
+                .map_err(|err| kube_error("create Secret", err)),
+            Err(err) => Err(kube_error("update Secret", err)),
+        }
+    }
+
+    /// Makes `owner` (the job's Job) the owner of the job's Secret, so that it goes when the
+    /// Job goes.
+    async fn own_job_secret(&self, job_id: i64, owner: &KubeJob) -> Result<(), TrainingError> {
+        let patch = Secret {
+            metadata: ObjectMeta {
+                owner_references: Some(vec![owner_reference(owner)]),
+                ..ObjectMeta::default()
+            },
+            ..Secret::default()
+        };
+        self.secrets
+            .patch(
+                &token_secret_name(job_id),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .map(drop)
+            .map_err(|err| kube_error("own Secret", err))
+    }
+
+    /// Deletes the job's Secret after a launch that failed (best effort: it holds nothing
+    /// that outlives the job's deadline).
+    async fn delete_job_secret(&self, job_id: i64) {
+        if let Err(err) = self
+            .secrets
+            .delete(&token_secret_name(job_id), &DeleteParams::default())
+            .await
+        {
+            tracing::warn!(job_id, error = %err, "cannot delete the job's Secret");
         }
     }
 
@@ -589,22 +722,26 @@ impl KubernetesBackend {
     }
 
     /// Watches this service's Jobs and Pods until `shutdown`, sending what it observes.
-    pub async fn track(
+    async fn watch_jobs(
         self,
         observed: mpsc::UnboundedSender<Observed>,
         shutdown: CancellationToken,
     ) {
         let selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
+        // A failed watch is retried by kube-runtime's own backoff (exponential, with jitter,
+        // reset once it has worked for a while).
         let jobs = watcher(
             self.jobs.clone(),
             watcher::Config::default().labels(&selector),
         )
+        .default_backoff()
         .map(|event| event.map(|e| Either::Job(Box::new(e))))
         .boxed();
         let pods = watcher(
             self.pods.clone(),
             watcher::Config::default().labels(&selector),
         )
+        .default_backoff()
         .map(|event| event.map(|e| Either::Pod(Box::new(e))))
         .boxed();
         let mut events = futures::stream::select(jobs, pods);
@@ -624,13 +761,8 @@ impl KubernetesBackend {
                         }
                     }
                 }
-                Some(Err(err)) => {
-                    tracing::warn!(error = %err, "kubernetes watch failed; retrying");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                    }
-                }
+                // The stream waits out its backoff before it watches again.
+                Some(Err(err)) => tracing::warn!(error = %err, "kubernetes watch failed; retrying"),
             }
         }
     }
@@ -654,6 +786,164 @@ impl KubernetesBackend {
             _ => reason,
         };
         Observed::Exited(job, Exit::Failed(reason))
+    }
+}
+
+impl KubernetesBackend {
+    /// Streams a job's pod log from `from_line`, following it until the job ends. When the
+    /// follow stream breaks off early the log is read again and the lines already sent are
+    /// skipped.
+    async fn follow_pod_log(
+        self,
+        job_id: i64,
+        from_line: i64,
+        follow: LogFollow,
+    ) -> Result<(), TrainingError> {
+        let LogFollow {
+            ended,
+            sender,
+            shutdown,
+            poll,
+        } = follow;
+        let mut sent = from_line;
+        loop {
+            let ended = ended().await?;
+            let pod = self.pod_of(job_id).await?;
+            let started = pod.as_ref().is_some_and(|pod| {
+                pod.status
+                    .as_ref()
+                    .and_then(|status| status.phase.as_deref())
+                    .is_some_and(|phase| phase != "Pending")
+            });
+            if let (Some(pod), true) = (pod, started) {
+                let name = pod.metadata.name.unwrap_or_default();
+                let mut lines = Box::pin(self.log_lines(&name, !ended).await?);
+                let mut number = 0i64;
+                loop {
+                    let line = tokio::select! {
+                        () = shutdown.cancelled() => return Ok(()),
+                        () = sender.closed() => return Ok(()),
+                        line = lines.next() => line,
+                    };
+                    let Some(line) = line else { break };
+                    let line = line?;
+                    if number >= sent {
+                        if sender.send(Ok((number, line))).await.is_err() {
+                            return Ok(());
+                        }
+                        sent = number + 1;
+                    }
+                    number += 1;
+                }
+            }
+            if ended {
+                return Ok(());
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = sender.closed() => return Ok(()),
+                () = tokio::time::sleep(poll) => {}
+            }
+        }
+    }
+
+    /// The image and program of a job's trainer, from its algorithm's registry entry.
+    fn trainer(launch: &Launch<'_>) -> TrainerSpec {
+        let algorithm = launch.algorithm;
+        let image = if launch.job.spec.resources.gpus > 0 && !algorithm.gpu_image.is_empty() {
+            algorithm.gpu_image.clone()
+        } else {
+            algorithm.image.clone()
+        };
+        let command = if algorithm.command.is_empty() {
+            DEFAULT_TRAINER.to_string()
+        } else {
+            algorithm.command.clone()
+        };
+        TrainerSpec {
+            image,
+            command,
+            env: launch.env.to_vec(),
+        }
+    }
+}
+
+impl Backend for KubernetesBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn trainer_kind(&self) -> &'static str {
+        "the Kubernetes Job"
+    }
+
+    fn launch<'a>(&'a self, launch: Launch<'a>) -> BoxFuture<'a, Result<Launched, TrainingError>> {
+        Box::pin(async move {
+            let trainer = Self::trainer(&launch);
+            let name = KubernetesBackend::launch(self, launch.job, &trainer).await?;
+            Ok(Launched::Created {
+                name,
+                image: trainer.image,
+            })
+        })
+    }
+
+    fn stop<'a>(
+        &'a self,
+        job: &'a Job,
+        launching: bool,
+    ) -> BoxFuture<'a, Result<Stopped, TrainingError>> {
+        Box::pin(async move {
+            // A Job being created right now is deleted once it exists (next pass).
+            if launching {
+                return Ok(Stopped::Stopping);
+            }
+            self.cancel(job.job_id).await?;
+            Ok(Stopped::Gone)
+        })
+    }
+
+    fn stops_at_once(&self) -> bool {
+        false
+    }
+
+    fn follow_logs(
+        &self,
+        job_id: i64,
+        from_line: i64,
+        follow: LogFollow,
+    ) -> BoxFuture<'static, Result<(), TrainingError>> {
+        Box::pin(self.clone().follow_pod_log(job_id, from_line, follow))
+    }
+
+    fn trainer_error(&self, _job_id: i64) -> BoxFuture<'_, Option<String>> {
+        // The pod's termination message carries it, with the Job's failure.
+        Box::pin(async { None })
+    }
+
+    fn exists<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<bool, TrainingError>> {
+        Box::pin(KubernetesBackend::exists(self, job))
+    }
+
+    fn can_wait_to_start(&self) -> bool {
+        true
+    }
+
+    fn pending_reason(&self, job_id: i64) -> BoxFuture<'_, String> {
+        Box::pin(KubernetesBackend::pending_reason(self, job_id))
+    }
+
+    fn follow_orphan(
+        &self,
+        _job: &Job,
+        _max_runtime: std::time::Duration,
+    ) -> Option<BoxFuture<'static, String>> {
+        // The watch's initial list re-attaches to every Job.
+        None
+    }
+
+    fn track(&self, observed: mpsc::UnboundedSender<Observed>, shutdown: CancellationToken) {
+        tokio::spawn(self.clone().watch_jobs(observed, shutdown));
     }
 }
 
@@ -801,7 +1091,7 @@ mod tests {
     #[test]
     fn the_manifest_carries_labels_env_secret_refs_and_resources() {
         let config = KubernetesConfig::default();
-        let manifest = job_manifest(&config, "ml", &job(1), &trainer()).expect("manifest");
+        let manifest = job_manifest(&config, "ml", &job(1), &trainer());
         let value = serde_json::to_value(&manifest).expect("json");
         assert_eq!(value["metadata"]["name"], "automl-train-7");
         assert_eq!(value["metadata"]["namespace"], "ml");
@@ -837,7 +1127,7 @@ mod tests {
             container["env"][2]["valueFrom"]["secretKeyRef"]["name"],
             "automl-s3"
         );
-        let cpu_only = job_manifest(&config, "ml", &job(0), &trainer()).expect("manifest");
+        let cpu_only = job_manifest(&config, "ml", &job(0), &trainer());
         let cpu_only = serde_json::to_value(&cpu_only).expect("json");
         let pod = &cpu_only["spec"]["template"]["spec"];
         assert!(pod["tolerations"].is_null());
@@ -874,7 +1164,7 @@ mod tests {
             ];
             env.extend(crate::grants::s3_key_env(algorithm, &s3));
             let trainer = TrainerSpec { env, ..trainer() };
-            let manifest = job_manifest(&config, "ml", &job(0), &trainer).expect("manifest");
+            let manifest = job_manifest(&config, "ml", &job(0), &trainer);
             serde_json::to_value(&manifest).expect("json")
         };
         let secret_refs = |value: &serde_json::Value| -> Vec<String> {

@@ -9,12 +9,15 @@
 //! - [`store`]: SQL persistence; claims are one transaction under the concurrency limit and
 //!   the tenant's quota.
 //! - [`grants`]: the presigned URLs of exactly the objects a trainer's job needs.
+//! - [`backend`]: the [`backend::Backend`] trait: what the service asks of where trainers run.
 //! - [`local`]: the local backend (child processes, per-job logs, cancel by kill).
 //! - [`kubernetes`]: the Kubernetes backend (batch/v1 Jobs, watches, pod logs, re-attach).
-//! - [`service`]: scheduler, launch, exit handling, restart reconciliation, watch and logs.
+//! - [`service`]: submission and status, scheduler, launch, streams (watch and logs), and
+//!   reconciliation, one module each.
 //! - [`grpc`]: the tonic layer.
 //! - [`error`]: the service's error enum and its gRPC codes.
 
+pub mod backend;
 pub mod config;
 pub mod error;
 pub mod experiment;

@@ -9,16 +9,22 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures::future::BoxFuture;
 use rustix::process::{Pid, PidfdFlags, Signal};
-
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncSeekExt};
 use tokio::process::Command;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::backend::{
+    Backend, JobRef, Launch, Launched, LogFollow, Observed, Stopped, TRAINER_ERROR,
+};
+use crate::config::AlgorithmConfig;
 use crate::error::TrainingError;
+use crate::model::{Job, JobStatus};
 
 /// How a trainer process ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,19 +59,31 @@ pub const INHERITED: &[&str] = &[
     "RUST_BACKTRACE",
 ];
 
+/// The name recorded on jobs run as local processes.
+pub const NAME: &str = "local";
+/// How long a log follow waits before it reads the log file again.
+const LOG_POLL: Duration = Duration::from_millis(200);
+/// How often a trainer left running by a previous process is looked at.
+const ORPHAN_POLL: Duration = Duration::from_secs(1);
+
 /// Runs trainers as child processes.
 #[derive(Debug)]
 pub struct LocalBackend {
+    /// Where each job's log file is written.
     log_dir: PathBuf,
-    running: Mutex<HashMap<i64, CancellationToken>>,
+    /// This process's running trainers, by job id: cancel stops the one of a job.
+    running: Arc<Mutex<HashMap<i64, CancellationToken>>>,
+    /// Where a trainer's exit is reported.
+    exits: mpsc::UnboundedSender<Observed>,
 }
 
 impl LocalBackend {
-    /// A backend writing job logs under `log_dir`.
-    pub fn new(log_dir: PathBuf) -> Self {
+    /// A backend writing job logs under `log_dir` and reporting trainer exits to `exits`.
+    pub fn new(log_dir: PathBuf, exits: mpsc::UnboundedSender<Observed>) -> Self {
         Self {
             log_dir,
-            running: Mutex::new(HashMap::new()),
+            running: Arc::new(Mutex::new(HashMap::new())),
+            exits,
         }
     }
 
@@ -75,15 +93,14 @@ impl LocalBackend {
     }
 
     /// Starts `command` with `args` and `env` for `job_id`, to be killed after `deadline`;
-    /// returns its identity (`pid:start`). The exit is sent to `exits`.
-    pub fn launch(
+    /// returns its identity (`pid:start`). Its exit is reported as [`Observed::Exited`].
+    pub fn start_process(
         &self,
         job_id: i64,
         command: &Path,
         args: &[String],
         env: &[(String, String)],
         deadline: Duration,
-        exits: mpsc::UnboundedSender<(i64, Exit)>,
     ) -> Result<String, TrainingError> {
         std::fs::create_dir_all(&self.log_dir)?;
         let log = std::fs::OpenOptions::new()
@@ -125,6 +142,8 @@ impl LocalBackend {
         if let Ok(mut running) = self.running.lock() {
             running.insert(job_id, cancel.clone());
         }
+        let running = Arc::clone(&self.running);
+        let exits = self.exits.clone();
         tokio::spawn(async move {
             let exit = tokio::select! {
                 status = child.wait() => match status {
@@ -146,7 +165,14 @@ impl LocalBackend {
                     Exit::Failed(deadline_message(deadline.as_secs()))
                 }
             };
-            let _ = exits.send((job_id, exit));
+            if let Ok(mut running) = running.lock() {
+                running.remove(&job_id);
+            }
+            let job = JobRef {
+                job_id,
+                submission: String::new(),
+            };
+            let _ = exits.send(Observed::Exited(job, exit));
         });
         Ok(identity)
     }
@@ -167,10 +193,213 @@ impl LocalBackend {
         }
     }
 
-    /// Forgets a finished job.
-    pub fn finished(&self, job_id: i64) {
-        if let Ok(mut running) = self.running.lock() {
-            running.remove(&job_id);
+    /// The last error line automl-train wrote to a job's log (`automl-train: error: …`).
+    async fn last_error_line(&self, job_id: i64) -> Option<String> {
+        const TAIL: u64 = 64 * 1024;
+        let mut file = tokio::fs::File::open(self.log_path(job_id)).await.ok()?;
+        let length = file.metadata().await.ok()?.len();
+        file.seek(std::io::SeekFrom::Start(length.saturating_sub(TAIL)))
+            .await
+            .ok()?;
+        let mut tail = Vec::new();
+        file.read_to_end(&mut tail).await.ok()?;
+        let text = String::from_utf8_lossy(&tail);
+        let line = text
+            .lines()
+            .rev()
+            .find_map(|line| line.strip_prefix(TRAINER_ERROR))?;
+        Some(line.chars().take(1024).collect())
+    }
+}
+
+impl Backend for LocalBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn trainer_kind(&self) -> &'static str {
+        "the trainer process"
+    }
+
+    fn launch<'a>(&'a self, launch: Launch<'a>) -> BoxFuture<'a, Result<Launched, TrainingError>> {
+        Box::pin(async move {
+            let (command, args) = trainer_command(launch.algorithm);
+            let identity = self.start_process(
+                launch.job.job_id,
+                &command,
+                &args,
+                launch.env,
+                launch.max_runtime,
+            )?;
+            Ok(Launched::Running(identity))
+        })
+    }
+
+    fn stop<'a>(
+        &'a self,
+        job: &'a Job,
+        launching: bool,
+    ) -> BoxFuture<'a, Result<Stopped, TrainingError>> {
+        Box::pin(async move {
+            // This process's child: killed now, its exit reported.
+            if self.cancel(job.job_id) {
+                return Ok(Stopped::Stopping);
+            }
+            // Started by an earlier process (or another replica on this machine): signalled
+            // only if its pid still names the process that was started.
+            if job.status == JobStatus::Running && trainer_alive(&job.backend_ref) {
+                kill_trainer(&job.backend_ref);
+                if trainer_alive(&job.backend_ref) {
+                    return Ok(Stopped::Stopping);
+                }
+            }
+            // Claimed but not yet started here: the launch sees the cancel and stops.
+            if job.status == JobStatus::Launch && launching {
+                return Ok(Stopped::Stopping);
+            }
+            Ok(Stopped::Gone)
+        })
+    }
+
+    fn stops_at_once(&self) -> bool {
+        true
+    }
+
+    fn follow_logs(
+        &self,
+        job_id: i64,
+        from_line: i64,
+        follow: LogFollow,
+    ) -> BoxFuture<'static, Result<(), TrainingError>> {
+        Box::pin(follow_file(self.log_path(job_id), from_line, follow))
+    }
+
+    fn trainer_error(&self, job_id: i64) -> BoxFuture<'_, Option<String>> {
+        Box::pin(self.last_error_line(job_id))
+    }
+
+    fn exists<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<bool, TrainingError>> {
+        Box::pin(async move { Ok(trainer_alive(&job.backend_ref)) })
+    }
+
+    fn can_wait_to_start(&self) -> bool {
+        false
+    }
+
+    fn pending_reason(&self, _job_id: i64) -> BoxFuture<'_, String> {
+        Box::pin(async { "the trainer process has not started".to_string() })
+    }
+
+    fn follow_orphan(
+        &self,
+        job: &Job,
+        max_runtime: Duration,
+    ) -> Option<BoxFuture<'static, String>> {
+        let identity = job.backend_ref.clone();
+        // Counted from the claim, as this process would have.
+        let deadline = u64::try_from(job.claimed_ms)
+            .ok()
+            .filter(|claimed| *claimed > 0)
+            .map(|claimed| UNIX_EPOCH + Duration::from_millis(claimed) + max_runtime);
+        Some(Box::pin(async move {
+            let mut reason =
+                "the trainer process ended while training-service was down".to_string();
+            while trainer_alive(&identity) {
+                if deadline.is_some_and(|deadline| SystemTime::now() >= deadline) {
+                    kill_trainer(&identity);
+                    reason = deadline_message(max_runtime.as_secs());
+                    continue;
+                }
+                tokio::time::sleep(ORPHAN_POLL).await;
+            }
+            reason
+        }))
+    }
+
+    fn track(&self, _observed: mpsc::UnboundedSender<Observed>, _shutdown: CancellationToken) {
+        // Exits are reported as they happen, to the sender given at construction.
+    }
+}
+
+/// The local trainer program of `algorithm` and its arguments.
+fn trainer_command(algorithm: &AlgorithmConfig) -> (PathBuf, Vec<String>) {
+    if !algorithm.command.is_empty() {
+        return (PathBuf::from(&algorithm.command), algorithm.args.clone());
+    }
+    match std::env::current_exe() {
+        Ok(exe) => builtin_trainer(&exe, algorithm.args.clone()),
+        Err(_) => (PathBuf::from("automl-train"), algorithm.args.clone()),
+    }
+}
+
+/// Sends the lines of a job's log file from `from_line`, reading it again until the job has
+/// ended; the last line is sent then even without its newline.
+async fn follow_file(
+    path: PathBuf,
+    from_line: i64,
+    follow: LogFollow,
+) -> Result<(), TrainingError> {
+    let LogFollow {
+        ended,
+        sender,
+        shutdown,
+        ..
+    } = follow;
+    let mut offset = 0u64;
+    let mut line_number = 0i64;
+    let mut partial = String::new();
+    loop {
+        // Read the job's state before the file, so lines written before it ended are all
+        // read before the stream ends.
+        let ended = ended().await?;
+        for line in read_lines(&path, &mut offset, &mut partial).await? {
+            if line_number >= from_line && sender.send(Ok((line_number, line))).await.is_err() {
+                return Ok(());
+            }
+            line_number += 1;
+        }
+        if ended {
+            if !partial.is_empty() && line_number >= from_line {
+                let _ = sender
+                    .send(Ok((line_number, std::mem::take(&mut partial))))
+                    .await;
+            }
+            return Ok(());
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = sender.closed() => return Ok(()),
+            () = tokio::time::sleep(LOG_POLL) => {}
+        }
+    }
+}
+
+/// New complete lines of `path` from `offset`; an unfinished last line stays in `partial`.
+async fn read_lines(
+    path: &Path,
+    offset: &mut u64,
+    partial: &mut String,
+) -> std::io::Result<Vec<String>> {
+    let mut file = match tokio::fs::File::open(path).await {
+        Ok(file) => file,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(err),
+    };
+    file.seek(std::io::SeekFrom::Start(*offset)).await?;
+    let mut reader = tokio::io::BufReader::new(file);
+    let mut lines = Vec::new();
+    let mut buffer = Vec::new();
+    loop {
+        buffer.clear();
+        let read = reader.read_until(b'\n', &mut buffer).await?;
+        if read == 0 {
+            return Ok(lines);
+        }
+        *offset += read as u64;
+        partial.push_str(&String::from_utf8_lossy(&buffer));
+        if partial.ends_with('\n') {
+            let line = std::mem::take(partial);
+            lines.push(line.trim_end_matches(['\n', '\r']).to_string());
         }
     }
 }

@@ -60,7 +60,7 @@ impl Training {
         let algorithm = spec.algorithm.clone();
         check_experiment(&mut spec, &declared, |parameters| {
             if !builtin {
-                return super::check_declared(&declared, parameters);
+                return super::submission::check_declared(&declared, parameters);
             }
             let parameters = parameters
                 .iter()
@@ -103,7 +103,7 @@ impl Training {
         limit: i32,
         index: i32,
     ) -> Result<(Vec<ExperimentView>, i64), TrainingError> {
-        let (limit, offset) = super::page(limit, index)?;
+        let (limit, offset) = super::submission::page(limit, index)?;
         let (experiments, total) = self
             .store
             .experiments(tenant, statuses, limit, offset)

@@ -1,6 +1,6 @@
 //! A simulated Kubernetes API server: an HTTP server speaking the Kubernetes JSON API for the
 //! calls training-service makes (create/get/list/watch/delete Jobs, list/watch Pods, pod logs,
-//! followed or not, and create Secrets).
+//! followed or not, and create and patch Secrets).
 //! The test plays the Job controller and the kubelet through its methods: a created Job gets a
 //! Pending pod; the test moves pods through their phases and finishes Jobs.
 
@@ -397,6 +397,46 @@ async fn secrets_create(
     (StatusCode::CREATED, axum::Json(secret)).into_response()
 }
 
+/// RFC 7386 JSON merge patch: objects merge key by key, `null` removes, anything else
+/// replaces.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(fields) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    for (key, value) in fields {
+        if value.is_null() {
+            target.as_object_mut().map(|t| t.remove(key));
+        } else {
+            merge_patch(&mut target[key.as_str()], value);
+        }
+    }
+}
+
+async fn secret_patch(
+    State(shared): State<Shared>,
+    Path((_namespace, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let mut objects = shared.objects.lock().expect("lock");
+    objects.requests.push(format!("PATCH Secret {name}"));
+    let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
+        return status(StatusCode::BAD_REQUEST, "BadRequest", "not JSON");
+    };
+    let Some(secret) = objects.secrets.get_mut(&name) else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("secrets \"{name}\" not found"),
+        );
+    };
+    merge_patch(secret, &patch);
+    axum::Json(secret.clone()).into_response()
+}
+
 impl KubeApi {
     /// Starts the server on an ephemeral port.
     pub async fn start() -> Self {
@@ -422,6 +462,10 @@ impl KubeApi {
             .route(
                 "/api/v1/namespaces/{namespace}/secrets",
                 axum::routing::post(secrets_create),
+            )
+            .route(
+                "/api/v1/namespaces/{namespace}/secrets/{name}",
+                axum::routing::patch(secret_patch),
             )
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

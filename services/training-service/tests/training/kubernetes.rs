@@ -138,7 +138,14 @@ async fn jobs_run_as_kubernetes_jobs() {
             api.job("automl-train-1").is_some()
         })
         .await;
-        let message = until_status(&mut cluster, first, pb::TrainingStatus::Launch).await;
+        // The job names its Job once the launch has recorded it (after the Job exists and
+        // owns its Secret).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut message = until_status(&mut cluster, first, pb::TrainingStatus::Launch).await;
+        while !message.contains("automl-train-1") && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            message = until_status(&mut cluster, first, pb::TrainingStatus::Launch).await;
+        }
         assert!(message.contains("automl-train-1"), "{message}");
         let job = api.job("automl-train-1").expect("job");
         assert_eq!(job["metadata"]["namespace"], "ml");
@@ -219,6 +226,14 @@ async fn jobs_run_as_kubernetes_jobs() {
         assert_eq!(
             job_secret["metadata"]["ownerReferences"][0]["name"],
             "automl-train-1"
+        );
+        // The Secret exists before the Job whose pod references it.
+        let requests = api.requests();
+        let at = |r: &str| requests.iter().position(|x| x == r);
+        assert!(
+            at("CREATE Secret automl-train-1-token") < at("CREATE Job automl-train-1")
+                && at("CREATE Secret automl-train-1-token").is_some(),
+            "{requests:?}"
         );
         let secret = &cluster.env.common.s3.secret_key;
         assert!(!job.to_string().contains(secret.as_str()));
@@ -466,6 +481,11 @@ async fn job_tokens_go_into_owned_secrets_and_stale_jobs_are_replaced() {
     };
     assert!(
         at("DELETE Job automl-train-7 Background") < at("CREATE Secret automl-train-7-token"),
+        "{requests:?}"
+    );
+    // The Secret exists before the Job whose pod references it.
+    assert!(
+        at("CREATE Secret automl-train-7-token") < at("CREATE Job automl-train-7"),
         "{requests:?}"
     );
     assert!(backend.exists(&job).await.expect("exists"));
