@@ -8,15 +8,13 @@ use std::time::Duration;
 
 use automl_common::metrics_server::{sample, scrape};
 use automl_common::testing::{Poll, TestEnv};
-use automl_proto::data_management::FileInfo;
-use automl_proto::metadata_store as ms;
 use automl_proto::prediction as pb;
 use automl_proto::prediction::prediction_service_client::PredictionServiceClient;
 use automl_proto::training as tr;
 use automl_proto::training::training_service_client::TrainingServiceClient;
 use serde_json::Value;
 
-use crate::prediction::demo_model;
+use crate::prediction::{demo_model, publish_run_3};
 use crate::support::{Automl, clinc_env, grpcurl_json, process_env, require_trainer};
 
 /// The sum of every sample of `name` whose labels contain all of `labels`.
@@ -44,37 +42,7 @@ async fn metrics_count_the_calls_of_a_prediction_flow() {
     let before = scrape(&metrics_addr).await.expect("scrape before");
     assert_eq!(sample(&before, "automl_training_queue_depth"), Some(0.0));
 
-    let mut metadata = automl.metadata_client().await;
-    metadata
-        .log_run_start(ms::LogRunStartRequest {
-            run_id: "3".into(),
-            run_name: "demo".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("start");
-    for (name, bytes) in &files {
-        env.objects
-            .put_bytes(
-                &env.objects.models_bucket,
-                &format!("run_3/{name}"),
-                bytes.clone(),
-            )
-            .await
-            .expect("upload");
-    }
-    metadata
-        .create_artifact(ms::CreateArtifactRequest {
-            artifact: Some(FileInfo {
-                name: "intent".into(),
-                bucket: String::new(),
-                path: "run_3".into(),
-            }),
-            run_id: "3".into(),
-            algorithm: "intent-classification".into(),
-        })
-        .await
-        .expect("artifact");
+    publish_run_3(&automl, &env, &files).await;
 
     let channel = tonic::transport::Endpoint::from_shared(format!(
         "http://{}",
