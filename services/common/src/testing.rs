@@ -1,6 +1,16 @@
 //! Test harness: a temp data directory, the embedded S3 endpoint, a database (SQLite, or a
 //! fresh Postgres database when `AUTOML_TEST_POSTGRES_URL` is set), and servers on
-//! `127.0.0.1:0` that stop when dropped.
+//! `127.0.0.1:0` that stop when dropped; [`TestCluster`] starts any set of services over it,
+//! and [`Poll`] is the one polling loop tests wait with.
+
+mod cluster;
+mod wait;
+
+pub use cluster::{
+    DATA_MANAGEMENT, METADATA_STORE, PREDICTION_SERVICE, StartContext, Started, TRAINING_SERVICE,
+    TestCluster,
+};
+pub use wait::{POLL_INTERVAL, Poll, wait_for};
 
 use std::net::SocketAddr;
 

@@ -3,47 +3,30 @@
 
 use std::time::Duration;
 
-use automl_common::db::{Backend, Database};
-use automl_common::testing::{TestEnv, TestServer, assert_status, backends};
+use automl_common::testing::{
+    DATA_MANAGEMENT, Poll, TestCluster, TestEnv, assert_status, backends,
+};
 use automl_data_management::DataManagementConfig;
 use automl_proto::data_management as pb;
 use automl_proto::data_management::data_management_service_client::DataManagementServiceClient;
-use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Channel;
 
 type Client = DataManagementServiceClient<Channel>;
 
-struct Running {
-    server: TestServer,
-    db: Database,
-    client: Client,
+/// data-management in `cluster`, with its defaults; its client.
+async fn start(cluster: &TestCluster) -> Client {
+    start_with(cluster, &DataManagementConfig::default()).await
 }
 
-impl Running {
-    async fn stop(self) {
-        self.server.stop().await;
-        self.db.close().await;
-    }
-}
-
-async fn start(env: &TestEnv) -> Running {
-    start_with(env, &DataManagementConfig::default()).await
-}
-
-async fn start_with(env: &TestEnv, config: &DataManagementConfig) -> Running {
-    let shutdown = CancellationToken::new();
-    let (routes, db) =
-        automl_data_management::start(&env.common, config, env.objects.clone(), shutdown.clone())
-            .await
-            .expect("data-management starts");
-    let server = TestServer::start(routes, shutdown).await.expect("server");
-    let client = DataManagementServiceClient::new(server.channel().await.expect("channel"));
-    Running { server, db, client }
-}
-
-async fn env(backend: Backend) -> TestEnv {
-    TestEnv::new(backend).await.expect("test environment")
+/// data-management in `cluster`, configured by `config`; its client.
+async fn start_with(cluster: &TestCluster, config: &DataManagementConfig) -> Client {
+    cluster
+        .start(DATA_MANAGEMENT, |ctx| async move {
+            automl_data_management::start(&ctx.common, config, ctx.objects, ctx.shutdown).await
+        })
+        .await;
+    cluster.data_client().await
 }
 
 /// `rows` lines over `labels` intents, some with commas and quotes.
@@ -100,7 +83,7 @@ fn commit_request(dataset_id: &str, path: &str, tags: Vec<pb::Tag>) -> pb::Creat
 }
 
 async fn wait_ready(client: &mut Client, dataset_id: &str, hash: &str) -> pb::VersionedSnapshot {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut poll = Poll::new("snapshot leaves RUNNING", Duration::from_secs(60));
     loop {
         let snapshot = client
             .fetch_training_dataset(pb::VersionQuery {
@@ -113,11 +96,7 @@ async fn wait_ready(client: &mut Client, dataset_id: &str, hash: &str) -> pb::Ve
         if snapshot.state() != pb::SnapshotState::Running {
             return snapshot;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "snapshot stays RUNNING"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        poll.tick().await;
     }
 }
 
@@ -131,27 +110,23 @@ async fn read(env: &TestEnv, key: &str) -> Vec<u8> {
 #[tokio::test]
 async fn commits_snapshots_and_first_appearance_label_ids() {
     for backend in backends() {
-        let env = env(backend).await;
-        let mut running = start(&env).await;
-        let client = &mut running.client;
+        let cluster = TestCluster::new(backend).await;
+        let env = &cluster.env;
+        let mut dm = start(&cluster).await;
+        let client = &mut dm;
         put(
-            &env,
+            env,
             "upload/a.csv",
             "book a flight,travel\nplay music,music\n",
         )
         .await;
         put(
-            &env,
+            env,
             "upload/b.csv",
             "what's the weather,weather\nfly me to rome,travel\n",
         )
         .await;
-        put(
-            &env,
-            "upload/c.csv",
-            "\"hello, there\",greeting;smalltalk\n",
-        )
-        .await;
+        put(env, "upload/c.csv", "\"hello, there\",greeting;smalltalk\n").await;
 
         let created = client
             .create_dataset(create_request("upload/a.csv", vec![tag("category", "aaa")]))
@@ -168,7 +143,7 @@ async fn commits_snapshots_and_first_appearance_label_ids() {
         assert_eq!(first.content_digest.len(), 64);
         assert_eq!(first.path, "dataset/1/commit/1");
         assert_eq!(
-            String::from_utf8(read(&env, "dataset/1/commit/1/examples.csv").await).expect("utf8"),
+            String::from_utf8(read(env, "dataset/1/commit/1/examples.csv").await).expect("utf8"),
             "\"book a flight\",\"1\"\n\"play music\",\"2\"\n"
         );
 
@@ -243,31 +218,32 @@ async fn commits_snapshots_and_first_appearance_label_ids() {
         assert_eq!(snapshot.statistics["numLabels"], "5");
         // Label ids follow first appearance across the selected commits, in commit order.
         assert_eq!(
-            String::from_utf8(read(&env, "versionedDatasets/1/hashDg==/labels.csv").await)
+            String::from_utf8(read(env, "versionedDatasets/1/hashDg==/labels.csv").await)
                 .expect("utf8"),
             "\"1\",\"travel\"\n\"2\",\"music\"\n\"3\",\"weather\"\n\"4\",\"greeting\"\n\"5\",\"smalltalk\"\n"
         );
         assert_eq!(
-            String::from_utf8(read(&env, "versionedDatasets/1/hashDg==/examples.csv").await)
+            String::from_utf8(read(env, "versionedDatasets/1/hashDg==/examples.csv").await)
                 .expect("utf8"),
             "\"book a flight\",\"1\"\n\"play music\",\"2\"\n\"what's the weather\",\"3\"\n\
              \"fly me to rome\",\"1\"\n\"hello, there\",\"4;5\"\n"
         );
         let tagged = wait_ready(client, "1", "hashBg==").await;
         assert_eq!(tagged.statistics["numExamples"], "4");
-        running.stop().await;
+        cluster.stop().await;
     }
 }
 
 #[tokio::test]
 async fn snapshots_are_deterministic_across_restarts_and_datasets() {
     for backend in backends() {
-        let env = env(backend).await;
+        let cluster = TestCluster::new(backend).await;
+        let env = &cluster.env;
         let data = intent_csv(3000, 40, 1);
-        put(&env, "upload/big.csv", data.clone()).await;
-        put(&env, "upload/more.csv", intent_csv(1000, 60, 2)).await;
-        let mut running = start(&env).await;
-        let client = &mut running.client;
+        put(env, "upload/big.csv", data.clone()).await;
+        put(env, "upload/more.csv", intent_csv(1000, 60, 2)).await;
+        let mut dm = start(&cluster).await;
+        let client = &mut dm;
         client
             .create_dataset(create_request("upload/big.csv", vec![]))
             .await
@@ -286,13 +262,13 @@ async fn snapshots_are_deterministic_across_restarts_and_datasets() {
         let first = wait_ready(client, "1", "hashBg==").await;
         assert_eq!(first.statistics["numExamples"], "4000");
         assert_eq!(first.statistics["numLabels"], "60");
-        let examples = read(&env, "versionedDatasets/1/hashBg==/examples.csv").await;
-        running.stop().await;
+        let examples = read(env, "versionedDatasets/1/hashBg==/examples.csv").await;
+        cluster.stop_service(DATA_MANAGEMENT).await;
 
         // After a restart: the same answer, and the same selection built anew for another
         // dataset with the same data gives byte-identical files.
-        let mut running = start(&env).await;
-        let client = &mut running.client;
+        let mut dm = start(&cluster).await;
+        let client = &mut dm;
         let again = wait_ready(client, "1", "hashBg==").await;
         assert_eq!(again.content_digest, first.content_digest);
         client
@@ -313,10 +289,10 @@ async fn snapshots_are_deterministic_across_restarts_and_datasets() {
         let second = wait_ready(client, "2", "hashBg==").await;
         assert_eq!(second.content_digest, first.content_digest);
         assert_eq!(
-            read(&env, "versionedDatasets/2/hashBg==/examples.csv").await,
+            read(env, "versionedDatasets/2/hashBg==/examples.csv").await,
             examples
         );
-        running.stop().await;
+        cluster.stop().await;
     }
 }
 
@@ -351,10 +327,11 @@ async fn expect_rejected(env: &TestEnv, client: &mut Client, body: Vec<u8>, need
 /// Each bad file on every backend: INVALID_ARGUMENT naming the line, nothing committed.
 async fn rejected_everywhere(body: Vec<u8>, needle: &str) {
     for backend in backends() {
-        let env = env(backend).await;
-        let mut running = start(&env).await;
-        expect_rejected(&env, &mut running.client, body.clone(), needle).await;
-        running.stop().await;
+        let cluster = TestCluster::new(backend).await;
+        let env = &cluster.env;
+        let mut dm = start(&cluster).await;
+        expect_rejected(env, &mut dm, body.clone(), needle).await;
+        cluster.stop().await;
     }
 }
 
@@ -406,9 +383,10 @@ async fn a_10_mb_single_line_is_rejected() {
 #[tokio::test]
 async fn unknown_things_are_not_found_and_bad_fields_invalid() {
     for backend in backends() {
-        let env = env(backend).await;
-        let mut running = start(&env).await;
-        let client = &mut running.client;
+        let cluster = TestCluster::new(backend).await;
+        let env = &cluster.env;
+        let mut dm = start(&cluster).await;
+        let client = &mut dm;
         assert_status(
             client
                 .create_dataset(create_request("upload/missing.csv", vec![]))
@@ -416,7 +394,7 @@ async fn unknown_things_are_not_found_and_bad_fields_invalid() {
             Code::NotFound,
             "upload/missing.csv",
         );
-        put(&env, "upload/a.csv", "book a flight,travel\n").await;
+        put(env, "upload/a.csv", "book a flight,travel\n").await;
         assert_status(
             client
                 .update_dataset(commit_request("9", "upload/a.csv", vec![]))
@@ -512,25 +490,24 @@ async fn unknown_things_are_not_found_and_bad_fields_invalid() {
             Code::FailedPrecondition,
             "no commit",
         );
-        running.stop().await;
+        cluster.stop().await;
     }
 }
 
 #[tokio::test]
 async fn concurrent_updates_all_land_with_their_own_ids() {
     for backend in backends() {
-        let env = env(backend).await;
-        let running = start(&env).await;
-        put(&env, "upload/a.csv", "book a flight,travel\n").await;
-        running
-            .client
-            .clone()
+        let cluster = TestCluster::new(backend).await;
+        let env = &cluster.env;
+        let dm = start(&cluster).await;
+        put(env, "upload/a.csv", "book a flight,travel\n").await;
+        dm.clone()
             .create_dataset(create_request("upload/a.csv", vec![]))
             .await
             .expect("create");
         let mut calls = Vec::new();
         for n in 0..16 {
-            let mut client = running.client.clone();
+            let mut client = dm.clone();
             let env_objects = env.objects.clone();
             calls.push(tokio::spawn(async move {
                 let key = format!("upload/part-{n}.csv");
@@ -550,8 +527,7 @@ async fn concurrent_updates_all_land_with_their_own_ids() {
         for call in calls {
             call.await.expect("task").expect("update lands");
         }
-        let summary = running
-            .client
+        let summary = dm
             .clone()
             .get_dataset_summary(pb::DatasetPointer {
                 dataset_id: "1".into(),
@@ -565,22 +541,23 @@ async fn concurrent_updates_all_land_with_their_own_ids() {
             .map(|c| c.commit_id.parse().expect("numeric"))
             .collect();
         assert_eq!(ids, (1..=17).collect::<Vec<_>>());
-        running.stop().await;
+        cluster.stop().await;
     }
 }
 
 #[tokio::test]
 async fn failed_snapshots_say_why_and_can_be_prepared_again() {
     for backend in backends() {
-        let env = env(backend).await;
-        let mut running = start(&env).await;
-        let client = &mut running.client;
-        put(&env, "upload/a.csv", "book a flight,travel\n").await;
+        let cluster = TestCluster::new(backend).await;
+        let env = &cluster.env;
+        let mut dm = start(&cluster).await;
+        let client = &mut dm;
+        put(env, "upload/a.csv", "book a flight,travel\n").await;
         client
             .create_dataset(create_request("upload/a.csv", vec![]))
             .await
             .expect("create");
-        let examples = read(&env, "dataset/1/commit/1/examples.csv").await;
+        let examples = read(env, "dataset/1/commit/1/examples.csv").await;
         env.objects
             .delete_prefix(&env.objects.datasets_bucket, "dataset/1/commit/1/examples")
             .await
@@ -601,7 +578,7 @@ async fn failed_snapshots_say_why_and_can_be_prepared_again() {
             failed.message
         );
 
-        put(&env, "dataset/1/commit/1/examples.csv", examples).await;
+        put(env, "dataset/1/commit/1/examples.csv", examples).await;
         client
             .prepare_training_dataset(query)
             .await
@@ -609,19 +586,20 @@ async fn failed_snapshots_say_why_and_can_be_prepared_again() {
         let ready = wait_ready(client, "1", "hashAg==").await;
         assert_eq!(ready.state(), pb::SnapshotState::Ready, "{}", ready.message);
         assert!(ready.message.is_empty());
-        running.stop().await;
+        cluster.stop().await;
     }
 }
 
 #[tokio::test]
 async fn generic_datasets_copy_folders() {
     for backend in backends() {
-        let env = env(backend).await;
-        let mut running = start(&env).await;
-        let client = &mut running.client;
-        put(&env, "images/cats/1.jpg", vec![1u8; 100]).await;
-        put(&env, "images/cats/2.jpg", vec![2u8; 50]).await;
-        put(&env, "images/dogs/1.jpg", vec![3u8; 10]).await;
+        let cluster = TestCluster::new(backend).await;
+        let env = &cluster.env;
+        let mut dm = start(&cluster).await;
+        let client = &mut dm;
+        put(env, "images/cats/1.jpg", vec![1u8; 100]).await;
+        put(env, "images/cats/2.jpg", vec![2u8; 50]).await;
+        put(env, "images/dogs/1.jpg", vec![3u8; 10]).await;
         let mut request = create_request("images", vec![]);
         request.dataset_type = pb::DatasetType::Generic.into();
         let created = client
@@ -633,7 +611,7 @@ async fn generic_datasets_copy_folders() {
         assert_eq!(commit.statistics["numFiles"], "3");
         assert_eq!(commit.statistics["numBytes"], "160");
         assert_eq!(
-            read(&env, "dataset/1/commit/1/cats/2.jpg").await,
+            read(env, "dataset/1/commit/1/cats/2.jpg").await,
             vec![2u8; 50]
         );
         client
@@ -646,17 +624,18 @@ async fn generic_datasets_copy_folders() {
         let snapshot = wait_ready(client, "1", "hashAg==").await;
         let names: Vec<_> = snapshot.parts.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["1/cats/1.jpg", "1/cats/2.jpg", "1/dogs/1.jpg"]);
-        running.stop().await;
+        cluster.stop().await;
     }
 }
 
 #[tokio::test]
 async fn delete_removes_rows_and_objects() {
     for backend in backends() {
-        let env = env(backend).await;
-        let mut running = start(&env).await;
-        let client = &mut running.client;
-        put(&env, "upload/a.csv", "book a flight,travel\n").await;
+        let cluster = TestCluster::new(backend).await;
+        let env = &cluster.env;
+        let mut dm = start(&cluster).await;
+        let client = &mut dm;
+        put(env, "upload/a.csv", "book a flight,travel\n").await;
         client
             .create_dataset(create_request("upload/a.csv", vec![]))
             .await
@@ -701,17 +680,18 @@ async fn delete_removes_rows_and_objects() {
             Code::NotFound,
             "dataset 1",
         );
-        running.stop().await;
+        cluster.stop().await;
     }
 }
 
 #[tokio::test]
 async fn list_datasets_pages_in_id_order() {
     for backend in backends() {
-        let env = env(backend).await;
-        let mut running = start(&env).await;
-        let client = &mut running.client;
-        put(&env, "upload/a.csv", "book a flight,travel\n").await;
+        let cluster = TestCluster::new(backend).await;
+        let env = &cluster.env;
+        let mut dm = start(&cluster).await;
+        let client = &mut dm;
+        put(env, "upload/a.csv", "book a flight,travel\n").await;
         for _ in 0..5 {
             client
                 .create_dataset(create_request("upload/a.csv", vec![]))
@@ -728,7 +708,7 @@ async fn list_datasets_pages_in_id_order() {
             ids.push(pointer.dataset_id);
         }
         assert_eq!(ids, ["2", "3"]);
-        running.stop().await;
+        cluster.stop().await;
     }
 }
 
@@ -745,9 +725,10 @@ async fn upload(
 #[tokio::test]
 async fn upload_data_streams_into_the_datasets_bucket() {
     for backend in backends() {
-        let env = env(backend).await;
-        let mut running = start(&env).await;
-        let client = &mut running.client;
+        let cluster = TestCluster::new(backend).await;
+        let env = &cluster.env;
+        let mut dm = start(&cluster).await;
+        let client = &mut dm;
         // 20 MiB in 1 MiB chunks: a multipart upload.
         let chunk = intent_csv(20_000, 10, 3).into_bytes();
         let mut body = Vec::new();
@@ -766,7 +747,7 @@ async fn upload_data_streams_into_the_datasets_bucket() {
         let file = upload(client, messages).await.expect("upload");
         assert_eq!(file.path, "upload/streamed.csv");
         assert_eq!(file.bucket, env.objects.datasets_bucket);
-        assert_eq!(read(&env, "upload/streamed.csv").await, body);
+        assert_eq!(read(env, "upload/streamed.csv").await, body);
         let created = client
             .create_dataset(create_request(&file.path, vec![]))
             .await
@@ -817,7 +798,7 @@ async fn upload_data_streams_into_the_datasets_bucket() {
                 .is_empty()
         );
         assert_status(upload(client, vec![]).await, Code::InvalidArgument, "empty");
-        running.stop().await;
+        cluster.stop().await;
     }
 }
 
@@ -835,11 +816,12 @@ async fn a_commit_may_hold_max_labels_distinct_labels_and_not_one_more() {
         ..DataManagementConfig::default()
     };
     for backend in backends() {
-        let env = env(backend).await;
-        let mut running = start_with(&env, &config).await;
-        let client = &mut running.client;
-        put(&env, "upload/at-limit.csv", labelled_csv(200, 50)).await;
-        put(&env, "upload/over-limit.csv", labelled_csv(200, 51)).await;
+        let cluster = TestCluster::new(backend).await;
+        let env = &cluster.env;
+        let mut dm = start_with(&cluster, &config).await;
+        let client = &mut dm;
+        put(env, "upload/at-limit.csv", labelled_csv(200, 50)).await;
+        put(env, "upload/over-limit.csv", labelled_csv(200, 51)).await;
         let created = client
             .create_dataset(create_request("upload/at-limit.csv", vec![]))
             .await
@@ -900,7 +882,7 @@ async fn a_commit_may_hold_max_labels_distinct_labels_and_not_one_more() {
             ],
             "no objects of the refused ingests are left"
         );
-        running.stop().await;
+        cluster.stop().await;
     }
 }
 
@@ -909,9 +891,10 @@ async fn an_upload_with_a_million_distinct_labels_is_refused() {
     const ROWS: usize = 1_000_000;
     const ROWS_PER_CHUNK: usize = 20_000;
     for backend in backends() {
-        let env = env(backend).await;
-        let mut running = start(&env).await;
-        let client = &mut running.client;
+        let cluster = TestCluster::new(backend).await;
+        let env = &cluster.env;
+        let mut dm = start(&cluster).await;
+        let client = &mut dm;
         // About 24 MB, generated chunk by chunk as the upload stream asks for it.
         let first = pb::UploadDataRequest {
             bucket: String::new(),
@@ -958,7 +941,7 @@ async fn an_upload_with_a_million_distinct_labels_is_refused() {
             .await
             .expect("list objects");
         assert!(leftovers.is_empty(), "no objects left: {leftovers:?}");
-        running.stop().await;
+        cluster.stop().await;
     }
 }
 
@@ -978,16 +961,17 @@ async fn snapshots_of(
 #[tokio::test]
 async fn list_training_snapshots_newest_first_with_state_and_digest() {
     for backend in backends() {
-        let env = env(backend).await;
-        let mut running = start(&env).await;
-        let client = &mut running.client;
+        let cluster = TestCluster::new(backend).await;
+        let env = &cluster.env;
+        let mut dm = start(&cluster).await;
+        let client = &mut dm;
         put(
-            &env,
+            env,
             "upload/a.csv",
             "book a flight,travel\nplay music,music\n",
         )
         .await;
-        put(&env, "upload/b.csv", "what's the weather,weather\n").await;
+        put(env, "upload/b.csv", "what's the weather,weather\n").await;
         client
             .create_dataset(create_request("upload/a.csv", vec![]))
             .await
@@ -1074,7 +1058,7 @@ async fn list_training_snapshots_newest_first_with_state_and_digest() {
             .await
             .expect("delete");
         assert_status(snapshots_of(client, "1").await, Code::NotFound, "dataset 1");
-        running.stop().await;
+        cluster.stop().await;
     }
 }
 
@@ -1083,16 +1067,18 @@ async fn list_training_snapshots_of_another_tenant_is_not_found() {
     use automl_common::auth::{AuthConfig, Authenticator, Credentials, Scope};
 
     for backend in backends() {
-        let mut env = env(backend).await;
-        env.common.auth = AuthConfig {
+        let mut with_auth = TestEnv::new(backend).await.expect("test environment");
+        with_auth.common.auth = AuthConfig {
             enabled: true,
             internal_secret: "secret-of-the-snapshots-test".into(),
             ..AuthConfig::default()
         };
+        let cluster = TestCluster::on(with_auth);
+        let env = &cluster.env;
         let auth =
             Authenticator::from_config(&env.common.auth, &env.common.data_dir).expect("auth");
-        let running = start(&env).await;
-        let channel = running.server.channel().await.expect("channel");
+        start(&cluster).await;
+        let channel = cluster.channel(DATA_MANAGEMENT).await;
         let as_tenant = |tenant: &str| {
             let token = auth.mint(tenant, "test", Scope::Tenant, Duration::from_secs(600));
             DataManagementServiceClient::with_interceptor(
@@ -1102,7 +1088,7 @@ async fn list_training_snapshots_of_another_tenant_is_not_found() {
         };
         let mut team_a = as_tenant("team-a");
         let mut team_b = as_tenant("team-b");
-        put(&env, "team-a/upload/a.csv", "book a flight,travel\n").await;
+        put(env, "team-a/upload/a.csv", "book a flight,travel\n").await;
         let created = team_a
             .create_dataset(create_request("team-a/upload/a.csv", vec![]))
             .await
@@ -1125,7 +1111,7 @@ async fn list_training_snapshots_of_another_tenant_is_not_found() {
         assert_eq!(mine.snapshots.len(), 1);
         assert_eq!(mine.snapshots[0].version_hash, "hashAg==");
         // Let the build finish before the server stops.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut poll = Poll::new("snapshot leaves RUNNING", Duration::from_secs(60));
         loop {
             let snapshot = team_a
                 .fetch_training_dataset(pb::VersionQuery {
@@ -1138,11 +1124,7 @@ async fn list_training_snapshots_of_another_tenant_is_not_found() {
             if snapshot.state() != pb::SnapshotState::Running {
                 break;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "snapshot stays RUNNING"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            poll.tick().await;
         }
         assert_status(
             team_b
@@ -1153,6 +1135,6 @@ async fn list_training_snapshots_of_another_tenant_is_not_found() {
             Code::NotFound,
             &format!("dataset {}", created.dataset_id),
         );
-        running.stop().await;
+        cluster.stop().await;
     }
 }

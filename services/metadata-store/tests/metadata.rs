@@ -4,48 +4,29 @@
 use std::collections::HashMap;
 
 use automl_common::db::{Backend, Database};
-use automl_common::testing::{TestEnv, TestServer, assert_status, backends};
+use automl_common::testing::{METADATA_STORE, TestCluster, TestEnv, assert_status, backends};
 use automl_metadata_store::MetadataStoreConfig;
 use automl_proto::data_management::FileInfo;
 use automl_proto::metadata_store as pb;
 use automl_proto::metadata_store::metadata_store_service_client::MetadataStoreServiceClient;
 use sqlx::Row;
-use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Channel;
 
 type Client = MetadataStoreServiceClient<Channel>;
 
-struct Running {
-    server: TestServer,
-    db: Database,
-    client: Client,
-}
-
-impl Running {
-    async fn stop(self) {
-        self.server.stop().await;
-        self.db.close().await;
-    }
-}
-
-async fn start(env: &TestEnv) -> Running {
+/// metadata-store in `cluster`, its watches polling every 200 ms; its client.
+async fn start(cluster: &TestCluster) -> Client {
     let config = MetadataStoreConfig {
         watch_poll_interval_ms: 200,
         ..MetadataStoreConfig::default()
     };
-    let shutdown = CancellationToken::new();
-    let (routes, db) =
-        automl_metadata_store::start(&env.common, &config, env.objects.clone(), shutdown.clone())
-            .await
-            .expect("metadata-store starts");
-    let server = TestServer::start(routes, shutdown).await.expect("server");
-    let client = MetadataStoreServiceClient::new(server.channel().await.expect("channel"));
-    Running { server, db, client }
-}
-
-async fn env(backend: Backend) -> TestEnv {
-    TestEnv::new(backend).await.expect("test environment")
+    cluster
+        .start(METADATA_STORE, |ctx| async move {
+            automl_metadata_store::start(&ctx.common, &config, ctx.objects, ctx.shutdown).await
+        })
+        .await;
+    cluster.metadata_client().await
 }
 
 fn start_request(run_id: &str, name: &str) -> pb::LogRunStartRequest {
@@ -115,9 +96,10 @@ async fn put_model_files(env: &TestEnv, run_id: &str) {
 #[tokio::test]
 async fn run_lifecycle_as_the_contract_describes() {
     for backend in backends() {
-        let env = env(backend).await;
-        let mut running = start(&env).await;
-        let client = &mut running.client;
+        let cluster = TestCluster::new(backend).await;
+        let env = &cluster.env;
+        let mut ms = start(&cluster).await;
+        let client = &mut ms;
 
         let started = client
             .log_run_start(start_request("1", "demo-run"))
@@ -155,16 +137,16 @@ async fn run_lifecycle_as_the_contract_describes() {
         assert_eq!(ended.message, "done");
         assert_eq!(ended.end_time, "2021-08-01T02:00:00Z");
         assert_eq!(ended.epochs.len(), 1);
-        running.stop().await;
+        cluster.stop().await;
     }
 }
 
 #[tokio::test]
 async fn duplicates_are_already_exists_and_change_nothing() {
     for backend in backends() {
-        let env = env(backend).await;
-        let mut running = start(&env).await;
-        let client = &mut running.client;
+        let cluster = TestCluster::new(backend).await;
+        let mut ms = start(&cluster).await;
+        let client = &mut ms;
         client
             .log_run_start(start_request("7", "first"))
             .await
@@ -188,16 +170,17 @@ async fn duplicates_are_already_exists_and_change_nothing() {
         assert_eq!(info.run_name, "first");
         assert_eq!(info.epochs.len(), 1);
         assert_eq!(info.epochs["1"].metrics["accuracy"], "0.1");
-        running.stop().await;
+        cluster.stop().await;
     }
 }
 
 #[tokio::test]
 async fn retried_calls_with_the_same_content_succeed_and_record_once() {
     for backend in backends() {
-        let env = env(backend).await;
-        let mut running = start(&env).await;
-        let client = &mut running.client;
+        let cluster = TestCluster::new(backend).await;
+        let env = &cluster.env;
+        let mut ms = start(&cluster).await;
+        let client = &mut ms;
         // A client whose answer was lost sends the very same request again.
         client
             .log_run_start(start_request("7", "first"))
@@ -241,7 +224,7 @@ async fn retried_calls_with_the_same_content_succeed_and_record_once() {
         assert_eq!(info.epochs.len(), 2);
         assert_eq!(info.epochs["1"].end_time, "2021-08-01T01:30:00Z");
 
-        put_model_files(&env, "7").await;
+        put_model_files(env, "7").await;
         for _ in 0..2 {
             let created = client
                 .create_artifact(artifact_request("7", "intent", "run_7"))
@@ -292,16 +275,17 @@ async fn retried_calls_with_the_same_content_succeed_and_record_once() {
             .expect("artifact")
             .into_inner();
         assert_eq!(artifact.version, "1");
-        running.stop().await;
+        cluster.stop().await;
     }
 }
 
 #[tokio::test]
 async fn unknown_runs_are_not_found() {
     for backend in backends() {
-        let env = env(backend).await;
-        let mut running = start(&env).await;
-        let client = &mut running.client;
+        let cluster = TestCluster::new(backend).await;
+        let env = &cluster.env;
+        let mut ms = start(&cluster).await;
+        let client = &mut ms;
         assert_status(status(client, "404").await, Code::NotFound, "run 404");
         assert_status(
             client.log_epoch(epoch_request("404", "1", "0.1")).await,
@@ -331,7 +315,7 @@ async fn unknown_runs_are_not_found() {
             Code::NotFound,
             "run 404",
         );
-        put_model_files(&env, "404").await;
+        put_model_files(env, "404").await;
         assert_status(
             client
                 .create_artifact(artifact_request("404", "intent", "run_404"))
@@ -339,15 +323,15 @@ async fn unknown_runs_are_not_found() {
             Code::NotFound,
             "run 404",
         );
-        running.stop().await;
+        cluster.stop().await;
     }
 }
 
 #[tokio::test]
 async fn missing_and_malformed_fields_are_invalid_argument() {
-    let env = env(Backend::Sqlite).await;
-    let mut running = start(&env).await;
-    let client = &mut running.client;
+    let cluster = TestCluster::new(Backend::Sqlite).await;
+    let mut ms = start(&cluster).await;
+    let client = &mut ms;
     assert_status(
         client.log_run_start(start_request("", "x")).await,
         Code::InvalidArgument,
@@ -439,7 +423,7 @@ async fn missing_and_malformed_fields_are_invalid_argument() {
     );
     // The server is still fine after all of that.
     status(client, "1").await.expect("status");
-    running.stop().await;
+    cluster.stop().await;
 }
 
 fn artifact_request(run_id: &str, name: &str, path: &str) -> pb::CreateArtifactRequest {
@@ -457,9 +441,10 @@ fn artifact_request(run_id: &str, name: &str, path: &str) -> pb::CreateArtifactR
 #[tokio::test]
 async fn artifacts_are_versioned_per_name_and_checked_against_the_bucket() {
     for backend in backends() {
-        let env = env(backend).await;
-        let mut running = start(&env).await;
-        let client = &mut running.client;
+        let cluster = TestCluster::new(backend).await;
+        let env = &cluster.env;
+        let mut ms = start(&cluster).await;
+        let client = &mut ms;
         for run in ["1", "2", "3"] {
             client
                 .log_run_start(start_request(run, "r"))
@@ -473,9 +458,9 @@ async fn artifacts_are_versioned_per_name_and_checked_against_the_bucket() {
             Code::FailedPrecondition,
             "run_1",
         );
-        put_model_files(&env, "1").await;
-        put_model_files(&env, "2").await;
-        put_model_files(&env, "3").await;
+        put_model_files(env, "1").await;
+        put_model_files(env, "2").await;
+        put_model_files(env, "3").await;
 
         let first = client
             .create_artifact(artifact_request("1", "intent", "run_1"))
@@ -550,46 +535,38 @@ async fn artifacts_are_versioned_per_name_and_checked_against_the_bucket() {
         assert_eq!(fetched.version, "2");
         assert_eq!(fetched.algorithm, "intent-classification");
         assert_eq!(fetched.artifact.expect("file").path, "run_2");
-        running.stop().await;
+        cluster.stop().await;
     }
 }
 
 #[tokio::test]
 async fn everything_survives_a_restart() {
     for backend in backends() {
-        let env = env(backend).await;
-        let mut running = start(&env).await;
-        running
-            .client
-            .log_run_start(start_request("1", "demo"))
+        let cluster = TestCluster::new(backend).await;
+        let env = &cluster.env;
+        let mut ms = start(&cluster).await;
+        ms.log_run_start(start_request("1", "demo"))
             .await
             .expect("start");
         for epoch in 1..=3 {
-            running
-                .client
-                .log_epoch(epoch_request("1", &epoch.to_string(), "0.7"))
+            ms.log_epoch(epoch_request("1", &epoch.to_string(), "0.7"))
                 .await
                 .expect("epoch");
         }
-        put_model_files(&env, "1").await;
-        running
-            .client
-            .create_artifact(artifact_request("1", "intent", "run_1"))
+        put_model_files(env, "1").await;
+        ms.create_artifact(artifact_request("1", "intent", "run_1"))
             .await
             .expect("artifact");
-        running
-            .client
-            .log_run_end(end_request("1", true, "done"))
+        ms.log_run_end(end_request("1", true, "done"))
             .await
             .expect("end");
-        running.stop().await;
+        cluster.stop_service(METADATA_STORE).await;
 
-        let mut restarted = start(&env).await;
-        let info = status(&mut restarted.client, "1").await.expect("status");
+        let mut restarted = start(&cluster).await;
+        let info = status(&mut restarted, "1").await.expect("status");
         assert_eq!(info.epochs.len(), 3);
         assert!(info.success);
         let artifact = restarted
-            .client
             .get_artifact(pb::GetArtifactRequest { run_id: "1".into() })
             .await
             .expect("artifact")
@@ -597,27 +574,25 @@ async fn everything_survives_a_restart() {
         assert_eq!(artifact.version, "1");
         // Runs started after the restart keep working, and versions continue.
         restarted
-            .client
             .log_run_start(start_request("2", "again"))
             .await
             .expect("start");
-        put_model_files(&env, "2").await;
+        put_model_files(env, "2").await;
         let second = restarted
-            .client
             .create_artifact(artifact_request("2", "intent", "run_2"))
             .await
             .expect("artifact")
             .into_inner();
         assert_eq!(second.version, "2");
-        restarted.stop().await;
+        cluster.stop().await;
     }
 }
 
 #[tokio::test]
 async fn ended_runs_take_no_more_epochs() {
-    let env = env(Backend::Sqlite).await;
-    let mut running = start(&env).await;
-    let client = &mut running.client;
+    let cluster = TestCluster::new(Backend::Sqlite).await;
+    let mut ms = start(&cluster).await;
+    let client = &mut ms;
     client
         .log_run_start(start_request("1", "x"))
         .await
@@ -639,15 +614,15 @@ async fn ended_runs_take_no_more_epochs() {
     let info = status(client, "1").await.expect("status");
     assert!(!info.success);
     assert_eq!(info.message, "boom");
-    running.stop().await;
+    cluster.stop().await;
 }
 
 #[tokio::test]
 async fn list_runs_filters_and_pages() {
     for backend in backends() {
-        let env = env(backend).await;
-        let mut running = start(&env).await;
-        let client = &mut running.client;
+        let cluster = TestCluster::new(backend).await;
+        let mut ms = start(&cluster).await;
+        let client = &mut ms;
         for run in 1..=5 {
             let mut request =
                 start_request(&run.to_string(), if run % 2 == 0 { "even" } else { "odd" });
@@ -696,7 +671,7 @@ async fn list_runs_filters_and_pages() {
         let ids: Vec<_> = filtered.runs.iter().map(|r| r.run_id.as_str()).collect();
         assert_eq!(ids, ["1", "3"]);
         assert_eq!(filtered.total, 2);
-        running.stop().await;
+        cluster.stop().await;
     }
 }
 
@@ -719,35 +694,27 @@ async fn collect_watch(mut client: Client, run_id: &str) -> Vec<pb::RunEvent> {
 #[tokio::test]
 async fn concurrent_watchers_see_state_every_epoch_in_order_and_the_end() {
     for backend in backends() {
-        let env = env(backend).await;
-        let mut running = start(&env).await;
-        running
-            .client
-            .log_run_start(start_request("1", "watched"))
+        let cluster = TestCluster::new(backend).await;
+        let mut ms = start(&cluster).await;
+        ms.log_run_start(start_request("1", "watched"))
             .await
             .expect("start");
-        running
-            .client
-            .log_epoch(epoch_request("1", "1", "0.1"))
+        ms.log_epoch(epoch_request("1", "1", "0.1"))
             .await
             .expect("epoch 1");
 
-        let first = tokio::spawn(collect_watch(running.client.clone(), "1"));
-        let second = tokio::spawn(collect_watch(running.client.clone(), "1"));
+        let first = tokio::spawn(collect_watch(ms.clone(), "1"));
+        let second = tokio::spawn(collect_watch(ms.clone(), "1"));
         for epoch in 2..=6 {
-            running
-                .client
-                .log_epoch(epoch_request(
-                    "1",
-                    &epoch.to_string(),
-                    &format!("0.{epoch}"),
-                ))
-                .await
-                .expect("epoch");
+            ms.log_epoch(epoch_request(
+                "1",
+                &epoch.to_string(),
+                &format!("0.{epoch}"),
+            ))
+            .await
+            .expect("epoch");
         }
-        running
-            .client
-            .log_run_end(end_request("1", true, "done"))
+        ms.log_run_end(end_request("1", true, "done"))
             .await
             .expect("end");
 
@@ -789,31 +756,27 @@ async fn concurrent_watchers_see_state_every_epoch_in_order_and_the_end() {
         }
 
         // Watching a run that has ended gives its state and the end at once.
-        let events = collect_watch(running.client.clone(), "1").await;
+        let events = collect_watch(ms.clone(), "1").await;
         let kinds: Vec<_> = events.iter().map(|e| e.kind()).collect();
         assert_eq!(kinds, [pb::RunEventKind::Snapshot, pb::RunEventKind::End]);
-        running.stop().await;
+        cluster.stop().await;
     }
 }
 
 #[tokio::test]
 async fn shutdown_ends_open_watch_streams() {
-    let env = env(Backend::Sqlite).await;
-    let mut running = start(&env).await;
-    running
-        .client
-        .log_run_start(start_request("1", "x"))
+    let cluster = TestCluster::new(Backend::Sqlite).await;
+    let mut ms = start(&cluster).await;
+    ms.log_run_start(start_request("1", "x"))
         .await
         .expect("start");
-    let watcher = tokio::spawn(collect_watch(running.client.clone(), "1"));
+    let watcher = tokio::spawn(collect_watch(ms.clone(), "1"));
     // Wait until the watcher's snapshot has gone out by logging an epoch it must see... or not:
     // either way the stream must end once the server shuts down.
-    running
-        .client
-        .log_epoch(epoch_request("1", "1", "0.1"))
+    ms.log_epoch(epoch_request("1", "1", "0.1"))
         .await
         .expect("epoch");
-    let stop = tokio::spawn(running.stop());
+    let stop = tokio::spawn(cluster.stop());
     let events = tokio::time::timeout(std::time::Duration::from_secs(20), watcher)
         .await
         .expect("stream ends on shutdown")
@@ -831,9 +794,9 @@ async fn shutdown_turns_health_not_serving_before_the_server_stops() {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
 
-    let env = env(Backend::Sqlite).await;
-    let running = start(&env).await;
-    let mut health = HealthClient::new(running.server.channel().await.expect("channel"));
+    let cluster = TestCluster::new(Backend::Sqlite).await;
+    start(&cluster).await;
+    let mut health = HealthClient::new(cluster.channel(METADATA_STORE).await);
     for service in ["", "metadata_store.MetadataStoreService"] {
         let status = health
             .check(HealthCheckRequest {
@@ -853,14 +816,14 @@ async fn shutdown_turns_health_not_serving_before_the_server_stops() {
         .into_inner();
     let first = watch.message().await.expect("first").expect("status");
     assert_eq!(first.status(), ServingStatus::Serving);
-    running.server.shutdown.cancel();
+    cluster.shutdown(METADATA_STORE).cancel();
     let next = tokio::time::timeout(std::time::Duration::from_secs(10), watch.message())
         .await
         .expect("status change arrives")
         .expect("stream")
         .expect("message");
     assert_eq!(next.status(), ServingStatus::NotServing);
-    running.stop().await;
+    cluster.stop().await;
 }
 
 fn epoch_with(run_id: &str, epoch_id: &str, metrics: &[(&str, &str)]) -> pb::LogEpochRequest {
@@ -896,9 +859,9 @@ fn lower(mut summary: pb::MetricSummary) -> pb::MetricSummary {
 #[tokio::test]
 async fn summaries_keep_the_last_and_best_numeric_value_of_each_metric() {
     for backend in backends() {
-        let env = env(backend).await;
-        let mut running = start(&env).await;
-        let client = &mut running.client;
+        let cluster = TestCluster::new(backend).await;
+        let mut ms = start(&cluster).await;
+        let client = &mut ms;
         client
             .log_run_start(start_request("1", "summarized"))
             .await
@@ -951,21 +914,20 @@ async fn summaries_keep_the_last_and_best_numeric_value_of_each_metric() {
             .expect("run");
         assert_eq!(ended.metric_summaries, expected);
         assert_eq!(ended.epoch_count, 4);
-        let events = collect_watch(running.client.clone(), "1").await;
+        let events = collect_watch(ms.clone(), "1").await;
         assert_eq!(events.len(), 2);
         for event in &events {
             let run = event.run_info.as_ref().expect("run");
             assert_eq!(run.metric_summaries, expected);
             assert_eq!(run.epoch_count, 4);
         }
-        let listed = running
-            .client
+        let listed = ms
             .list_runs(pb::ListRunsRequest::default())
             .await
             .expect("list")
             .into_inner();
         assert_eq!(listed.runs[0].metric_summaries, expected);
-        running.stop().await;
+        cluster.stop().await;
     }
 }
 
@@ -1047,9 +1009,9 @@ async fn ordered_ids(client: &mut Client, order_by: &str, descending: bool) -> V
 #[tokio::test]
 async fn list_runs_orders_by_every_key_both_ways() {
     for backend in backends() {
-        let env = env(backend).await;
-        let mut running = start(&env).await;
-        let client = &mut running.client;
+        let cluster = TestCluster::new(backend).await;
+        let mut ms = start(&cluster).await;
+        let client = &mut ms;
         ordered_runs(client).await;
         // Ties (same state, no duration, no metric) go by start order in the listing's
         // direction; runs without the key come last either way.
@@ -1220,14 +1182,15 @@ async fn list_runs_orders_by_every_key_both_ways() {
                 needle,
             );
         }
-        running.stop().await;
+        cluster.stop().await;
     }
 }
 
 #[tokio::test]
 async fn migration_3_backfills_summaries_and_durations_from_existing_rows() {
     for backend in backends() {
-        let env = env(backend).await;
+        let cluster = TestCluster::new(backend).await;
+        let env = &cluster.env;
         // A database as version 2 left it, with runs and epochs logged before summaries.
         let old = Database::open(
             &env.common.database,
@@ -1310,8 +1273,8 @@ async fn migration_3_backfills_summaries_and_durations_from_existing_rows() {
         }
         old.close().await;
 
-        let mut running = start(&env).await;
-        let client = &mut running.client;
+        let mut ms = start(&cluster).await;
+        let client = &mut ms;
         let one = status(client, "1").await.expect("run 1");
         assert_eq!(
             one.metric_summaries,
@@ -1352,21 +1315,21 @@ async fn migration_3_backfills_summaries_and_durations_from_existing_rows() {
             .log_epoch(epoch_with("3", "b", &[("accuracy", "0.95")]))
             .await
             .expect("epoch");
-        running.stop().await;
-        let mut running = start(&env).await;
-        let client = &mut running.client;
+        cluster.stop_service(METADATA_STORE).await;
+        let mut ms = start(&cluster).await;
+        let client = &mut ms;
         assert_eq!(
             ordered_ids(client, "best:accuracy", true).await,
             ["3", "1", "2", "4"]
         );
         let pending: i64 = sqlx::query("SELECT COUNT(*) AS n FROM run_backfills")
-            .fetch_one(&running.db.pool)
+            .fetch_one(&cluster.database(METADATA_STORE).pool)
             .await
             .expect("count")
             .try_get("n")
             .expect("n");
         assert_eq!(pending, 0);
-        running.stop().await;
+        cluster.stop().await;
     }
 }
 
@@ -1381,9 +1344,10 @@ fn artifact_ids(listed: &pb::ListArtifactsResponse) -> Vec<(&str, &str, &str)> {
 #[tokio::test]
 async fn list_artifacts_newest_first_filtered_and_paged() {
     for backend in backends() {
-        let env = env(backend).await;
-        let mut running = start(&env).await;
-        let client = &mut running.client;
+        let cluster = TestCluster::new(backend).await;
+        let env = &cluster.env;
+        let mut ms = start(&cluster).await;
+        let client = &mut ms;
         for (run, name) in [
             ("1", "intent"),
             ("2", "sentiment"),
@@ -1394,7 +1358,7 @@ async fn list_artifacts_newest_first_filtered_and_paged() {
                 .log_run_start(start_request(run, "r"))
                 .await
                 .expect("start");
-            put_model_files(&env, run).await;
+            put_model_files(env, run).await;
             client
                 .create_artifact(artifact_request(run, name, &format!("run_{run}")))
                 .await
@@ -1488,6 +1452,6 @@ async fn list_artifacts_newest_first_filtered_and_paged() {
             Code::InvalidArgument,
             "index",
         );
-        running.stop().await;
+        cluster.stop().await;
     }
 }

@@ -8,8 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use automl_common::auth::{AuthConfig, Authenticator, Credentials, Scope};
-use automl_common::db::{Backend, Database};
-use automl_common::testing::{TestEnv, TestServer, assert_status, grpcurl};
+use automl_common::db::Backend;
+use automl_common::testing::{
+    METADATA_STORE, PREDICTION_SERVICE, Poll, TestCluster, TestEnv, assert_status, grpcurl,
+};
 use automl_metadata_store::MetadataStoreConfig;
 use automl_prediction_service::PredictionConfig;
 use automl_prediction_service::service::Predictions;
@@ -24,7 +26,6 @@ use automl_text_classification::artifact::{self, Lineage, Manifest};
 use automl_text_classification::data::Dataset;
 use automl_text_classification::params::TrainParams;
 use tokio::sync::OnceCell;
-use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -121,101 +122,79 @@ async fn model_files() -> &'static Vec<(&'static str, Vec<u8>)> {
         .await
 }
 
-struct Cluster {
-    env: TestEnv,
-    metadata: TestServer,
-    metadata_db: Database,
-    metadata_client: MetadataStoreServiceClient<Channel>,
+/// A cluster with metadata-store, on SQLite, for models to be published to.
+async fn with_metadata_store() -> TestCluster {
+    let cluster = TestCluster::new(Backend::Sqlite).await;
+    start_metadata(&cluster).await;
+    cluster
 }
 
-impl Cluster {
-    async fn start() -> Self {
-        let env = TestEnv::new(Backend::Sqlite).await.expect("env");
-        let token = CancellationToken::new();
-        let (routes, metadata_db) = automl_metadata_store::start(
-            &env.common,
-            &MetadataStoreConfig::default(),
-            env.objects.clone(),
-            token.clone(),
-        )
+/// metadata-store with its defaults, in `cluster`.
+async fn start_metadata(cluster: &TestCluster) {
+    let config = MetadataStoreConfig::default();
+    cluster
+        .start(METADATA_STORE, |ctx| async move {
+            automl_metadata_store::start(&ctx.common, &config, ctx.objects, ctx.shutdown).await
+        })
+        .await;
+}
+
+/// Records run `run_id` with `files` as its artifact, made by `algorithm`.
+async fn publish(cluster: &TestCluster, run_id: &str, algorithm: &str, files: &[(&str, Vec<u8>)]) {
+    let mut client = cluster.metadata_client().await;
+    client
+        .log_run_start(ms::LogRunStartRequest {
+            run_id: run_id.into(),
+            run_name: "trained".into(),
+            ..Default::default()
+        })
         .await
-        .expect("metadata-store");
-        let metadata = TestServer::start(routes, token).await.expect("server");
-        let metadata_client =
-            MetadataStoreServiceClient::new(metadata.channel().await.expect("channel"));
-        Self {
-            env,
-            metadata,
-            metadata_db,
-            metadata_client,
-        }
-    }
-
-    /// Records run `run_id` with `files` as its artifact, made by `algorithm`.
-    async fn publish(&self, run_id: &str, algorithm: &str, files: &[(&str, Vec<u8>)]) {
-        let mut client = self.metadata_client.clone();
-        client
-            .log_run_start(ms::LogRunStartRequest {
-                run_id: run_id.into(),
-                run_name: "trained".into(),
-                ..Default::default()
-            })
+        .expect("start");
+    for (name, bytes) in files {
+        cluster
+            .env
+            .objects
+            .put_bytes(
+                &cluster.env.objects.models_bucket,
+                &format!("run_{run_id}/{name}"),
+                bytes.clone(),
+            )
             .await
-            .expect("start");
-        for (name, bytes) in files {
-            self.env
-                .objects
-                .put_bytes(
-                    &self.env.objects.models_bucket,
-                    &format!("run_{run_id}/{name}"),
-                    bytes.clone(),
-                )
-                .await
-                .expect("upload");
-        }
-        client
-            .create_artifact(ms::CreateArtifactRequest {
-                artifact: Some(FileInfo {
-                    name: "intent".into(),
-                    bucket: String::new(),
-                    path: format!("run_{run_id}"),
-                }),
-                run_id: run_id.into(),
-                algorithm: algorithm.into(),
-            })
-            .await
-            .expect("artifact");
+            .expect("upload");
     }
+    client
+        .create_artifact(ms::CreateArtifactRequest {
+            artifact: Some(FileInfo {
+                name: "intent".into(),
+                bucket: String::new(),
+                path: format!("run_{run_id}"),
+            }),
+            run_id: run_id.into(),
+            algorithm: algorithm.into(),
+        })
+        .await
+        .expect("artifact");
+}
 
-    fn config(&self) -> PredictionConfig {
-        PredictionConfig {
-            metadata_store: self.metadata.endpoint(),
-            ..PredictionConfig::default()
-        }
+/// prediction-service's defaults, asking the cluster's metadata-store.
+fn config(cluster: &TestCluster) -> PredictionConfig {
+    PredictionConfig {
+        metadata_store: cluster.endpoint(METADATA_STORE),
+        ..PredictionConfig::default()
     }
+}
 
-    async fn serve(
-        &self,
-        config: &PredictionConfig,
-    ) -> (
-        TestServer,
-        Arc<Predictions>,
-        PredictionServiceClient<Channel>,
-    ) {
-        let (routes, service) =
-            automl_prediction_service::start(&self.env.common, config, self.env.objects.clone())
-                .expect("prediction-service");
-        let server = TestServer::start(routes, CancellationToken::new())
-            .await
-            .expect("server");
-        let client = PredictionServiceClient::new(server.channel().await.expect("channel"));
-        (server, service, client)
-    }
-
-    async fn stop(self) {
-        self.metadata.stop().await;
-        self.metadata_db.close().await;
-    }
+/// prediction-service with `config`, in `cluster`: its service object and a client.
+async fn serve(
+    cluster: &TestCluster,
+    config: &PredictionConfig,
+) -> (Arc<Predictions>, PredictionServiceClient<Channel>) {
+    let service = cluster
+        .start(PREDICTION_SERVICE, |ctx| async move {
+            automl_prediction_service::start(&ctx.common, config, ctx.objects)
+        })
+        .await;
+    (service, cluster.prediction_client().await)
 }
 
 fn request(run_id: &str, document: &str) -> pb::PredictRequest {
@@ -228,9 +207,9 @@ fn request(run_id: &str, document: &str) -> pb::PredictRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn predictions_match_the_trainer_and_grpcurl_sees_the_json() {
     let files = model_files().await;
-    let cluster = Cluster::start().await;
-    cluster.publish("3", "intent-classification", files).await;
-    let (server, service, client) = cluster.serve(&cluster.config()).await;
+    let cluster = with_metadata_store().await;
+    publish(&cluster, "3", "intent-classification", files).await;
+    let (service, client) = serve(&cluster, &config(&cluster)).await;
 
     let output = tokio::task::block_in_place(|| {
         std::process::Command::new(grpcurl())
@@ -238,7 +217,7 @@ async fn predictions_match_the_trainer_and_grpcurl_sees_the_json() {
                 "-plaintext",
                 "-d",
                 r#"{"runId":"3","document":"how do you say thank you in french"}"#,
-                &server.addr.to_string(),
+                &cluster.addr(PREDICTION_SERVICE).to_string(),
                 "prediction.PredictionService/Predict",
             ])
             .output()
@@ -284,16 +263,15 @@ async fn predictions_match_the_trainer_and_grpcurl_sees_the_json() {
         assert_eq!(got.top.len(), 5);
     }
     assert_eq!(service.cache.stats.loads.load(Ordering::Relaxed), 1);
-    server.stop().await;
     cluster.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_cold_requests_download_and_load_once() {
     let files = model_files().await;
-    let cluster = Cluster::start().await;
-    cluster.publish("5", "intent-classification", files).await;
-    let (server, service, client) = cluster.serve(&cluster.config()).await;
+    let cluster = with_metadata_store().await;
+    publish(&cluster, "5", "intent-classification", files).await;
+    let (service, client) = serve(&cluster, &config(&cluster)).await;
     let calls: Vec<_> = (0..100)
         .map(|i| {
             let mut client = client.clone();
@@ -309,33 +287,30 @@ async fn a_hundred_cold_requests_download_and_load_once() {
     }
     assert_eq!(service.cache.stats.downloads.load(Ordering::Relaxed), 1);
     assert_eq!(service.cache.stats.loads.load(Ordering::Relaxed), 1);
-    server.stop().await;
+    cluster.stop_service(PREDICTION_SERVICE).await;
 
     // After a restart the model loads again on demand (from the local cache directory).
-    let (server, service, mut client) = cluster.serve(&cluster.config()).await;
+    let (service, mut client) = serve(&cluster, &config(&cluster)).await;
     client
         .predict(request("5", "play some music"))
         .await
         .expect("predict after restart");
     assert_eq!(service.cache.stats.loads.load(Ordering::Relaxed), 1);
-    server.stop().await;
     cluster.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_clear_answers() {
     let files = model_files().await;
-    let cluster = Cluster::start().await;
-    cluster.publish("1", "intent-classification", files).await;
+    let cluster = with_metadata_store().await;
+    publish(&cluster, "1", "intent-classification", files).await;
     let mut corrupt: Vec<(&str, Vec<u8>)> = files.clone();
     corrupt[0].1 = b"definitely not safetensors".to_vec();
-    cluster
-        .publish("2", "intent-classification", &corrupt)
-        .await;
-    cluster.publish("4", "unknown-algorithm", files).await;
-    let mut config = cluster.config();
+    publish(&cluster, "2", "intent-classification", &corrupt).await;
+    publish(&cluster, "4", "unknown-algorithm", files).await;
+    let mut config = config(&cluster);
     config.max_document_bytes = 64 * 1024;
-    let (server, _, mut client) = cluster.serve(&config).await;
+    let (_, mut client) = serve(&cluster, &config).await;
 
     assert_status(
         client.predict(request("42", "hello")).await,
@@ -385,20 +360,19 @@ async fn bad_requests_get_clear_answers() {
         .predict(request("1", "hello"))
         .await
         .expect("predict");
-    server.stop().await;
     cluster.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_least_recently_used_model_is_evicted() {
     let files = model_files().await;
-    let cluster = Cluster::start().await;
+    let cluster = with_metadata_store().await;
     for run in ["1", "2", "3"] {
-        cluster.publish(run, "intent-classification", files).await;
+        publish(&cluster, run, "intent-classification", files).await;
     }
-    let mut config = cluster.config();
+    let mut config = config(&cluster);
     config.max_loaded_models = 2;
-    let (server, service, mut client) = cluster.serve(&config).await;
+    let (service, mut client) = serve(&cluster, &config).await;
     for run in ["1", "2", "1", "3"] {
         client
             .predict(request(run, "hello"))
@@ -416,7 +390,6 @@ async fn the_least_recently_used_model_is_evicted() {
     assert_eq!(runs, ["3", "1"], "most recently used first");
     client.predict(request("2", "hello")).await.expect("reload");
     assert_eq!(service.cache.stats.loads.load(Ordering::Relaxed), 4);
-    server.stop().await;
     cluster.stop().await;
 }
 
@@ -462,7 +435,7 @@ async fn start_predictor(predictor: RecordingPredictor) -> (String, tokio::task:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn external_predictors_receive_forwarded_requests_within_bounds() {
-    let cluster = Cluster::start().await;
+    let cluster = with_metadata_store().await;
     let fast = RecordingPredictor::default();
     let slow = RecordingPredictor {
         delay: Duration::from_millis(1500),
@@ -471,15 +444,15 @@ async fn external_predictors_receive_forwarded_requests_within_bounds() {
     let (fast_url, fast_task) = start_predictor(fast.clone()).await;
     let (slow_url, slow_task) = start_predictor(slow.clone()).await;
     let dummy = [("model.bin", b"external".to_vec())];
-    cluster.publish("7", "byo-fast", &dummy).await;
-    cluster.publish("8", "byo-slow", &dummy).await;
-    let mut config = cluster.config();
+    publish(&cluster, "7", "byo-fast", &dummy).await;
+    publish(&cluster, "8", "byo-slow", &dummy).await;
+    let mut config = config(&cluster);
     config.external_predictors = BTreeMap::from([
         ("byo-fast".to_string(), fast_url),
         ("byo-slow".to_string(), slow_url),
     ]);
     config.max_in_flight = 1;
-    let (server, _, mut client) = cluster.serve(&config).await;
+    let (_, mut client) = serve(&cluster, &config).await;
 
     let answer = client
         .predict(request("7", "hi there"))
@@ -504,15 +477,15 @@ async fn external_predictors_receive_forwarded_requests_within_bounds() {
 
     // The timed-out call's slot frees once the server side of its deadline passes too: wait
     // until a call gets through.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut poll = Poll::new("the slot frees", Duration::from_secs(10));
     while client.predict(request("7", "probe")).await.is_err() {
-        assert!(tokio::time::Instant::now() < deadline, "the slot frees");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        poll.tick().await;
     }
     // With one call in flight, a second is turned away instead of queueing.
     let mut busy = client.clone();
     let first = tokio::spawn(async move { busy.predict(request("8", "occupy")).await });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut poll = Poll::new("first call reaches the predictor", Duration::from_secs(10))
+        .every(Duration::from_millis(5));
     while !slow
         .seen
         .lock()
@@ -520,11 +493,7 @@ async fn external_predictors_receive_forwarded_requests_within_bounds() {
         .iter()
         .any(|(_, d)| d == "occupy")
     {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "first call reaches the predictor"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        poll.tick().await;
     }
     assert_status(
         client.predict(request("7", "second")).await,
@@ -532,7 +501,7 @@ async fn external_predictors_receive_forwarded_requests_within_bounds() {
         "capacity",
     );
     first.await.expect("task").expect("first call completes");
-    server.stop().await;
+    cluster.stop_service(PREDICTION_SERVICE).await;
     fast_task.abort();
     slow_task.abort();
     cluster.stop().await;
@@ -585,30 +554,23 @@ async fn publish_as(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loaded_models_are_listed_to_their_own_tenant_most_recent_first() {
     let files = model_files().await;
-    let mut env = TestEnv::new(Backend::Sqlite).await.expect("env");
-    env.common.auth = AuthConfig {
+    let mut with_auth = TestEnv::new(Backend::Sqlite).await.expect("env");
+    with_auth.common.auth = AuthConfig {
         enabled: true,
         internal_secret: "secret-of-the-loaded-models-test".into(),
         ..AuthConfig::default()
     };
+    let cluster = TestCluster::on(with_auth);
+    let env = &cluster.env;
     let auth = Authenticator::from_config(&env.common.auth, &env.common.data_dir).expect("auth");
     let credentials = |tenant: &str| {
         let token = auth.mint(tenant, "test", Scope::Tenant, Duration::from_secs(600));
         Credentials::bearer(&token).expect("credentials")
     };
-    let token = CancellationToken::new();
-    let (routes, metadata_db) = automl_metadata_store::start(
-        &env.common,
-        &MetadataStoreConfig::default(),
-        env.objects.clone(),
-        token.clone(),
-    )
-    .await
-    .expect("metadata-store");
-    let metadata = TestServer::start(routes, token).await.expect("server");
-    let metadata_channel = metadata.channel().await.expect("channel");
+    start_metadata(&cluster).await;
+    let metadata_channel = cluster.channel(METADATA_STORE).await;
     publish_as(
-        &env,
+        env,
         metadata_channel.clone(),
         credentials("team-a"),
         "1",
@@ -617,7 +579,7 @@ async fn loaded_models_are_listed_to_their_own_tenant_most_recent_first() {
     )
     .await;
     publish_as(
-        &env,
+        env,
         metadata_channel.clone(),
         credentials("team-a"),
         "2",
@@ -627,7 +589,7 @@ async fn loaded_models_are_listed_to_their_own_tenant_most_recent_first() {
     .await;
     // Team B's run 1 is another model under another prefix.
     publish_as(
-        &env,
+        env,
         metadata_channel,
         credentials("team-b"),
         "1",
@@ -636,17 +598,8 @@ async fn loaded_models_are_listed_to_their_own_tenant_most_recent_first() {
     )
     .await;
 
-    let config = PredictionConfig {
-        metadata_store: metadata.endpoint(),
-        ..PredictionConfig::default()
-    };
-    let (routes, _service) =
-        automl_prediction_service::start(&env.common, &config, env.objects.clone())
-            .expect("prediction-service");
-    let server = TestServer::start(routes, CancellationToken::new())
-        .await
-        .expect("server");
-    let channel = server.channel().await.expect("channel");
+    serve(&cluster, &config(&cluster)).await;
+    let channel = cluster.channel(PREDICTION_SERVICE).await;
     let mut team_a =
         PredictionServiceClient::with_interceptor(channel.clone(), credentials("team-a"));
     let mut team_b =
@@ -739,7 +692,5 @@ async fn loaded_models_are_listed_to_their_own_tenant_most_recent_first() {
         Code::Unauthenticated,
         "authorization",
     );
-    server.stop().await;
-    metadata.stop().await;
-    metadata_db.close().await;
+    cluster.stop().await;
 }

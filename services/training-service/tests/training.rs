@@ -6,8 +6,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use automl_common::db::{Backend, Database};
-use automl_common::testing::{TestEnv, TestServer, assert_status, backends, grpcurl};
+use std::sync::Arc;
+
+use automl_common::db::Backend;
+use automl_common::testing::{
+    DATA_MANAGEMENT, METADATA_STORE, Poll, TRAINING_SERVICE, TestCluster, assert_status, backends,
+    grpcurl,
+};
+use automl_data_management::DataManagementConfig;
+use automl_metadata_store::MetadataStoreConfig;
 use automl_proto::data_management as dm;
 use automl_proto::data_management::data_management_service_client::DataManagementServiceClient;
 use automl_proto::metadata_store as ms;
@@ -17,7 +24,7 @@ use automl_proto::training::training_service_client::TrainingServiceClient;
 use automl_text_classification::pretrained;
 use automl_training_service::TrainingConfig;
 use automl_training_service::config::AlgorithmConfig;
-use tokio_util::sync::CancellationToken;
+use automl_training_service::service::Training;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -64,6 +71,9 @@ fn write_executable(path: &Path, script: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 }
 
+/// The name a second training-service on the same database runs under.
+const REPLICA: &str = "training-service-replica";
+
 #[path = "training/experiments.rs"]
 mod experiments;
 #[path = "training/kube_api.rs"]
@@ -74,16 +84,35 @@ mod kubernetes;
 mod scheduling;
 
 struct Cluster {
-    env: TestEnv,
+    /// data-management, metadata-store and training-service (and replicas) over one
+    /// environment.
+    services: TestCluster,
     config: TrainingConfig,
-    servers: Vec<TestServer>,
-    databases: Vec<Database>,
     data: DataManagementServiceClient<Channel>,
     metadata: MetadataStoreServiceClient<Channel>,
     client: TrainingServiceClient<Channel>,
     trace: PathBuf,
     /// The first training-service, for calls on other tenants' behalf.
-    service: std::sync::Arc<automl_training_service::service::Training>,
+    service: Arc<Training>,
+}
+
+/// A training-service named `name` in `services`, with `config`; `data_dir` replaces the
+/// environment's (a replica's own).
+async fn start_training(
+    services: &TestCluster,
+    name: &str,
+    config: &TrainingConfig,
+    data_dir: Option<PathBuf>,
+) -> Arc<Training> {
+    services
+        .start(name, |mut ctx| async move {
+            if let Some(dir) = data_dir {
+                ctx.common.data_dir = dir;
+            }
+            let s3_endpoint = ctx.objects.endpoint.clone();
+            automl_training_service::start(&ctx.common, config, &s3_endpoint, ctx.shutdown).await
+        })
+        .await
 }
 
 impl Cluster {
@@ -97,34 +126,23 @@ impl Cluster {
         max_concurrent_jobs: i64,
         customize: impl FnOnce(&mut TrainingConfig),
     ) -> Self {
-        let env = TestEnv::new(backend).await.expect("env");
-        let token = CancellationToken::new();
-        let (dm_routes, dm_db) = automl_data_management::start(
-            &env.common,
-            &Default::default(),
-            env.objects.clone(),
-            token.clone(),
-        )
-        .await
-        .expect("data-management");
-        let dm_server = TestServer::start(dm_routes, token.clone())
-            .await
-            .expect("server");
-        let (ms_routes, ms_db) = automl_metadata_store::start(
-            &env.common,
-            &Default::default(),
-            env.objects.clone(),
-            token.clone(),
-        )
-        .await
-        .expect("metadata-store");
-        let ms_server = TestServer::start(ms_routes, token.clone())
-            .await
-            .expect("server");
-        let script = trainer_script(env.path());
+        let services = TestCluster::new(backend).await;
+        services
+            .start(DATA_MANAGEMENT, |ctx| async move {
+                let config = DataManagementConfig::default();
+                automl_data_management::start(&ctx.common, &config, ctx.objects, ctx.shutdown).await
+            })
+            .await;
+        services
+            .start(METADATA_STORE, |ctx| async move {
+                let config = MetadataStoreConfig::default();
+                automl_metadata_store::start(&ctx.common, &config, ctx.objects, ctx.shutdown).await
+            })
+            .await;
+        let script = trainer_script(services.env.path());
         let mut config = TrainingConfig {
-            data_management: dm_server.endpoint(),
-            metadata_store: ms_server.endpoint(),
+            data_management: services.endpoint(DATA_MANAGEMENT),
+            metadata_store: services.endpoint(METADATA_STORE),
             max_concurrent_jobs,
             poll_interval_ms: 200,
             algorithms: BTreeMap::from([(
@@ -137,30 +155,14 @@ impl Cluster {
             ..TrainingConfig::default()
         };
         customize(&mut config);
-        let training_token = CancellationToken::new();
-        let (routes, service, db) = automl_training_service::start(
-            &env.common,
-            &config,
-            &env.objects.endpoint,
-            training_token.clone(),
-        )
-        .await
-        .expect("training-service");
-        let server = TestServer::start(routes, training_token)
-            .await
-            .expect("server");
-        let data = DataManagementServiceClient::new(dm_server.channel().await.expect("channel"));
-        let metadata = MetadataStoreServiceClient::new(ms_server.channel().await.expect("channel"));
-        let client = TrainingServiceClient::new(server.channel().await.expect("channel"));
-        let trace = env.path().join("trace.txt");
+        let service = start_training(&services, TRAINING_SERVICE, &config, None).await;
+        let trace = services.env.path().join("trace.txt");
         let mut cluster = Self {
-            env,
+            data: services.data_client().await,
+            metadata: services.metadata_client().await,
+            client: services.training_client().await,
+            services,
             config,
-            servers: vec![server, ms_server, dm_server],
-            databases: vec![db, ms_db, dm_db],
-            data,
-            metadata,
-            client,
             trace,
             service,
         };
@@ -170,51 +172,26 @@ impl Cluster {
 
     /// Another training-service on the same database (a second replica); its own data dir.
     async fn replica(&mut self) {
-        let mut common = self.env.common.clone();
-        common.data_dir = self.env.path().join("replica");
-        let token = CancellationToken::new();
-        let (routes, _, db) = automl_training_service::start(
-            &common,
-            &self.config,
-            &self.env.objects.endpoint,
-            token.clone(),
-        )
-        .await
-        .expect("replica");
-        self.servers
-            .push(TestServer::start(routes, token).await.expect("server"));
-        self.databases.push(db);
+        let data_dir = self.services.env.path().join("replica");
+        start_training(&self.services, REPLICA, &self.config, Some(data_dir)).await;
     }
 
     /// Stops training-service (its scheduler, watches and server), runs `while_down`, and
     /// starts it again on the same database, as after a crash or a rolling update.
     async fn restart_training_stopped(&mut self, while_down: impl FnOnce()) {
-        let old = self.servers.remove(0);
-        old.stop().await;
-        self.databases.remove(0).close().await;
+        self.services.stop_service(TRAINING_SERVICE).await;
         while_down();
-        let token = CancellationToken::new();
-        let (routes, service, db) = automl_training_service::start(
-            &self.env.common,
-            &self.config,
-            &self.env.objects.endpoint,
-            token.clone(),
-        )
-        .await
-        .expect("restart");
-        let server = TestServer::start(routes, token).await.expect("server");
-        self.client = TrainingServiceClient::new(server.channel().await.expect("channel"));
-        self.service = service;
-        self.servers.insert(0, server);
-        self.databases.insert(0, db);
+        self.service = start_training(&self.services, TRAINING_SERVICE, &self.config, None).await;
+        self.client = self.services.training_client().await;
     }
 
     /// Dataset 1 with a READY snapshot hashAg==.
     async fn dataset(&mut self) {
-        self.env
+        self.services
+            .env
             .objects
             .put_bytes(
-                &self.env.objects.datasets_bucket,
+                &self.services.env.objects.datasets_bucket,
                 "upload/a.csv",
                 b"book a flight,travel\n".to_vec(),
             )
@@ -236,7 +213,7 @@ impl Cluster {
             })
             .await
             .expect("prepare");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut poll = Poll::new("snapshot hashAg== READY", Duration::from_secs(30));
         loop {
             let snapshot = self
                 .data
@@ -250,8 +227,7 @@ impl Cluster {
             if snapshot.state() == dm::SnapshotState::Ready {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline);
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            poll.tick().await;
         }
     }
 
@@ -310,8 +286,25 @@ impl Cluster {
             .into_inner()
     }
 
+    /// Waits until job `job_id` is `want`; its status then.
+    async fn wait_status(
+        &mut self,
+        job_id: i32,
+        want: pb::TrainingStatus,
+    ) -> pb::GetTrainingStatusResponse {
+        let mut poll = Poll::new(format!("job {job_id} {want:?}"), Duration::from_secs(30));
+        loop {
+            let status = self.status(job_id).await;
+            if status.status() == want {
+                return status;
+            }
+            poll.tick_with(format!("{:?} ({})", status.status(), status.message))
+                .await;
+        }
+    }
+
     async fn wait_final(&mut self, job_id: i32) -> pb::GetTrainingStatusResponse {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut poll = Poll::new(format!("job {job_id} ends"), Duration::from_secs(60));
         loop {
             let status = self.status(job_id).await;
             if matches!(
@@ -322,11 +315,7 @@ impl Cluster {
             ) {
                 return status;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "job {job_id} never ends"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            poll.tick().await;
         }
     }
 
@@ -379,12 +368,7 @@ impl Cluster {
     }
 
     async fn stop(self) {
-        for server in self.servers {
-            server.stop().await;
-        }
-        for db in self.databases {
-            db.close().await;
-        }
+        self.services.stop().await;
     }
 }
 
@@ -430,9 +414,12 @@ async fn a_job_runs_with_the_trainer_environment_and_succeeds() {
             "TRAINING_DATA_PATH=versionedDatasets/1/hashAg==".to_string(),
             format!(
                 "TRAINING_DATA_BUCKET={}",
-                cluster.env.objects.datasets_bucket
+                cluster.services.env.objects.datasets_bucket
             ),
-            format!("MODEL_BUCKET={}", cluster.env.objects.models_bucket),
+            format!(
+                "MODEL_BUCKET={}",
+                cluster.services.env.objects.models_bucket
+            ),
             "EPOCHS=15 LR=4".to_string(),
         ] {
             assert!(text.contains(&expected), "{expected} in {text}");
@@ -469,7 +456,7 @@ async fn a_trainer_gets_grants_for_its_own_objects_and_no_s3_keys() {
         done.message
     );
     let log = cluster.log(job_id).await;
-    let s3 = &cluster.env.common.s3;
+    let s3 = &cluster.services.env.common.s3;
     assert!(
         log.contains("MINIO_SERVER_ACCESS_KEY=unset MINIO_SERVER_SECRET_KEY=unset"),
         "{log}"
@@ -484,7 +471,7 @@ async fn a_trainer_gets_grants_for_its_own_objects_and_no_s3_keys() {
         .expect("grants in the environment");
     let grants = ObjectGrants::from_json(document).expect("grants document");
     assert!(!grants.expires_at.is_empty());
-    let objects = &cluster.env.objects;
+    let objects = &cluster.services.env.objects;
     let snapshot = "versionedDatasets/1/hashAg==/examples.csv";
     let grant = grants
         .find(Method::Get, &objects.datasets_bucket, snapshot)
@@ -492,7 +479,7 @@ async fn a_trainer_gets_grants_for_its_own_objects_and_no_s3_keys() {
     assert!(
         grant
             .url
-            .starts_with(&format!("http://{}/", cluster.env.s3_host_port()))
+            .starts_with(&format!("http://{}/", cluster.services.env.s3_host_port()))
     );
     let own_run = format!("run_{job_id}/manifest.json");
     let put = grants
@@ -551,7 +538,7 @@ async fn a_raw_s3_access_trainer_gets_the_keys() {
         done.message
     );
     let log = cluster.log(job_id).await;
-    let s3 = &cluster.env.common.s3;
+    let s3 = &cluster.services.env.common.s3;
     assert!(
         log.contains(&format!(
             "MINIO_SERVER_ACCESS_KEY={} MINIO_SERVER_SECRET_KEY={}",
@@ -573,14 +560,9 @@ async fn jobs_run_in_order_within_the_concurrency_limit() {
         let mut jobs = vec![cluster.train(&[("SLEEP", "0.6")]).await];
         if limit == 1 {
             // The first job holds the only slot before the others arrive.
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-            while cluster.status(jobs[0]).await.status() != pb::TrainingStatus::Running {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "the first job starts"
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            cluster
+                .wait_status(jobs[0], pb::TrainingStatus::Running)
+                .await;
         }
         for _ in 1..5 {
             jobs.push(cluster.train(&[("SLEEP", "0.6")]).await);
@@ -651,11 +633,9 @@ async fn queued_and_running_jobs_can_be_canceled() {
     let mut cluster = Cluster::start(Backend::Sqlite, 1).await;
     let running = cluster.train(&[("SLEEP", "30")]).await;
     let queued = cluster.train(&[]).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while cluster.status(running).await.status() != pb::TrainingStatus::Running {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    cluster
+        .wait_status(running, pb::TrainingStatus::Running)
+        .await;
     let canceled = cluster
         .client
         .cancel_training_job(pb::GetTrainingStatusRequest { job_id: queued })
@@ -663,8 +643,11 @@ async fn queued_and_running_jobs_can_be_canceled() {
         .expect("cancel queued")
         .into_inner();
     assert_eq!(canceled.status(), pb::TrainingStatus::Canceled);
+    // This cluster's own script (its path is in this test's temp dir), never another test's.
+    let script = cluster.services.env.path().join("fake-trainer.sh");
     let ps = std::process::Command::new("pgrep")
-        .args(["-f", "fake-trainer.sh"])
+        .arg("-f")
+        .arg(&script)
         .output()
         .expect("pgrep");
     let pids: Vec<String> = String::from_utf8_lossy(&ps.stdout)
@@ -679,13 +662,9 @@ async fn queued_and_running_jobs_can_be_canceled() {
         .expect("cancel running")
         .into_inner();
     assert_eq!(canceled.status(), pb::TrainingStatus::Canceled);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut poll = Poll::new("the trainer process is gone", Duration::from_secs(10));
     while pids.iter().any(|pid| pid_alive(pid)) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the trainer process is gone"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        poll.tick().await;
     }
     assert_eq!(
         cluster.status(running).await.status(),
@@ -770,19 +749,21 @@ async fn failures_say_why() {
 
         // A snapshot whose build failed fails the job with that reason.
         cluster
+            .services
             .env
             .objects
             .delete_prefix(
-                &cluster.env.objects.datasets_bucket,
+                &cluster.services.env.objects.datasets_bucket,
                 "dataset/1/commit/1/examples",
             )
             .await
             .expect("break the commit");
         cluster
+            .services
             .env
             .objects
             .put_bytes(
-                &cluster.env.objects.datasets_bucket,
+                &cluster.services.env.objects.datasets_bucket,
                 "upload/b.csv",
                 b"play music,music\n".to_vec(),
             )
@@ -1013,12 +994,12 @@ async fn an_algorithm_with_a_pretrained_model_waits_for_its_import() {
         "PRETRAINED_MODEL",
     );
 
-    let files = cluster.env.path().join("encoder-files");
+    let files = cluster.services.env.path().join("encoder-files");
     std::fs::create_dir_all(&files).expect("dir");
     for name in pretrained::FILES {
         std::fs::write(files.join(name), format!("{name} contents")).expect("file");
     }
-    let objects = &cluster.env.objects;
+    let objects = &cluster.services.env.objects;
     let imported = pretrained::import(
         objects,
         &objects.models_bucket,

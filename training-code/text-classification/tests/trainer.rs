@@ -5,62 +5,47 @@
 use std::collections::HashMap;
 
 use anyhow::Context;
-use automl_common::db::{Backend, Database};
-use automl_common::testing::{TestEnv, TestServer};
+use automl_common::db::Backend;
+use automl_common::testing::{METADATA_STORE, TestCluster};
 use automl_metadata_store::MetadataStoreConfig;
 use automl_proto::metadata_store as pb;
-use automl_proto::metadata_store::metadata_store_service_client::MetadataStoreServiceClient;
 use automl_text_classification::{Classifier, demo};
-use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 const SNAPSHOT: &str = "versionedDatasets/1/hashAg==";
 
-struct Cluster {
-    env: TestEnv,
-    server: TestServer,
-    db: Database,
-    client: MetadataStoreServiceClient<Channel>,
-}
-
-async fn start() -> anyhow::Result<Cluster> {
-    let env = TestEnv::new(Backend::Sqlite).await?;
-    let shutdown = CancellationToken::new();
-    let (routes, db) = automl_metadata_store::start(
-        &env.common,
-        &MetadataStoreConfig::default(),
-        env.objects.clone(),
-        shutdown.clone(),
-    )
-    .await?;
-    let server = TestServer::start(routes, shutdown).await?;
-    let client = MetadataStoreServiceClient::new(server.channel().await?);
+/// metadata-store on SQLite with a demo snapshot at [`SNAPSHOT`].
+async fn start() -> anyhow::Result<TestCluster> {
+    let cluster = TestCluster::new(Backend::Sqlite).await;
+    cluster
+        .start(METADATA_STORE, |ctx| async move {
+            let config = MetadataStoreConfig::default();
+            automl_metadata_store::start(&ctx.common, &config, ctx.objects, ctx.shutdown).await
+        })
+        .await;
     let demo = demo::snapshot(30, 5);
-    let bucket = &env.objects.datasets_bucket;
+    let objects = &cluster.env.objects;
     for (name, body) in [
         ("examples.csv", demo.examples_csv),
         ("labels.csv", demo.labels_csv),
     ] {
         let key = format!("{SNAPSHOT}/{name}");
-        env.objects
-            .put_bytes(bucket, &key, body.into_bytes())
+        objects
+            .put_bytes(&objects.datasets_bucket, &key, body.into_bytes())
             .await?;
     }
-    Ok(Cluster {
-        env,
-        server,
-        db,
-        client,
-    })
+    Ok(cluster)
 }
 
 /// The variables a training-service backend (or MiniAutoML) sets, and nothing else.
-fn trainer_env(cluster: &Cluster, job_id: &str, data_path: &str) -> HashMap<String, String> {
+fn trainer_env(cluster: &TestCluster, job_id: &str, data_path: &str) -> HashMap<String, String> {
     let s3 = &cluster.env.common.s3;
     [
         ("JOB_ID", job_id),
         ("ALGORITHM_NAME", "intent-classification"),
-        ("METADATA_STORE_SERVER", &cluster.server.addr.to_string()),
+        (
+            "METADATA_STORE_SERVER",
+            &cluster.addr(METADATA_STORE).to_string(),
+        ),
         ("TRAINING_DATASET_ID", "1"),
         ("TRAINING_DATASET_VERSION_HASH", "hashAg=="),
         ("MODEL_BUCKET", &cluster.env.objects.models_bucket),
@@ -91,9 +76,10 @@ async fn run_trainer(vars: HashMap<String, String>) -> anyhow::Result<(bool, Str
     Ok((output.status.success(), stdout))
 }
 
-async fn run_info(cluster: &mut Cluster, run_id: &str) -> anyhow::Result<pb::RunInfo> {
+async fn run_info(cluster: &TestCluster, run_id: &str) -> anyhow::Result<pb::RunInfo> {
     cluster
-        .client
+        .metadata_client()
+        .await
         .get_run_status(pb::GetRunStatusRequest {
             run_id: run_id.into(),
         })
@@ -105,12 +91,12 @@ async fn run_info(cluster: &mut Cluster, run_id: &str) -> anyhow::Result<pb::Run
 
 #[tokio::test]
 async fn trains_records_the_run_and_publishes_a_loadable_model() -> anyhow::Result<()> {
-    let mut cluster = start().await?;
+    let cluster = start().await?;
     let (ok, stdout) = run_trainer(trainer_env(&cluster, "1", SNAPSHOT)).await?;
     assert!(ok, "automl-train failed");
     assert!(stdout.contains("epoch 4/4: loss"), "{stdout}");
 
-    let run = run_info(&mut cluster, "1").await?;
+    let run = run_info(&cluster, "1").await?;
     assert!(run.success, "{run:?}");
     assert!(run.message.starts_with("test accuracy 0.") || run.message == "test accuracy 1.000");
     assert_eq!(run.run_name, "intent");
@@ -130,7 +116,8 @@ async fn trains_records_the_run_and_publishes_a_loadable_model() -> anyhow::Resu
     assert!(last["loss"].parse::<f64>()? < run.epochs["1"].metrics["loss"].parse::<f64>()?);
 
     let artifact = cluster
-        .client
+        .metadata_client()
+        .await
         .get_artifact(pb::GetArtifactRequest { run_id: "1".into() })
         .await?
         .into_inner();
@@ -182,21 +169,20 @@ async fn trains_records_the_run_and_publishes_a_loadable_model() -> anyhow::Resu
     let (ok, stdout) = run_trainer(vars).await?;
     assert!(ok, "fine-tuning failed");
     assert!(stdout.contains("fine-tuning from run 1"), "{stdout}");
-    let run = run_info(&mut cluster, "4").await?;
+    let run = run_info(&cluster, "4").await?;
     assert!(run.success, "{run:?}");
     assert_eq!(run.tracing.context("tracing")?.base_run_id, "1");
 
-    cluster.server.stop().await;
-    cluster.db.close().await;
+    cluster.stop().await;
     Ok(())
 }
 
 #[tokio::test]
 async fn a_failed_run_is_ended_with_the_reason_and_a_non_zero_exit() -> anyhow::Result<()> {
-    let mut cluster = start().await?;
+    let cluster = start().await?;
     let (ok, stdout) = run_trainer(trainer_env(&cluster, "2", "versionedDatasets/9/none")).await?;
     assert!(!ok, "{stdout}");
-    let run = run_info(&mut cluster, "2").await?;
+    let run = run_info(&cluster, "2").await?;
     assert!(!run.success);
     assert!(
         run.message
@@ -212,15 +198,14 @@ async fn a_failed_run_is_ended_with_the_reason_and_a_non_zero_exit() -> anyhow::
     assert!(!ok);
     assert!(stdout.contains("MINIO_SERVER is not set"), "{stdout}");
 
-    cluster.server.stop().await;
-    cluster.db.close().await;
+    cluster.stop().await;
     Ok(())
 }
 
 /// The environment training-service gives the built-in algorithm: no S3 keys, presigned URLs of
 /// the snapshot's files (`GET`) and of the run's artifact files (`PUT`) only.
 async fn granted_env(
-    cluster: &Cluster,
+    cluster: &TestCluster,
     job_id: &str,
     snapshot_files: &[&str],
 ) -> anyhow::Result<HashMap<String, String>> {
@@ -258,12 +243,12 @@ async fn granted_env(
 #[tokio::test]
 async fn trains_through_presigned_urls_alone_and_names_an_object_without_a_grant()
 -> anyhow::Result<()> {
-    let mut cluster = start().await?;
+    let cluster = start().await?;
     let vars = granted_env(&cluster, "2", &["examples.csv", "labels.csv"]).await?;
     let (ok, stdout) = run_trainer(vars).await?;
     assert!(ok, "automl-train failed: {stdout}");
     assert!(stdout.contains("uploaded"), "{stdout}");
-    let run = run_info(&mut cluster, "2").await?;
+    let run = run_info(&cluster, "2").await?;
     assert!(run.success, "{run:?}");
     let models = &cluster.env.objects.models_bucket;
     for name in ["model.safetensors", "vocab.json", "manifest.json"] {
@@ -278,14 +263,13 @@ async fn trains_through_presigned_urls_alone_and_names_an_object_without_a_grant
     let vars = granted_env(&cluster, "3", &["examples.csv"]).await?;
     let (ok, stdout) = run_trainer(vars).await?;
     assert!(!ok, "trained without a grant for labels.csv");
-    let run = run_info(&mut cluster, "3").await?;
+    let run = run_info(&cluster, "3").await?;
     assert!(!run.success);
     assert!(
         run.message.contains("no grant to GET") && run.message.contains("labels.csv"),
         "{} / {stdout}",
         run.message
     );
-    cluster.server.stop().await;
-    cluster.db.close().await;
+    cluster.stop().await;
     Ok(())
 }

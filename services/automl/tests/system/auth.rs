@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use automl_common::auth::{AuthConfig, Authenticator, Scope};
 use automl_common::db::Backend;
-use automl_common::testing::{TestEnv, grpcurl};
+use automl_common::testing::{Poll, TestEnv, grpcurl};
 use base64::Engine;
 
 use crate::support::{Automl, process_env};
@@ -245,7 +245,8 @@ impl Deployment {
             r#"{"dataset_id":"1"}"#,
         );
         assert_eq!(version["versionHash"], "hashAg==");
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut poll =
+            Poll::new("snapshot READY", Duration::from_secs(60)).every(Duration::from_millis(100));
         loop {
             let snapshot = self.grpc.json(
                 &self.team_a,
@@ -262,8 +263,7 @@ impl Deployment {
                 );
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "snapshot never READY");
-            std::thread::sleep(Duration::from_millis(100));
+            poll.tick_blocking();
         }
         let ts = self.addr("training-service");
         let job = self.grpc.json(
@@ -273,7 +273,8 @@ impl Deployment {
             r#"{"metadata":{"algorithm":"intent-classification","dataset_id":"1","name":"a","train_data_version_hash":"hashAg==","output_model_name":"intent","parameters":{"EPOCHS":"2","BATCH_SIZE":"16"}}}"#,
         );
         assert_eq!(job["jobId"], 1);
-        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        let mut poll =
+            Poll::new("job 1 ends", Duration::from_secs(120)).every(Duration::from_millis(200));
         loop {
             let status = self.grpc.json(
                 &self.team_a,
@@ -291,8 +292,7 @@ impl Deployment {
                 }
                 _ => {}
             }
-            assert!(std::time::Instant::now() < deadline, "job 1 never ends");
-            std::thread::sleep(Duration::from_millis(200));
+            poll.tick_blocking();
         }
         path
     }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use automl_common::testing::{TestEnv, backends};
+use automl_common::testing::{Poll, TestEnv, backends};
 use automl_proto::data_management as pb;
 use automl_proto::data_management::data_management_service_client::DataManagementServiceClient;
 use tonic::transport::Channel;
@@ -78,7 +78,8 @@ async fn miniautoml_data_management_demo_with_grpcurl() {
         );
         assert_eq!(tagged["versionHash"], "hashBg==");
 
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        let mut poll = Poll::new("snapshot leaves RUNNING", Duration::from_secs(120))
+            .every(Duration::from_millis(100));
         let snapshot = loop {
             let fetched = call(
                 &addr,
@@ -89,11 +90,7 @@ async fn miniautoml_data_management_demo_with_grpcurl() {
             if fetched.get("state").is_some() {
                 break fetched;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "snapshot never left RUNNING"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            poll.tick().await;
         };
         assert_eq!(snapshot["state"], "READY", "{snapshot}");
         let names: Vec<_> = snapshot["parts"]
@@ -164,6 +161,10 @@ fn commit(path: &str) -> pb::CreateCommitRequest {
     }
 }
 
+/// Parts of multipart uploads the process has stored: ingests and snapshot builds write their
+/// examples in parts.
+const UPLOADED_PARTS: &str = "automl_s3_request_duration_seconds_count{operation=\"upload_part\"}";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_ingest_and_snapshot_build_leaves_nothing_half_done() {
     for backend in backends() {
@@ -196,7 +197,8 @@ async fn kill_9_during_ingest_and_snapshot_build_leaves_nothing_half_done() {
             tokio::spawn(
                 async move { background.update_dataset(commit("upload/large.csv")).await },
             );
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        // Once a part of the commit's examples is stored, and more are to come.
+        automl.wait_for_metric_above(UPLOADED_PARTS, 0.0).await;
         automl.kill9();
         assert!(
             ingest.await.expect("task").is_err(),
@@ -222,6 +224,7 @@ async fn kill_9_during_ingest_and_snapshot_build_leaves_nothing_half_done() {
             .expect("large ingest completes");
 
         // Crash in the middle of a snapshot build.
+        let parts_before = automl.metric(UPLOADED_PARTS).await;
         let prepared = client
             .prepare_training_dataset(pb::DatasetQuery {
                 dataset_id: "1".into(),
@@ -230,7 +233,10 @@ async fn kill_9_during_ingest_and_snapshot_build_leaves_nothing_half_done() {
             .await
             .expect("prepare")
             .into_inner();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Once the build has stored a part of the snapshot's examples.
+        automl
+            .wait_for_metric_above(UPLOADED_PARTS, parts_before)
+            .await;
         automl.kill9();
 
         let automl = Automl::spawn(env.path(), &process_env(&env, &data_dir));
@@ -239,7 +245,8 @@ async fn kill_9_during_ingest_and_snapshot_build_leaves_nothing_half_done() {
             dataset_id: "1".into(),
             version_hash: prepared.version_hash.clone(),
         };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+        let mut poll =
+            Poll::new("the build ends", Duration::from_secs(180)).every(Duration::from_millis(100));
         let snapshot = loop {
             let snapshot = client
                 .fetch_training_dataset(query.clone())
@@ -249,11 +256,7 @@ async fn kill_9_during_ingest_and_snapshot_build_leaves_nothing_half_done() {
             if snapshot.state() != pb::SnapshotState::Running {
                 break snapshot;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the build never ends"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            poll.tick().await;
         };
         if snapshot.state() == pb::SnapshotState::Failed {
             assert!(!snapshot.message.is_empty(), "a failure says why");

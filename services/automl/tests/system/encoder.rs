@@ -10,7 +10,7 @@ use automl_common::testing::TestEnv;
 use automl_text_classification::encoder::{self, tiny};
 use automl_text_classification::pretrained;
 
-use crate::support::{Automl, grpcurl_json, process_env, run_grpcurl};
+use crate::support::{Automl, grpcurl_json, job_end, process_env, run_grpcurl};
 
 fn demo(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -29,33 +29,19 @@ async fn train(training: &str, parameters: &str, base_run_id: &str) -> serde_jso
         ),
     );
     let job_id = submitted["jobId"].as_i64().expect("job id");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
-    loop {
-        let status = grpcurl_json(
-            training,
-            "training.TrainingService/GetTrainingStatus",
+    let status = job_end(training, job_id, Duration::from_secs(600)).await;
+    let state = status["status"].as_str().unwrap_or("queuing").to_string();
+    if state != "succeed" {
+        let (_, log, _) = run_grpcurl(&[
+            "-plaintext",
+            "-d",
             &format!(r#"{{"job_id":{job_id}}}"#),
-        );
-        let state = status["status"].as_str().unwrap_or("queuing").to_string();
-        if matches!(state.as_str(), "succeed" | "failure" | "canceled") {
-            if state != "succeed" {
-                let (_, log, _) = run_grpcurl(&[
-                    "-plaintext",
-                    "-d",
-                    &format!(r#"{{"job_id":{job_id}}}"#),
-                    training,
-                    "training.TrainingService/GetTrainingLogs",
-                ]);
-                panic!("job {job_id} ended {state}: {status}\n{log}");
-            }
-            return status;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "job {job_id} never ends"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+            training,
+            "training.TrainingService/GetTrainingLogs",
+        ]);
+        panic!("job {job_id} ended {state}: {status}\n{log}");
     }
+    status
 }
 
 fn job_log(training: &str, job_id: i64) -> String {

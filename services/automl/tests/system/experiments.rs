@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use automl_common::testing::TestEnv;
+use automl_common::testing::Poll;
 
-use crate::support::{Automl, clinc_data, grpcurl_json, process_env, require_trainer};
+use crate::support::{Automl, clinc_env, grpcurl_json, process_env, require_trainer};
 
 const EPOCHS: usize = 6;
 const TRIALS: usize = 4;
@@ -28,14 +28,7 @@ fn trials(experiment: &serde_json::Value) -> Vec<serde_json::Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_experiment_survives_a_kill_and_its_best_run_predicts() {
     require_trainer();
-    let env = TestEnv::new(automl_common::db::Backend::Sqlite)
-        .await
-        .expect("env");
-    let data = clinc_data("clinc-intents-part1.csv");
-    env.objects
-        .put_bytes(&env.objects.datasets_bucket, "upload/part1.csv", data)
-        .await
-        .expect("upload");
+    let env = clinc_env("clinc-intents-part1.csv", "upload/part1.csv").await;
     let vars = process_env(&env, &env.path().join("automl"));
     let automl = Automl::spawn(env.path(), &vars);
     let dm = automl.addr("data-management");
@@ -69,7 +62,8 @@ async fn an_experiment_survives_a_kill_and_its_best_run_predicts() {
     let id = created["experimentId"].as_i64().expect("experiment id");
 
     // Killed while its first trials train.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    let mut poll = Poll::new("a trial's first epoch", Duration::from_secs(300))
+        .every(Duration::from_millis(100));
     loop {
         let now = experiment(&training, id);
         if trials(&now)
@@ -78,8 +72,7 @@ async fn an_experiment_survives_a_kill_and_its_best_run_predicts() {
         {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{now}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        poll.tick_with(now).await;
     }
     // The same addresses after the restart: the trainers that outlive the process reach the
     // new metadata-store where they reached the old one.
@@ -98,7 +91,11 @@ async fn an_experiment_survives_a_kill_and_its_best_run_predicts() {
     let training = automl.addr("training-service");
     let prediction = automl.addr("prediction-service");
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    let mut poll = Poll::new(
+        "the experiment and its trials end",
+        Duration::from_secs(600),
+    )
+    .every(Duration::from_millis(200));
     let done = loop {
         let now = experiment(&training, id);
         let ended = now["status"]
@@ -113,8 +110,7 @@ async fn an_experiment_survives_a_kill_and_its_best_run_predicts() {
         if ended {
             break now;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{now}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        poll.tick_with(now).await;
     };
     assert_eq!(done["status"], "EXPERIMENT_SUCCEEDED", "{done}");
     let numbers: Vec<i64> = trials(&done)

@@ -5,7 +5,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use automl_common::testing::{TestEnv, backends};
+use automl_common::testing::{Poll, TestEnv, backends};
 use automl_proto::data_management::FileInfo;
 use automl_proto::metadata_store as pb;
 use automl_proto::metadata_store::metadata_store_service_client::MetadataStoreServiceClient;
@@ -232,13 +232,10 @@ async fn kill_9_during_log_epoch_loses_no_acknowledged_epoch() {
             }));
         }
         // Kill while the writers are busy, after a fair number of acknowledgements.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut poll = Poll::new("writers make progress", Duration::from_secs(60))
+            .every(Duration::from_millis(5));
         while acknowledged.lock().expect("lock").len() < 300 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "writers make progress"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            poll.tick().await;
         }
         automl.kill9();
         for writer in writers {

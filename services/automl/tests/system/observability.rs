@@ -7,17 +7,15 @@ use std::path::Path;
 use std::time::Duration;
 
 use automl_common::metrics_server::{sample, scrape};
-use automl_common::testing::TestEnv;
-use automl_proto::data_management::FileInfo;
-use automl_proto::metadata_store as ms;
+use automl_common::testing::{Poll, TestEnv};
 use automl_proto::prediction as pb;
 use automl_proto::prediction::prediction_service_client::PredictionServiceClient;
 use automl_proto::training as tr;
 use automl_proto::training::training_service_client::TrainingServiceClient;
 use serde_json::Value;
 
-use crate::prediction::demo_model;
-use crate::support::{Automl, grpcurl_json, process_env, require_trainer};
+use crate::prediction::{demo_model, publish_run_3};
+use crate::support::{Automl, clinc_env, grpcurl_json, process_env, require_trainer};
 
 /// The sum of every sample of `name` whose labels contain all of `labels`.
 fn sum(text: &str, name: &str, labels: &[&str]) -> f64 {
@@ -44,37 +42,7 @@ async fn metrics_count_the_calls_of_a_prediction_flow() {
     let before = scrape(&metrics_addr).await.expect("scrape before");
     assert_eq!(sample(&before, "automl_training_queue_depth"), Some(0.0));
 
-    let mut metadata = automl.metadata_client().await;
-    metadata
-        .log_run_start(ms::LogRunStartRequest {
-            run_id: "3".into(),
-            run_name: "demo".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("start");
-    for (name, bytes) in &files {
-        env.objects
-            .put_bytes(
-                &env.objects.models_bucket,
-                &format!("run_3/{name}"),
-                bytes.clone(),
-            )
-            .await
-            .expect("upload");
-    }
-    metadata
-        .create_artifact(ms::CreateArtifactRequest {
-            artifact: Some(FileInfo {
-                name: "intent".into(),
-                bucket: String::new(),
-                path: "run_3".into(),
-            }),
-            run_id: "3".into(),
-            algorithm: "intent-classification".into(),
-        })
-        .await
-        .expect("artifact");
+    publish_run_3(&automl, &env, &files).await;
 
     let channel = tonic::transport::Endpoint::from_shared(format!(
         "http://{}",
@@ -239,14 +207,7 @@ fn rpc_lines<'a>(lines: &'a [Value], service: &str, method: &str) -> Vec<&'a Val
 async fn one_request_id_follows_train_through_the_trainer_to_log_run_end() {
     const ID: &str = "obs-train-7f3a";
     require_trainer();
-    let env = TestEnv::new(automl_common::db::Backend::Sqlite)
-        .await
-        .expect("env");
-    let data = crate::support::clinc_data("clinc-intents-part1.csv");
-    env.objects
-        .put_bytes(&env.objects.datasets_bucket, "upload/part1.csv", data)
-        .await
-        .expect("upload");
+    let env = clinc_env("clinc-intents-part1.csv", "upload/part1.csv").await;
     let data_dir = env.path().join("automl");
     let log_path = env.path().join("automl.log");
     let log_file = std::fs::File::create(&log_path).expect("log file");
@@ -301,7 +262,8 @@ async fn one_request_id_follows_train_through_the_trainer_to_log_run_end() {
         Some(ID)
     );
     let job_id = response.into_inner().job_id;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    let mut poll =
+        Poll::new("the job ends", Duration::from_secs(300)).every(Duration::from_millis(100));
     let last = loop {
         let status = training
             .get_training_status(tr::GetTrainingStatusRequest { job_id })
@@ -314,8 +276,7 @@ async fn one_request_id_follows_train_through_the_trainer_to_log_run_end() {
         ) {
             break status;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the job never ends");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        poll.tick().await;
     };
     assert_eq!(
         last.status(),

@@ -48,37 +48,7 @@ async fn automl_predict_answers_through_serve_all() {
         .await
         .expect("training");
     let automl = Automl::spawn(env.path(), &process_env(&env, &env.path().join("automl")));
-    let mut metadata = automl.metadata_client().await;
-    metadata
-        .log_run_start(ms::LogRunStartRequest {
-            run_id: "3".into(),
-            run_name: "demo".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("start");
-    for (name, bytes) in &files {
-        env.objects
-            .put_bytes(
-                &env.objects.models_bucket,
-                &format!("run_3/{name}"),
-                bytes.clone(),
-            )
-            .await
-            .expect("upload");
-    }
-    metadata
-        .create_artifact(ms::CreateArtifactRequest {
-            artifact: Some(FileInfo {
-                name: "intent".into(),
-                bucket: String::new(),
-                path: "run_3".into(),
-            }),
-            run_id: "3".into(),
-            algorithm: "intent-classification".into(),
-        })
-        .await
-        .expect("artifact");
+    publish_run_3(&automl, &env, &files).await;
 
     let server = automl.addr("prediction-service");
     let output = tokio::task::block_in_place(|| {
@@ -120,4 +90,39 @@ async fn automl_predict_answers_through_serve_all() {
             .contains("cannot locate model artifact for runId 99")
     );
     automl.terminate();
+}
+
+/// Records run 3 with `files` as its artifact `intent` through `automl`'s metadata-store.
+pub async fn publish_run_3(automl: &Automl, env: &TestEnv, files: &[(&str, Vec<u8>)]) {
+    let mut metadata = automl.metadata_client().await;
+    metadata
+        .log_run_start(ms::LogRunStartRequest {
+            run_id: "3".into(),
+            run_name: "demo".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("start");
+    for (name, bytes) in files {
+        env.objects
+            .put_bytes(
+                &env.objects.models_bucket,
+                &format!("run_3/{name}"),
+                bytes.clone(),
+            )
+            .await
+            .expect("upload");
+    }
+    metadata
+        .create_artifact(ms::CreateArtifactRequest {
+            artifact: Some(FileInfo {
+                name: "intent".into(),
+                bucket: String::new(),
+                path: "run_3".into(),
+            }),
+            run_id: "3".into(),
+            algorithm: "intent-classification".into(),
+        })
+        .await
+        .expect("artifact");
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use automl_common::testing::TestEnv;
 
-use crate::support::{Automl, grpcurl_json, process_env, run_grpcurl};
+use crate::support::{Automl, grpcurl_json, job_end, process_env, run_grpcurl};
 
 const ENCODER: &str = "intent-classification-encoder";
 
@@ -156,23 +156,7 @@ async fn a_lone_automl_binary_trains_with_its_own_trainer() {
     );
     let job_id = submitted["jobId"].as_i64().expect("job id");
     let job = format!(r#"{{"job_id":{job_id}}}"#);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
-    let last = loop {
-        let status = grpcurl_json(
-            &training,
-            "training.TrainingService/GetTrainingStatus",
-            &job,
-        );
-        let state = status["status"].as_str().unwrap_or("queuing").to_string();
-        if matches!(state.as_str(), "succeed" | "failure" | "canceled") {
-            break status;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "job {job_id} never ends"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let last = job_end(&training, job_id, Duration::from_secs(600)).await;
     if last["status"] != "succeed" {
         let (_, log, _) = run_grpcurl(&[
             "-plaintext",

@@ -7,12 +7,14 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use automl_common::testing::TestEnv;
+use automl_common::testing::{Poll, TestEnv};
 use automl_proto::metadata_store as pb;
 use automl_proto::metadata_store::metadata_store_service_client::MetadataStoreServiceClient;
 use tonic::transport::Channel;
 
-use crate::support::{Automl, clinc_data, grpcurl_json, lone_automl, process_env, run_grpcurl};
+use crate::support::{
+    Automl, clinc_data, grpcurl_json, job_end, lone_automl, process_env, run_grpcurl,
+};
 
 const EPOCHS: usize = 12;
 
@@ -113,7 +115,7 @@ async fn a_run_survives_metadata_store_killed_and_restarted_mid_training() {
         .expect("url")
         .connect_lazy();
     let mut client = MetadataStoreServiceClient::new(channel);
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut poll = Poll::new("the run records its first epochs", Duration::from_secs(120));
     let mut first_epoch_at = None;
     let (epochs_before, epoch_seconds) = loop {
         let epochs = recorded_epochs(&mut client, &run_id)
@@ -128,11 +130,7 @@ async fn a_run_survives_metadata_store_killed_and_restarted_mid_training() {
                 first_epoch_at.map_or(1.0, |at| at.elapsed().as_secs_f64()),
             );
         }
-        assert!(
-            Instant::now() < deadline,
-            "the run records its first epochs"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        poll.tick().await;
     };
     metadata.kill9();
     assert!(
@@ -153,20 +151,7 @@ async fn a_run_survives_metadata_store_killed_and_restarted_mid_training() {
     assert_eq!(restarted.addr("metadata-store"), metadata_addr);
 
     let job = format!(r#"{{"job_id":{job_id}}}"#);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let last = loop {
-        let status = grpcurl_json(
-            &training_addr,
-            "training.TrainingService/GetTrainingStatus",
-            &job,
-        );
-        let state = status["status"].as_str().unwrap_or("queuing").to_string();
-        if matches!(state.as_str(), "succeed" | "failure" | "canceled") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "job {job_id} never ends");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let last = job_end(&training_addr, job_id, Duration::from_secs(120)).await;
     let (_, log, _) = run_grpcurl(&[
         "-plaintext",
         "-d",

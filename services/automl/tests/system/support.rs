@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use automl_common::testing::{TestEnv, grpcurl};
+use automl_common::metrics_server::{sample, scrape};
+use automl_common::testing::{Poll, TestEnv, grpcurl};
 use automl_proto::data_management::data_management_service_client::DataManagementServiceClient;
 use automl_proto::metadata_store::metadata_store_service_client::MetadataStoreServiceClient;
 use tonic::transport::Channel;
@@ -138,6 +139,27 @@ impl Automl {
             .max_decoding_message_size(64 * 1024 * 1024)
     }
 
+    /// The value of `series` on the process's `/metrics` endpoint; 0 while it is absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = scrape(&self.addr("metrics"))
+            .await
+            .expect("scrape /metrics");
+        sample(&text, series).unwrap_or(0.0)
+    }
+
+    /// Waits until `series` on `/metrics` is above `floor`: an observable sign that the work a
+    /// test wants to interrupt is under way.
+    pub async fn wait_for_metric_above(&self, series: &str, floor: f64) {
+        let mut poll = Poll::new(format!("{series} above {floor}"), Duration::from_secs(120));
+        loop {
+            let value = self.metric(series).await;
+            if value > floor {
+                return;
+            }
+            poll.tick_with(value).await;
+        }
+    }
+
     pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .args([&format!("-{signal}"), &self.child.id().to_string()])
@@ -185,6 +207,24 @@ pub fn grpcurl_json(addr: &str, method: &str, body: &str) -> serde_json::Value {
     serde_json::from_str(&stdout).expect("grpcurl prints JSON")
 }
 
+/// Follows job `job_id` of the training-service at `training` (grpcurl's GetTrainingStatus)
+/// until it ends, within `timeout`; its last status.
+pub async fn job_end(training: &str, job_id: i64, timeout: Duration) -> serde_json::Value {
+    let job = format!(r#"{{"job_id":{job_id}}}"#);
+    let mut poll =
+        Poll::new(format!("job {job_id} ends"), timeout).every(Duration::from_millis(100));
+    loop {
+        let status = grpcurl_json(training, "training.TrainingService/GetTrainingStatus", &job);
+        if matches!(
+            status["status"].as_str(),
+            Some("succeed" | "failure" | "canceled")
+        ) {
+            return status;
+        }
+        poll.tick().await;
+    }
+}
+
 pub fn process_env(env: &TestEnv, data_dir: &Path) -> Vec<(&'static str, String)> {
     vec![
         ("AUTOML__DATA_DIR", data_dir.display().to_string()),
@@ -199,6 +239,19 @@ pub fn clinc_data(name: &str) -> Vec<u8> {
         .join("../../data/clinc")
         .join(name);
     std::fs::read(&path).unwrap_or_else(|err| panic!("{} is needed: {err}", path.display()))
+}
+
+/// A SQLite environment with the CLINC150 file `name` of `data/clinc` uploaded at `key` of the
+/// datasets bucket.
+pub async fn clinc_env(name: &str, key: &str) -> TestEnv {
+    let env = TestEnv::new(automl_common::db::Backend::Sqlite)
+        .await
+        .expect("env");
+    env.objects
+        .put_bytes(&env.objects.datasets_bucket, key, clinc_data(name))
+        .await
+        .expect("upload");
+    env
 }
 
 /// Asserts that this build's `automl-train` is beside `automl`, where `automl serve` runs it.

@@ -4,21 +4,14 @@
 
 use std::time::Duration;
 
-use automl_common::testing::TestEnv;
+use automl_common::testing::Poll;
 
-use crate::support::{Automl, clinc_data, grpcurl_json, process_env, require_trainer};
+use crate::support::{Automl, clinc_env, grpcurl_json, process_env, require_trainer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn train_with_miniautoml_json_then_predict() {
     require_trainer();
-    let env = TestEnv::new(automl_common::db::Backend::Sqlite)
-        .await
-        .expect("env");
-    let data = clinc_data("clinc-intents-part2.csv");
-    env.objects
-        .put_bytes(&env.objects.datasets_bucket, "upload/part2.csv", data)
-        .await
-        .expect("upload");
+    let env = clinc_env("clinc-intents-part2.csv", "upload/part2.csv").await;
     let automl = Automl::spawn(env.path(), &process_env(&env, &env.path().join("automl")));
     let dm = automl.addr("data-management");
     let training = automl.addr("training-service");
@@ -44,7 +37,8 @@ async fn train_with_miniautoml_json_then_predict() {
     );
     let job_id = submitted["jobId"].as_i64().expect("job id");
     let mut seen = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    let mut poll =
+        Poll::new("training ends", Duration::from_secs(600)).every(Duration::from_millis(50));
     let last = loop {
         let status = grpcurl_json(
             &training,
@@ -59,11 +53,7 @@ async fn train_with_miniautoml_json_then_predict() {
         if matches!(state.as_str(), "succeed" | "failure" | "canceled") {
             break status;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "training never ends: {seen:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        poll.tick_with(format!("{seen:?}")).await;
     };
     assert_eq!(last["status"], "succeed", "{last}");
     assert!(seen.contains(&"running".to_string()), "{seen:?}");
@@ -144,14 +134,7 @@ async fn train_with_miniautoml_json_then_predict() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_while_a_job_runs_then_restart_reconciles_and_runs_the_queue() {
-    let env = TestEnv::new(automl_common::db::Backend::Sqlite)
-        .await
-        .expect("env");
-    let data = clinc_data("clinc-intents-part1.csv");
-    env.objects
-        .put_bytes(&env.objects.datasets_bucket, "upload/part1.csv", data)
-        .await
-        .expect("upload");
+    let env = clinc_env("clinc-intents-part1.csv", "upload/part1.csv").await;
     let data_dir = env.path().join("automl");
     let automl = Automl::spawn(env.path(), &process_env(&env, &data_dir));
     let dm = automl.addr("data-management");
@@ -186,19 +169,17 @@ async fn kill_9_while_a_job_runs_then_restart_reconciles_and_runs_the_queue() {
             &format!(r#"{{"job_id":{job}}}"#),
         )
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let mut poll =
+        Poll::new("the long job starts", Duration::from_secs(120)).every(Duration::from_millis(50));
     while status(&training, long)["status"] != "running" {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the long job starts"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        poll.tick().await;
     }
     automl.kill9();
 
     let automl = Automl::spawn(env.path(), &process_env(&env, &data_dir));
     let training = automl.addr("training-service");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    let mut poll =
+        Poll::new("both jobs settle", Duration::from_secs(300)).every(Duration::from_millis(100));
     loop {
         let first = status(&training, long);
         let second = status(&training, queued);
@@ -213,11 +194,7 @@ async fn kill_9_while_a_job_runs_then_restart_reconciles_and_runs_the_queue() {
             assert_eq!(second["status"], "succeed", "{second}");
             break;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "jobs settle: {first} {second}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        poll.tick_with(format!("{first} {second}")).await;
     }
     automl.terminate();
 }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use automl_common::testing::{assert_status, backends, grpcurl};
+use automl_common::testing::{Poll, assert_status, backends, grpcurl};
 use automl_proto::metadata_store as ms;
 use automl_proto::training as pb;
 use automl_training_service::config::{AlgorithmConfig, ParameterConfig, ParameterKind};
@@ -436,14 +436,14 @@ async fn the_goal_stop_and_max_failed_trials_end_an_experiment() {
         );
         spec.parallel_trials = 2;
         let running = cluster.create(spec).await.experiment_id;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut poll = Poll::new("two trials training", Duration::from_secs(60))
+            .every(Duration::from_millis(50));
         loop {
             let now = cluster.get_experiment(running).await;
             if now.trials.iter().filter(|t| t.epochs > 0).count() == 2 {
                 break;
             }
-            assert!(tokio::time::Instant::now() < deadline, "{now:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            poll.tick_with(format!("{now:?}")).await;
         }
         let stopped = cluster
             .client
@@ -700,7 +700,8 @@ async fn a_restarted_driver_and_a_second_replica_never_queue_a_trial_twice() {
         spec.parallel_trials = 2;
         let id = cluster.create(spec).await.experiment_id;
         // Stopped while its first trials run; they go on without it.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut poll = Poll::new("a trial's first epoch", Duration::from_secs(60))
+            .every(Duration::from_millis(50));
         while cluster
             .get_experiment(id)
             .await
@@ -708,8 +709,7 @@ async fn a_restarted_driver_and_a_second_replica_never_queue_a_trial_twice() {
             .iter()
             .all(|t| t.epochs == 0)
         {
-            assert!(tokio::time::Instant::now() < deadline);
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            poll.tick().await;
         }
         cluster.restart_training_stopped(|| {}).await;
         // And a second replica drives it too.

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use automl_common::db::Backend;
-use automl_common::testing::backends;
+use automl_common::testing::{Poll, backends};
 use automl_proto::training as pb;
 use automl_training_service::TrainingConfig;
 use automl_training_service::config::{
@@ -61,28 +61,14 @@ async fn cluster_with(
 
 /// Waits until `check` holds for the simulated server.
 async fn until(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut poll = Poll::new(what, Duration::from_secs(30));
     while !check() {
-        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        poll.tick().await;
     }
 }
 
 async fn until_status(cluster: &mut Cluster, job_id: i32, want: pb::TrainingStatus) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = cluster.status(job_id).await;
-        if status.status() == want {
-            return status.message;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "job {job_id} is {:?} ({}), not {want:?}",
-            status.status(),
-            status.message
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    cluster.wait_status(job_id, want).await.message
 }
 
 fn env_of(job: &Value) -> Vec<Value> {
@@ -235,7 +221,7 @@ async fn jobs_run_as_kubernetes_jobs() {
                 && at("CREATE Secret automl-train-1-token").is_some(),
             "{requests:?}"
         );
-        let secret = &cluster.env.common.s3.secret_key;
+        let secret = &cluster.services.env.common.s3.secret_key;
         assert!(!job.to_string().contains(secret.as_str()));
 
         // Pod phases → statuses; the log comes from the pod.

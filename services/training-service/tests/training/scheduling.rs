@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use automl_common::testing::{assert_status, backends};
+use automl_common::testing::{Poll, TRAINING_SERVICE, assert_status, backends};
 use automl_proto::training as pb;
 use automl_training_service::model::{JobSpec, JobStatus, Priority};
 use tonic::Code;
@@ -49,7 +49,7 @@ impl Cluster {
 
     /// Waits until every job has ended (any tenant).
     async fn wait_all(&self, jobs: &[(&str, i64)]) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        let mut poll = Poll::new("every job ends", Duration::from_secs(90));
         for (tenant, job_id) in jobs {
             loop {
                 let view = self.service.status(tenant, *job_id).await.expect("status");
@@ -57,11 +57,8 @@ impl Cluster {
                     assert_eq!(view.job.status, JobStatus::Succeed, "{:?}", view.job);
                     break;
                 }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "job {job_id} never ends"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                poll.tick_with(format!("job {job_id} {:?}", view.job.status))
+                    .await;
             }
         }
     }
@@ -206,7 +203,7 @@ async fn tenants_are_served_in_turn_and_priorities_order_a_tenants_jobs() {
         );
         // The caller's position counts its own queued jobs only.
         let blocker = cluster.submit_as("team-a", "3", Priority::Normal).await;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut poll = Poll::new("the blocker runs", Duration::from_secs(30));
         while cluster
             .service
             .status("team-a", blocker)
@@ -216,8 +213,7 @@ async fn tenants_are_served_in_turn_and_priorities_order_a_tenants_jobs() {
             .status
             != JobStatus::Running
         {
-            assert!(tokio::time::Instant::now() < deadline);
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            poll.tick().await;
         }
         let normal = [
             cluster.submit_as("team-a", "0", Priority::Normal).await,
@@ -293,15 +289,13 @@ async fn a_tenant_at_its_quota_waits_while_another_runs() {
 async fn a_reused_pid_is_neither_signalled_nor_taken_for_the_trainer() {
     let mut cluster = Cluster::start(backends()[0], 1).await;
     let job_id = cluster.train(&[("SLEEP", "20")]).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while cluster.status(job_id).await.status() != pb::TrainingStatus::Running {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    cluster
+        .wait_status(job_id, pb::TrainingStatus::Running)
+        .await;
     let stored: String = sqlx::Row::get(
         &sqlx::query("SELECT backend_ref FROM jobs WHERE job_id = $1")
             .bind(i64::from(job_id))
-            .fetch_one(&cluster.databases[0].pool)
+            .fetch_one(&cluster.services.database(TRAINING_SERVICE).pool)
             .await
             .expect("row"),
         "backend_ref",
@@ -315,7 +309,7 @@ async fn a_reused_pid_is_neither_signalled_nor_taken_for_the_trainer() {
     sqlx::query("UPDATE jobs SET backend_ref = $1 WHERE job_id = $2")
         .bind(format!("{}:{start}", unrelated.id()))
         .bind(i64::from(job_id))
-        .execute(&cluster.databases[0].pool)
+        .execute(&cluster.services.database(TRAINING_SERVICE).pool)
         .await
         .expect("update");
     cluster.restart_training_stopped(|| {}).await;
