@@ -348,9 +348,8 @@ impl TelemetryConfig {
     /// Checks the values that serde cannot check.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let endpoint = &self.otlp_endpoint;
-        if !endpoint.is_empty()
-            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
-        {
+        let http = endpoint.starts_with("http://") || endpoint.starts_with("https://");
+        if !endpoint.is_empty() && !http {
             return Err(ConfigError::Validation(
                 "telemetry.otlp_endpoint must be an http:// or https:// URL of an OTLP/HTTP collector (e.g. http://otel-collector:4318)".into(),
             ));
