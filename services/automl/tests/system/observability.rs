@@ -203,18 +203,14 @@ fn rpc_lines<'a>(lines: &'a [Value], service: &str, method: &str) -> Vec<&'a Val
     found
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_request_id_follows_train_through_the_trainer_to_log_run_end() {
-    const ID: &str = "obs-train-7f3a";
-    require_trainer();
-    let env = clinc_env("clinc-intents-part1.csv", "upload/part1.csv").await;
-    let data_dir = env.path().join("automl");
-    let log_path = env.path().join("automl.log");
-    let log_file = std::fs::File::create(&log_path).expect("log file");
-    let mut process_env = process_env(&env, &data_dir);
-    process_env.push(("AUTOML__TELEMETRY__LOG_FORMAT", "json".into()));
-    process_env.push(("RUST_LOG", "info".into()));
-    let automl = Automl::spawn_with_stderr(env.path(), &process_env, log_file.into());
+/// Prepares a snapshot of `upload/part1.csv` as dataset 1 in `automl` and returns a client of its
+/// training-service with a one-epoch Train request for it (metadata to be added by the test).
+async fn clinc_training(
+    automl: &Automl,
+) -> (
+    TrainingServiceClient<tonic::transport::Channel>,
+    tonic::Request<tr::TrainRequest>,
+) {
     let dm = automl.addr("data-management");
     grpcurl_json(
         &dm,
@@ -226,7 +222,6 @@ async fn one_request_id_follows_train_through_the_trainer_to_log_run_end() {
         "data_management.DataManagementService/PrepareTrainingDataset",
         r#"{"dataset_id":"1"}"#,
     );
-
     let channel = tonic::transport::Endpoint::from_shared(format!(
         "http://{}",
         automl.addr("training-service")
@@ -235,8 +230,7 @@ async fn one_request_id_follows_train_through_the_trainer_to_log_run_end() {
     .connect()
     .await
     .expect("connect");
-    let mut training = TrainingServiceClient::new(channel);
-    let mut request = tonic::Request::new(tr::TrainRequest {
+    let request = tonic::Request::new(tr::TrainRequest {
         metadata: Some(tr::TrainingJobMetadata {
             algorithm: "intent-classification".into(),
             dataset_id: "1".into(),
@@ -250,6 +244,22 @@ async fn one_request_id_follows_train_through_the_trainer_to_log_run_end() {
             ..Default::default()
         }),
     });
+    (TrainingServiceClient::new(channel), request)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_request_id_follows_train_through_the_trainer_to_log_run_end() {
+    const ID: &str = "obs-train-7f3a";
+    require_trainer();
+    let env = clinc_env("clinc-intents-part1.csv", "upload/part1.csv").await;
+    let data_dir = env.path().join("automl");
+    let log_path = env.path().join("automl.log");
+    let log_file = std::fs::File::create(&log_path).expect("log file");
+    let mut process_env = process_env(&env, &data_dir);
+    process_env.push(("AUTOML__TELEMETRY__LOG_FORMAT", "json".into()));
+    process_env.push(("RUST_LOG", "info".into()));
+    let automl = Automl::spawn_with_stderr(env.path(), &process_env, log_file.into());
+    let (mut training, mut request) = clinc_training(&automl).await;
     request
         .metadata_mut()
         .insert("x-request-id", ID.parse().expect("metadata value"));
@@ -546,56 +556,16 @@ async fn calls_join_the_callers_trace_and_a_request_id_starts_none() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_follows_train_through_the_trainer_to_an_https_collector() {
     require_trainer();
-    let env = TestEnv::new(automl_common::db::Backend::Sqlite)
-        .await
-        .expect("env");
+    let env = clinc_env("clinc-intents-part1.csv", "upload/part1.csv").await;
     let (ca, cert, key) = crate::auth::certificate(env.path());
     let (endpoint, mut spans) = collector(Some((&cert, &key))).await;
     assert!(endpoint.starts_with("https://127.0.0.1:"));
-    let data = crate::support::clinc_data("clinc-intents-part1.csv");
-    env.objects
-        .put_bytes(&env.objects.datasets_bucket, "upload/part1.csv", data)
-        .await
-        .expect("upload");
     let mut vars = process_env(&env, &env.path().join("automl"));
     vars.push(("AUTOML__TELEMETRY__OTLP_ENDPOINT", endpoint));
     vars.push(("AUTOML__TELEMETRY__OTLP_CA_FILE", ca.display().to_string()));
     vars.push(("RUST_LOG", "info".into()));
     let automl = Automl::spawn(env.path(), &vars);
-    let dm = automl.addr("data-management");
-    grpcurl_json(
-        &dm,
-        "data_management.DataManagementService/CreateDataset",
-        r#"{"name":"clinc","dataset_type":"TEXT_INTENT","path":"upload/part1.csv"}"#,
-    );
-    grpcurl_json(
-        &dm,
-        "data_management.DataManagementService/PrepareTrainingDataset",
-        r#"{"dataset_id":"1"}"#,
-    );
-    let channel = tonic::transport::Endpoint::from_shared(format!(
-        "http://{}",
-        automl.addr("training-service")
-    ))
-    .expect("url")
-    .connect()
-    .await
-    .expect("connect");
-    let mut training = TrainingServiceClient::new(channel);
-    let mut request = tonic::Request::new(tr::TrainRequest {
-        metadata: Some(tr::TrainingJobMetadata {
-            algorithm: "intent-classification".into(),
-            dataset_id: "1".into(),
-            name: "traced".into(),
-            train_data_version_hash: "hashAg==".into(),
-            parameters: [("EPOCHS", "1"), ("LR", "4")]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            output_model_name: "intent".into(),
-            ..Default::default()
-        }),
-    });
+    let (mut training, mut request) = clinc_training(&automl).await;
     request.metadata_mut().insert(
         "traceparent",
         format!("00-{TRACE_ID}-{CALLER_SPAN}-01")
