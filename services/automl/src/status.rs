@@ -313,7 +313,25 @@ automl_model_cache_bytes 2098176\n";
             .join("../../k8s/observability/grafana-dashboard.json");
         let text = std::fs::read_to_string(&path).expect("dashboard exists");
         let dashboard: serde_json::Value = serde_json::from_str(&text).expect("valid json");
-        let exposition = automl_common::metrics::metrics().render();
+        // Labelled families are exposed from their first series on: give each one.
+        let metrics = automl_common::metrics::metrics();
+        metrics.rpc.requests.with(&["s", "m"]).inc();
+        metrics.rpc.errors.with(&["s", "m", "INTERNAL"]).inc();
+        metrics.rpc.duration.with(&["s", "m"]).observe(0.1);
+        metrics.data.snapshot_build.with(&["ready"]).observe(1.0);
+        metrics
+            .model_cache
+            .loaded
+            .with(&["1", "1", "m/run_1"])
+            .set(1);
+        metrics
+            .storage
+            .s3_duration
+            .with(&["get_object"])
+            .observe(0.1);
+        metrics.storage.s3_errors.with(&["get_object"]).inc();
+        metrics.storage.sql_duration.with(&["select"]).observe(0.1);
+        let exposition = metrics.render();
         let exposed: BTreeSet<String> = exposition
             .lines()
             .filter_map(|line| line.strip_prefix("# TYPE "))
@@ -325,6 +343,8 @@ automl_model_cache_bytes 2098176\n";
                         .iter()
                         .map(|suffix| format!("{name}{suffix}"))
                         .collect::<Vec<_>>(),
+                    // OpenMetrics names a counter's family without the `_total` of its sample.
+                    Some("counter") => vec![format!("{name}_total")],
                     _ => vec![name],
                 }
             })
