@@ -22,7 +22,7 @@ use std::time::Duration;
 pub use prometheus_client::metrics::counter::Counter;
 pub use prometheus_client::metrics::gauge::Gauge;
 pub use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 /// The content type of the exposition (OpenMetrics text, which Prometheus scrapes natively).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -89,6 +89,28 @@ fn latency() -> Histogram {
 
 fn long() -> Histogram {
     Histogram::new(LONG_BUCKETS.iter().copied())
+}
+
+/// `metric` registered as `name` (a counter without its `_total`, which the encoder appends).
+fn single<M: Metric + Clone>(r: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    r.register(name, help, metric.clone());
+    metric
+}
+
+/// A family with the label `names`, registered as `name` (as [`single`]).
+fn family<M: Clone>(
+    r: &mut Registry,
+    name: &str,
+    help: &str,
+    names: &'static [&'static str],
+    make: fn() -> M,
+) -> Family<M>
+where
+    prometheus_client::metrics::family::Family<Labels, M, fn() -> M>: Metric,
+{
+    let family = Family::new(names, make);
+    r.register(name, help, family.inner.clone());
+    family
 }
 
 /// Every RPC of every service (recorded by [`crate::rpc::RpcLayer`]).
@@ -217,18 +239,71 @@ pub struct Metrics {
 
 impl Metrics {
     fn new() -> Self {
+        let mut registry = Registry::default();
+        let r = &mut registry;
         let rpc = RpcMetrics {
-            requests: Family::new(&["service", "method"], Counter::default),
-            errors: Family::new(&["service", "method", "code"], Counter::default),
-            duration: Family::new(&["service", "method"], latency),
+            requests: family(
+                r,
+                "automl_grpc_requests",
+                "gRPC calls received",
+                &["service", "method"],
+                Counter::default,
+            ),
+            errors: family(
+                r,
+                "automl_grpc_errors",
+                "gRPC calls answered with an error, by status code",
+                &["service", "method", "code"],
+                Counter::default,
+            ),
+            duration: family(
+                r,
+                "automl_grpc_request_duration_seconds",
+                "gRPC call latency to the response headers",
+                &["service", "method"],
+                latency,
+            ),
         };
         let training = TrainingMetrics {
-            queue_depth: Gauge::default(),
-            running_jobs: Gauge::default(),
-            jobs: Family::new(&["status"], Counter::default),
-            job_duration: Family::new(&["status"], long),
-            experiments: Family::new(&["status"], Counter::default),
-            early_stopped: Counter::default(),
+            queue_depth: single(
+                r,
+                "automl_training_queue_depth",
+                "Training jobs queued",
+                Gauge::default(),
+            ),
+            running_jobs: single(
+                r,
+                "automl_training_running_jobs",
+                "Training jobs running",
+                Gauge::default(),
+            ),
+            jobs: family(
+                r,
+                "automl_training_jobs",
+                "Training jobs ended, by final status",
+                &["status"],
+                Counter::default,
+            ),
+            job_duration: family(
+                r,
+                "automl_training_job_duration_seconds",
+                "Training job duration from launch to end, by final status",
+                &["status"],
+                long,
+            ),
+            experiments: family(
+                r,
+                "automl_experiments",
+                "Experiments ended, by final status",
+                &["status"],
+                Counter::default,
+            ),
+            early_stopped: single(
+                r,
+                "automl_experiment_trials_early_stopped",
+                "Experiment trials stopped early by the median rule",
+                Counter::default(),
+            ),
         };
         for status in JOB_STATUSES {
             training.jobs.with(&[status]);
@@ -238,144 +313,100 @@ impl Metrics {
             training.experiments.with(&[status]);
         }
         let data = DataMetrics {
-            ingest_bytes: Counter::default(),
-            upload_bytes: Counter::default(),
-            snapshot_build: Family::new(&["outcome"], long),
+            ingest_bytes: single(
+                r,
+                "automl_ingest_bytes",
+                "Raw bytes read by dataset ingests",
+                Counter::default(),
+            ),
+            upload_bytes: single(
+                r,
+                "automl_upload_bytes",
+                "Bytes received by UploadData",
+                Counter::default(),
+            ),
+            snapshot_build: family(
+                r,
+                "automl_snapshot_build_duration_seconds",
+                "Training snapshot build time, by outcome",
+                &["outcome"],
+                long,
+            ),
         };
         let model_cache = ModelCacheMetrics {
-            hits: Counter::default(),
-            misses: Counter::default(),
-            loads: Counter::default(),
-            load_duration: latency(),
-            evictions: Counter::default(),
-            models: Gauge::default(),
-            bytes: Gauge::default(),
-            loaded: Family::new(&["run_id", "version", "location"], Gauge::default),
+            hits: single(
+                r,
+                "automl_model_cache_hits",
+                "Predict calls served by a loaded model",
+                Counter::default(),
+            ),
+            misses: single(
+                r,
+                "automl_model_cache_misses",
+                "Predict calls that waited for a model load",
+                Counter::default(),
+            ),
+            loads: single(
+                r,
+                "automl_model_loads",
+                "Models downloaded and loaded",
+                Counter::default(),
+            ),
+            load_duration: single(
+                r,
+                "automl_model_load_duration_seconds",
+                "Time to download and load one model",
+                latency(),
+            ),
+            evictions: single(
+                r,
+                "automl_model_cache_evictions",
+                "Models evicted from the cache",
+                Counter::default(),
+            ),
+            models: single(
+                r,
+                "automl_model_cache_models",
+                "Models loaded",
+                Gauge::default(),
+            ),
+            bytes: single(
+                r,
+                "automl_model_cache_bytes",
+                "Bytes of model files held by loaded models",
+                Gauge::default(),
+            ),
+            loaded: family(
+                r,
+                "automl_model_cache_loaded_bytes",
+                "Each model in memory now, by run, artifact version and location, with its bytes",
+                &["run_id", "version", "location"],
+                Gauge::default,
+            ),
         };
         let storage = StorageMetrics {
-            s3_duration: Family::new(&["operation"], latency),
-            s3_errors: Family::new(&["operation"], Counter::default),
-            sql_duration: Family::new(&["statement"], latency),
+            s3_duration: family(
+                r,
+                "automl_s3_request_duration_seconds",
+                "Object-store call latency, by operation",
+                &["operation"],
+                latency,
+            ),
+            s3_errors: family(
+                r,
+                "automl_s3_errors",
+                "Object-store calls that failed, by operation",
+                &["operation"],
+                Counter::default,
+            ),
+            sql_duration: family(
+                r,
+                "automl_sql_query_duration_seconds",
+                "SQL statement latency, by statement verb",
+                &["statement"],
+                latency,
+            ),
         };
-
-        // Counters are registered without their `_total`, which the encoder appends.
-        let mut registry = Registry::default();
-        let r = &mut registry;
-        r.register(
-            "automl_grpc_requests",
-            "gRPC calls received",
-            rpc.requests.inner.clone(),
-        );
-        r.register(
-            "automl_grpc_errors",
-            "gRPC calls answered with an error, by status code",
-            rpc.errors.inner.clone(),
-        );
-        r.register(
-            "automl_grpc_request_duration_seconds",
-            "gRPC call latency to the response headers",
-            rpc.duration.inner.clone(),
-        );
-        r.register(
-            "automl_training_queue_depth",
-            "Training jobs queued",
-            training.queue_depth.clone(),
-        );
-        r.register(
-            "automl_training_running_jobs",
-            "Training jobs running",
-            training.running_jobs.clone(),
-        );
-        r.register(
-            "automl_training_jobs",
-            "Training jobs ended, by final status",
-            training.jobs.inner.clone(),
-        );
-        r.register(
-            "automl_training_job_duration_seconds",
-            "Training job duration from launch to end, by final status",
-            training.job_duration.inner.clone(),
-        );
-        r.register(
-            "automl_experiments",
-            "Experiments ended, by final status",
-            training.experiments.inner.clone(),
-        );
-        r.register(
-            "automl_experiment_trials_early_stopped",
-            "Experiment trials stopped early by the median rule",
-            training.early_stopped.clone(),
-        );
-        r.register(
-            "automl_ingest_bytes",
-            "Raw bytes read by dataset ingests",
-            data.ingest_bytes.clone(),
-        );
-        r.register(
-            "automl_upload_bytes",
-            "Bytes received by UploadData",
-            data.upload_bytes.clone(),
-        );
-        r.register(
-            "automl_snapshot_build_duration_seconds",
-            "Training snapshot build time, by outcome",
-            data.snapshot_build.inner.clone(),
-        );
-        r.register(
-            "automl_model_cache_hits",
-            "Predict calls served by a loaded model",
-            model_cache.hits.clone(),
-        );
-        r.register(
-            "automl_model_cache_misses",
-            "Predict calls that waited for a model load",
-            model_cache.misses.clone(),
-        );
-        r.register(
-            "automl_model_loads",
-            "Models downloaded and loaded",
-            model_cache.loads.clone(),
-        );
-        r.register(
-            "automl_model_load_duration_seconds",
-            "Time to download and load one model",
-            model_cache.load_duration.clone(),
-        );
-        r.register(
-            "automl_model_cache_evictions",
-            "Models evicted from the cache",
-            model_cache.evictions.clone(),
-        );
-        r.register(
-            "automl_model_cache_models",
-            "Models loaded",
-            model_cache.models.clone(),
-        );
-        r.register(
-            "automl_model_cache_bytes",
-            "Bytes of model files held by loaded models",
-            model_cache.bytes.clone(),
-        );
-        r.register(
-            "automl_model_cache_loaded_bytes",
-            "Each model in memory now, by run, artifact version and location, with its bytes",
-            model_cache.loaded.inner.clone(),
-        );
-        r.register(
-            "automl_s3_request_duration_seconds",
-            "Object-store call latency, by operation",
-            storage.s3_duration.inner.clone(),
-        );
-        r.register(
-            "automl_s3_errors",
-            "Object-store calls that failed, by operation",
-            storage.s3_errors.inner.clone(),
-        );
-        r.register(
-            "automl_sql_query_duration_seconds",
-            "SQL statement latency, by statement verb",
-            storage.sql_duration.inner.clone(),
-        );
         Self {
             rpc,
             training,
