@@ -363,12 +363,13 @@ impl<R: AsyncBufRead + Unpin> RecordReader<R> {
 /// Appends `field` double-quoted, with `"` doubled, to `out`.
 pub fn push_quoted(out: &mut Vec<u8>, field: &str) {
     out.push(b'"');
-    for byte in field.bytes() {
-        if byte == b'"' {
-            out.push(b'"');
-        }
-        out.push(byte);
+    let mut rest = field.as_bytes();
+    while let Some(quote) = memchr::memchr(b'"', rest) {
+        out.extend_from_slice(&rest[..=quote]);
+        out.push(b'"');
+        rest = &rest[quote + 1..];
     }
+    out.extend_from_slice(rest);
     out.push(b'"');
 }
 

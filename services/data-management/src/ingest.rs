@@ -6,12 +6,14 @@
 //! holds in memory are bounded by `data_management.max_labels`. GENERIC copies every object
 //! under the source location. Both compute statistics and a content digest.
 
-use std::collections::{BTreeMap, HashMap};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use automl_common::csv::{Fields, Record, RecordReader, push_row};
 use automl_common::metrics::metrics;
-use automl_common::s3::{ObjectStore, S3Error};
+use automl_common::s3::{ObjectStore, ObjectWriter, S3Error};
 use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
 
 use crate::error::DataError;
 
@@ -45,19 +47,34 @@ pub fn content_digest(files: &BTreeMap<String, String>) -> String {
     hex::encode(manifest.finalize())
 }
 
-/// A streaming writer that also hashes what it writes.
+/// A streaming writer that also hashes what it writes. The caller fills [`HashingWriter::buffer`];
+/// full buffers go to a task of their own that hashes them (one sha256 pass) and hands them to
+/// the object writer, whose parts upload concurrently: producing the rows, hashing and uploading
+/// overlap instead of taking turns.
 pub struct HashingWriter {
-    writer: automl_common::s3::ObjectWriter,
-    hasher: Sha256,
+    blocks: mpsc::Sender<Block>,
+    task: tokio::task::JoinHandle<Result<(u64, String), S3Error>>,
     buffer: Vec<u8>,
 }
+
+/// What the hashing task receives.
+enum Block {
+    Bytes(Vec<u8>),
+    /// Complete the object.
+    Finish,
+}
+
+/// Full buffers queued for the hashing task.
+const QUEUED_BLOCKS: usize = 8;
 
 impl HashingWriter {
     /// Writes `bucket/key`.
     pub fn new(objects: &ObjectStore, bucket: &str, key: &str) -> Self {
+        let (blocks, queue) = mpsc::channel(QUEUED_BLOCKS);
+        let task = tokio::spawn(hash_and_write(objects.writer(bucket, key), queue));
         Self {
-            writer: objects.writer(bucket, key),
-            hasher: Sha256::new(),
+            blocks,
+            task,
             buffer: Vec::with_capacity(FLUSH_BYTES * 2),
         }
     }
@@ -70,29 +87,71 @@ impl HashingWriter {
     /// Sends the buffer on once it is large.
     pub async fn flush_if_full(&mut self) -> Result<(), S3Error> {
         if self.buffer.len() >= FLUSH_BYTES {
-            self.flush().await?;
+            let full = std::mem::replace(&mut self.buffer, Vec::with_capacity(FLUSH_BYTES * 2));
+            if self.blocks.send(Block::Bytes(full)).await.is_err() {
+                // The task stopped: an upload failed. Its error says why.
+                return Err(self.stopped().await);
+            }
         }
         Ok(())
     }
 
-    async fn flush(&mut self) -> Result<(), S3Error> {
-        self.hasher.update(&self.buffer);
-        self.writer.write(&self.buffer).await?;
-        self.buffer.clear();
-        Ok(())
+    /// The error of a task that stopped early.
+    async fn stopped(&mut self) -> S3Error {
+        match (&mut self.task).await {
+            Ok(Err(err)) => err,
+            Ok(Ok(_)) => S3Error::Other("the object writer stopped early".into()),
+            Err(err) => S3Error::Other(format!("object writer task: {err}")),
+        }
     }
 
     /// Completes the object; returns its size and sha256 hex.
     pub async fn finish(mut self) -> Result<(u64, String), S3Error> {
-        self.flush().await?;
-        let digest = hex::encode(self.hasher.finalize());
-        let size = self.writer.finish().await?;
-        Ok((size, digest))
+        let last = std::mem::take(&mut self.buffer);
+        let sent = self.blocks.send(Block::Bytes(last)).await.is_ok()
+            && self.blocks.send(Block::Finish).await.is_ok();
+        if !sent {
+            return Err(self.stopped().await);
+        }
+        match self.task.await {
+            Ok(result) => result,
+            Err(err) => Err(S3Error::Other(format!("object writer task: {err}"))),
+        }
     }
 
-    /// Discards the object.
+    /// Discards the object (and waits until it is discarded).
     pub async fn abort(self) {
-        self.writer.abort().await;
+        let Self { blocks, task, .. } = self;
+        drop(blocks);
+        let _ = task.await;
+    }
+}
+
+/// The hashing task: hashes and writes each block; completes the object on `Finish`, discards
+/// it when the queue closes without one (the producer aborted or went away).
+async fn hash_and_write(
+    mut writer: ObjectWriter,
+    mut queue: mpsc::Receiver<Block>,
+) -> Result<(u64, String), S3Error> {
+    let mut hasher = Sha256::new();
+    loop {
+        match queue.recv().await {
+            Some(Block::Bytes(bytes)) => {
+                hasher.update(&bytes);
+                if let Err(err) = writer.write(&bytes).await {
+                    writer.abort().await;
+                    return Err(err);
+                }
+            }
+            Some(Block::Finish) => {
+                let size = writer.finish().await?;
+                return Ok((size, hex::encode(hasher.finalize())));
+            }
+            None => {
+                writer.abort().await;
+                return Err(S3Error::Other("aborted".into()));
+            }
+        }
     }
 }
 
@@ -100,7 +159,7 @@ impl HashingWriter {
 #[derive(Debug, Default)]
 pub struct LabelIds {
     names: Vec<String>,
-    ids: HashMap<String, usize>,
+    ids: foldhash::HashMap<String, usize>,
 }
 
 impl LabelIds {
@@ -149,14 +208,22 @@ impl LabelIds {
     }
 }
 
-/// A validated TEXT_INTENT row.
-struct Row {
-    utterance: String,
-    labels: Vec<String>,
+/// A validated TEXT_INTENT row, borrowed from the record where it can be.
+struct Row<'r> {
+    utterance: Cow<'r, str>,
+    /// `;`-separated; see [`Row::labels`].
+    labels: &'r str,
+}
+
+impl<'r> Row<'r> {
+    /// The row's labels, trimmed.
+    fn labels(&self) -> impl Iterator<Item = &'r str> + use<'r> {
+        self.labels.split(';').map(str::trim)
+    }
 }
 
 /// Checks one raw record; `Err` names what is wrong with it.
-fn validate(fields: Fields<'_>) -> Result<Row, String> {
+fn validate(fields: Fields<'_>) -> Result<Row<'_>, String> {
     let (2, Some(utterance), Some(label)) = (fields.len(), fields.get(0), fields.get(1)) else {
         return Err(format!(
             "expected 2 columns (utterance,label), found {}",
@@ -166,26 +233,33 @@ fn validate(fields: Fields<'_>) -> Result<Row, String> {
     let utterance = std::str::from_utf8(utterance).map_err(|_| "invalid UTF-8".to_string())?;
     let label = std::str::from_utf8(label).map_err(|_| "invalid UTF-8".to_string())?;
     // Normalized files hold one example per line.
-    let utterance = utterance.replace(['\r', '\n'], " ").trim().to_string();
+    let utterance = if memchr::memchr2(b'\r', b'\n', utterance.as_bytes()).is_some() {
+        Cow::Owned(utterance.replace(['\r', '\n'], " ").trim().to_string())
+    } else {
+        Cow::Borrowed(utterance.trim())
+    };
     if utterance.is_empty() {
         return Err("empty utterance".into());
     }
     if utterance.len() > MAX_UTTERANCE_BYTES {
         return Err(format!("utterance longer than {MAX_UTTERANCE_BYTES} bytes"));
     }
-    let labels: Vec<String> = label.split(';').map(|l| l.trim().to_string()).collect();
-    if labels.iter().any(String::is_empty) {
+    let row = Row {
+        utterance,
+        labels: label,
+    };
+    if row.labels().any(str::is_empty) {
         return Err("empty label".into());
     }
-    if labels
-        .iter()
+    if row
+        .labels()
         .any(|l| l.len() > MAX_LABEL_BYTES || l.contains(['\r', '\n']))
     {
         return Err(format!(
             "label longer than {MAX_LABEL_BYTES} bytes or spanning lines"
         ));
     }
-    Ok(Row { utterance, labels })
+    Ok(row)
 }
 
 /// Ingests a TEXT_INTENT CSV from `source_bucket/source_key` into `dest_prefix` of the datasets
@@ -234,7 +308,7 @@ pub async fn text_intent(
         match checked {
             Ok((line, row)) if errors.is_empty() => {
                 ids.clear();
-                for (index, label) in row.labels.iter().enumerate() {
+                for (index, label) in row.labels().enumerate() {
                     let Some(id) = labels.id_within(label, max_labels) else {
                         over_limit = Some(line);
                         break;
@@ -242,7 +316,7 @@ pub async fn text_intent(
                     if index > 0 {
                         ids.push(';');
                     }
-                    ids.push_str(&id.to_string());
+                    ids.push_str(itoa::Buffer::new().format(id));
                 }
                 if over_limit.is_some() {
                     break;
@@ -420,21 +494,27 @@ mod tests {
 
     use automl_common::csv::Parser;
 
-    /// `validate` of the one record in `line`.
-    fn validate_line(line: &[u8]) -> Result<Row, String> {
+    /// `validate` of the one record in `line`: the utterance and the labels.
+    fn validate_line(line: &[u8]) -> Result<(String, Vec<String>), String> {
         let mut parser = Parser::new(MAX_RECORD_BYTES);
         let mut input = line;
         match parser.next_in(&mut input) {
-            Some(Record::Fields { fields, .. }) => validate(fields),
+            Some(Record::Fields { fields, .. }) => validate(fields).map(|row| {
+                let labels = row.labels().map(str::to_string).collect();
+                (row.utterance.into_owned(), labels)
+            }),
             other => panic!("one record expected, got {other:?}"),
         }
     }
 
     #[test]
     fn rows_are_validated() {
-        let row = validate_line(b"  book a flight ,travel; booking").expect("valid");
-        assert_eq!(row.utterance, "book a flight");
-        assert_eq!(row.labels, ["travel", "booking"]);
+        let (utterance, labels) =
+            validate_line(b"  book a flight ,travel; booking").expect("valid");
+        assert_eq!(utterance, "book a flight");
+        assert_eq!(labels, ["travel", "booking"]);
+        let (utterance, _) = validate_line(b"\"two\nlines \",x").expect("valid");
+        assert_eq!(utterance, "two lines");
         let err = validate_line(b"only one column").err();
         assert_eq!(
             err.as_deref(),

@@ -1,6 +1,10 @@
 //! Streaming object writes: bytes are buffered into parts and sent as a multipart upload, so a
-//! large object never sits in memory. Nothing is visible under the key until [`ObjectWriter::finish`]
-//! completes; [`ObjectWriter::abort`] (or an error) discards the parts.
+//! large object never sits in memory. Up to [`PARTS_IN_FLIGHT`] parts upload in the background while
+//! the writer fills the next one, so the producer is not stopped for each part's round trip.
+//! Nothing is visible under the key until [`ObjectWriter::finish`] completes;
+//! [`ObjectWriter::abort`] (or an error) discards the parts.
+
+use std::collections::VecDeque;
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
@@ -11,6 +15,11 @@ use super::S3Error;
 /// Size of each uploaded part (S3's minimum is 5 MiB for all but the last part).
 pub const PART_SIZE: usize = 8 * 1024 * 1024;
 
+/// Parts uploading at once; memory held is about `(PARTS_IN_FLIGHT + 1) × PART_SIZE`.
+pub const PARTS_IN_FLIGHT: usize = 1;
+
+type PartUpload = tokio::task::JoinHandle<Result<CompletedPart, S3Error>>;
+
 /// A streaming writer of one object.
 #[derive(Debug)]
 pub struct ObjectWriter {
@@ -19,6 +28,10 @@ pub struct ObjectWriter {
     key: String,
     buffer: Vec<u8>,
     upload_id: Option<String>,
+    /// Parts sent so far (the next part's number is one more).
+    sent: i32,
+    /// Uploads under way, oldest first.
+    in_flight: VecDeque<PartUpload>,
     parts: Vec<CompletedPart>,
     written: u64,
 }
@@ -31,6 +44,8 @@ impl ObjectWriter {
             key: key.to_string(),
             buffer: Vec::with_capacity(64 * 1024),
             upload_id: None,
+            sent: 0,
+            in_flight: VecDeque::new(),
             parts: Vec::new(),
             written: 0,
         }
@@ -58,50 +73,81 @@ impl ObjectWriter {
         Ok(())
     }
 
+    /// Starts uploading `part` (creating the multipart upload first if need be), after waiting
+    /// for the oldest upload when [`PARTS_IN_FLIGHT`] are under way.
     async fn upload_part(&mut self, part: Vec<u8>) -> Result<(), S3Error> {
-        let upload_id = match &self.upload_id {
-            Some(id) => id.clone(),
-            None => {
-                let created = crate::metrics::timed_s3(
-                    "create_multipart_upload",
-                    self.client
-                        .create_multipart_upload()
-                        .bucket(&self.bucket)
-                        .key(&self.key)
-                        .send(),
-                )
+        let upload_id = self.upload_id().await?;
+        while self.in_flight.len() >= PARTS_IN_FLIGHT {
+            self.wait_oldest().await?;
+        }
+        self.sent = self
+            .sent
+            .checked_add(1)
+            .ok_or_else(|| S3Error::Other("too many parts".into()))?;
+        let number = self.sent;
+        let request = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .body(ByteStream::from(part));
+        self.in_flight.push_back(tokio::spawn(async move {
+            let uploaded = crate::metrics::timed_s3("upload_part", request.send())
                 .await
-                .map_err(|err| S3Error::from_sdk("create multipart upload", err))?;
-                let id = created
-                    .upload_id()
-                    .ok_or_else(|| S3Error::Other("multipart upload without an id".into()))?
-                    .to_string();
-                self.upload_id = Some(id.clone());
-                id
-            }
-        };
-        let number = i32::try_from(self.parts.len() + 1)
-            .map_err(|_| S3Error::Other("too many parts".into()))?;
-        let uploaded = crate::metrics::timed_s3(
-            "upload_part",
+                .map_err(|err| S3Error::from_sdk("upload part", err))?;
+            Ok(CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(uploaded.e_tag().map(str::to_string))
+                .build())
+        }));
+        Ok(())
+    }
+
+    /// The multipart upload's id, created on first use.
+    async fn upload_id(&mut self) -> Result<String, S3Error> {
+        if let Some(id) = &self.upload_id {
+            return Ok(id.clone());
+        }
+        let created = crate::metrics::timed_s3(
+            "create_multipart_upload",
             self.client
-                .upload_part()
+                .create_multipart_upload()
                 .bucket(&self.bucket)
                 .key(&self.key)
-                .upload_id(&upload_id)
-                .part_number(number)
-                .body(ByteStream::from(part))
                 .send(),
         )
         .await
-        .map_err(|err| S3Error::from_sdk("upload part", err))?;
-        self.parts.push(
-            CompletedPart::builder()
-                .part_number(number)
-                .set_e_tag(uploaded.e_tag().map(str::to_string))
-                .build(),
-        );
+        .map_err(|err| S3Error::from_sdk("create multipart upload", err))?;
+        let id = created
+            .upload_id()
+            .ok_or_else(|| S3Error::Other("multipart upload without an id".into()))?
+            .to_string();
+        self.upload_id = Some(id.clone());
+        Ok(id)
+    }
+
+    /// Waits for the oldest upload under way and records its part.
+    async fn wait_oldest(&mut self) -> Result<(), S3Error> {
+        let Some(upload) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        let part = upload
+            .await
+            .map_err(|err| S3Error::Other(format!("upload part task: {err}")))??;
+        self.parts.push(part);
         Ok(())
+    }
+
+    /// Waits for every upload under way (all of them, even after one failed); the first error.
+    async fn wait_all(&mut self) -> Result<(), S3Error> {
+        let mut outcome = Ok(());
+        while !self.in_flight.is_empty() {
+            let waited = self.wait_oldest().await;
+            outcome = outcome.and(waited);
+        }
+        outcome
     }
 
     /// Uploads what is left and makes the object visible; returns its size.
@@ -122,12 +168,15 @@ impl ObjectWriter {
             .map_err(|err| S3Error::from_sdk("put object", err))?;
             return Ok(self.written);
         };
-        if !self.buffer.is_empty() {
-            let last = std::mem::take(&mut self.buffer);
-            if let Err(err) = self.upload_part(last).await {
-                self.abort_upload(&upload_id).await;
-                return Err(err);
-            }
+        let last = std::mem::take(&mut self.buffer);
+        let sent = if last.is_empty() {
+            Ok(())
+        } else {
+            self.upload_part(last).await
+        };
+        if let Err(err) = sent.and(self.wait_all().await) {
+            self.abort_upload(&upload_id).await;
+            return Err(err);
         }
         let completed = CompletedMultipartUpload::builder()
             .set_parts(Some(std::mem::take(&mut self.parts)))
@@ -151,8 +200,10 @@ impl ObjectWriter {
     }
 
     /// Discards everything written; the key is left as it was.
-    pub async fn abort(self) {
+    pub async fn abort(mut self) {
         if let Some(upload_id) = self.upload_id.clone() {
+            // A part still uploading after the abort could recreate it on some stores.
+            let _ = self.wait_all().await;
             self.abort_upload(&upload_id).await;
         }
     }
