@@ -1,6 +1,8 @@
 //! Micro-batching: concurrent requests for one model are answered by one batched forward pass
 //! on a blocking thread, so the matrix work is shared instead of repeated per request. A lone
-//! request goes through at once as a batch of one; nothing waits for a batch to fill.
+//! request goes through at once as a batch of one; nothing waits for a batch to fill. A model
+//! whose prediction takes microseconds (the embedding bag on the CPU) has no worker: each call
+//! computes its own answer in its own task, with no queue or channel between.
 
 use std::sync::Arc;
 
@@ -20,22 +22,50 @@ type Reply = oneshot::Sender<Result<Prediction, PredictError>>;
 /// The queue in front of one model's batching worker. The worker stops when the last handle
 /// is dropped (the model was evicted).
 #[derive(Debug, Clone)]
-pub struct Batcher {
-    requests: mpsc::Sender<(String, Reply)>,
+pub struct Batcher(Mode);
+
+#[derive(Debug, Clone)]
+enum Mode {
+    /// Each call computes its prediction itself.
+    Inline {
+        /// The model.
+        classifier: Arc<AnyClassifier>,
+        /// How many labels an answer carries.
+        top_k: usize,
+    },
+    /// Calls queue for the model's batching worker.
+    Worker {
+        /// The worker's queue.
+        requests: mpsc::Sender<(String, Reply)>,
+    },
 }
 
 impl Batcher {
-    /// Starts the worker of `classifier`, answering with the `top_k` best labels.
+    /// Starts the worker of `classifier` (none when it answers inline), answering with the
+    /// `top_k` best labels.
     pub fn start(classifier: Arc<AnyClassifier>, top_k: usize) -> Self {
+        if classifier.answers_inline() {
+            return Self(Mode::Inline { classifier, top_k });
+        }
         let (requests, receiver) = mpsc::channel(QUEUE);
         tokio::spawn(work(classifier, top_k, receiver));
-        Self { requests }
+        Self(Mode::Worker { requests })
     }
 
     /// The prediction for `document`.
     pub async fn predict(&self, document: String) -> Result<Prediction, PredictError> {
+        let requests = match &self.0 {
+            Mode::Inline { classifier, top_k } => {
+                return classifier
+                    .predict_batch(&[document], *top_k)
+                    .map_err(|err| PredictError::Internal(format!("inference: {err}")))?
+                    .pop()
+                    .ok_or_else(|| PredictError::Internal("inference: no prediction".into()));
+            }
+            Mode::Worker { requests } => requests,
+        };
         let (reply, answer) = oneshot::channel();
-        self.requests
+        requests
             .send((document, reply))
             .await
             .map_err(|_| PredictError::Internal("the model's worker stopped".into()))?;

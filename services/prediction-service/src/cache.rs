@@ -172,17 +172,24 @@ impl ModelCache {
         let now = self.clock.fetch_add(1, Ordering::Relaxed) + 1;
         let slot = {
             let mut slots = self.lock()?;
-            Arc::clone(slots.entry(artifact.cache_key()).or_insert_with(|| {
-                Arc::new(Slot {
-                    tenant: artifact.tenant.clone(),
-                    run_id: artifact.run_id.clone(),
-                    name: artifact.name.clone(),
-                    version: artifact.version.clone(),
-                    algorithm: artifact.algorithm.clone(),
-                    model: OnceCell::new(),
-                    last_used: AtomicU64::new(now),
-                })
-            }))
+            match slots.get(artifact.cache_key()) {
+                Some(slot) => Arc::clone(slot),
+                None => Arc::clone(
+                    slots
+                        .entry(artifact.cache_key().to_string())
+                        .or_insert_with(|| {
+                            Arc::new(Slot {
+                                tenant: artifact.tenant.clone(),
+                                run_id: artifact.run_id.clone(),
+                                name: artifact.name.clone(),
+                                version: artifact.version.clone(),
+                                algorithm: artifact.algorithm.clone(),
+                                model: OnceCell::new(),
+                                last_used: AtomicU64::new(now),
+                            })
+                        }),
+                ),
+            }
         };
         slot.last_used.store(now, Ordering::Relaxed);
         if let Some(model) = slot.model.get() {
@@ -197,7 +204,8 @@ impl ModelCache {
             .model
             .get_or_try_init(|| async {
                 loaded_here = true;
-                self.fetch_and_load(artifact).await.map(Arc::new)
+                // Boxed: a load's state stays out of every (hit) get's future.
+                Box::pin(self.fetch_and_load(artifact)).await.map(Arc::new)
             })
             .await?;
         let model = Arc::clone(model);
@@ -206,9 +214,9 @@ impl ModelCache {
             metrics()
                 .model_cache
                 .loaded
-                .with(&[&artifact.run_id, &artifact.version, &key])
+                .with(&[&artifact.run_id, &artifact.version, key])
                 .set(i64::try_from(model.bytes).unwrap_or(i64::MAX));
-            self.evict(&key)?;
+            self.evict(key)?;
         }
         Ok(model)
     }

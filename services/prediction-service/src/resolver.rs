@@ -29,13 +29,39 @@ pub struct ArtifactRef {
     pub path: String,
     /// The algorithm that produced it.
     pub algorithm: String,
+    /// `bucket/path`, see [`ArtifactRef::cache_key`].
+    location: String,
 }
 
 impl ArtifactRef {
+    /// The artifact of `tenant`'s run `run_id` at `bucket/path`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        tenant: String,
+        run_id: String,
+        name: String,
+        version: String,
+        bucket: String,
+        path: String,
+        algorithm: String,
+    ) -> Self {
+        let location = format!("{bucket}/{path}");
+        Self {
+            tenant,
+            run_id,
+            name,
+            version,
+            bucket,
+            path,
+            algorithm,
+            location,
+        }
+    }
+
     /// What identifies the model files: their location. Run ids repeat across tenants, the
     /// location (under the tenant's prefix) does not, and a recorded location never changes.
-    pub fn cache_key(&self) -> String {
-        format!("{}/{}", self.bucket, self.path)
+    pub fn cache_key(&self) -> &str {
+        &self.location
     }
 
     /// The model's folder in the cache directory, named by a digest of [`Self::cache_key`].
@@ -50,8 +76,8 @@ impl ArtifactRef {
 #[derive(Debug)]
 pub struct Resolver {
     client: MetadataStoreServiceClient<Channel>,
-    /// (tenant, run id) → artifact.
-    known: Mutex<HashMap<(String, String), ArtifactRef>>,
+    /// tenant → run id → artifact (two levels, so a lookup needs no owned key).
+    known: Mutex<HashMap<String, HashMap<String, Arc<ArtifactRef>>>>,
     auth: Option<Arc<Authenticator>>,
 }
 
@@ -67,11 +93,20 @@ impl Resolver {
 
     /// The artifact of `tenant`'s run `run_id`; asks metadata-store (on the tenant's behalf,
     /// so another tenant's run is not found) only the first time.
-    pub async fn resolve(&self, tenant: &str, run_id: &str) -> Result<ArtifactRef, PredictError> {
-        let key = (tenant.to_string(), run_id.to_string());
-        if let Some(found) = self.cached(&key) {
+    pub async fn resolve(
+        &self,
+        tenant: &str,
+        run_id: &str,
+    ) -> Result<Arc<ArtifactRef>, PredictError> {
+        if let Some(found) = self.cached(tenant, run_id) {
             return Ok(found);
         }
+        // Boxed: the call's state stays out of every (cached) resolve's future.
+        Box::pin(self.ask(tenant, run_id)).await
+    }
+
+    /// Asks metadata-store and remembers the answer.
+    async fn ask(&self, tenant: &str, run_id: &str) -> Result<Arc<ArtifactRef>, PredictError> {
         let mut request = tonic::Request::new(GetArtifactRequest {
             run_id: run_id.to_string(),
         });
@@ -91,22 +126,25 @@ impl Resolver {
             })?
             .into_inner();
         let file = response.artifact.unwrap_or_default();
-        let artifact = ArtifactRef {
-            tenant: tenant.to_string(),
-            run_id: run_id.to_string(),
-            name: response.name,
-            version: response.version,
-            bucket: file.bucket,
-            path: file.path,
-            algorithm: response.algorithm,
-        };
+        let artifact = Arc::new(ArtifactRef::new(
+            tenant.to_string(),
+            run_id.to_string(),
+            response.name,
+            response.version,
+            file.bucket,
+            file.path,
+            response.algorithm,
+        ));
         if let Ok(mut known) = self.known.lock() {
-            known.insert(key, artifact.clone());
+            known
+                .entry(tenant.to_string())
+                .or_default()
+                .insert(run_id.to_string(), Arc::clone(&artifact));
         }
         Ok(artifact)
     }
 
-    fn cached(&self, key: &(String, String)) -> Option<ArtifactRef> {
-        self.known.lock().ok()?.get(key).cloned()
+    fn cached(&self, tenant: &str, run_id: &str) -> Option<Arc<ArtifactRef>> {
+        self.known.lock().ok()?.get(tenant)?.get(run_id).cloned()
     }
 }

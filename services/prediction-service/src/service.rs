@@ -102,24 +102,25 @@ impl Predictions {
             .map_err(|_| PredictError::Overloaded(self.config.max_in_flight))?;
         let artifact = self.resolver.resolve(tenant, run_id).await?;
         if let Some(channel) = self.external.get(&artifact.algorithm) {
-            return self
-                .forward(
-                    channel.clone(),
-                    run_id,
-                    document,
-                    deadline,
-                    &artifact.version,
-                )
-                .await;
+            // Boxed: a client call's state is large, and inline it would make every Predict's
+            // future (moved on each call) as large.
+            return Box::pin(self.forward(
+                channel.clone(),
+                run_id,
+                document,
+                deadline,
+                &artifact.version,
+            ))
+            .await;
         }
         if !self.config.builtin_algorithms.contains(&artifact.algorithm) {
-            return Err(PredictError::NoPredictor(artifact.algorithm));
+            return Err(PredictError::NoPredictor(artifact.algorithm.clone()));
         }
         let model = self.cache.get(&artifact).await?;
         let version = model.version.clone();
         let prediction = model.batcher.predict(document).await?;
         Ok(Answer {
-            response: serde_json::json!({ "result": prediction.label }).to_string(),
+            response: result_json(&prediction.label),
             label: prediction.label,
             score: prediction.score,
             top: prediction
@@ -184,6 +185,15 @@ impl Predictions {
             model_version: version.to_string(),
         })
     }
+}
+
+/// `{"result":"<label>"}`, MiniAutoML's response text.
+fn result_json(label: &str) -> String {
+    #[derive(serde::Serialize)]
+    struct Response<'a> {
+        result: &'a str,
+    }
+    serde_json::to_string(&Response { result: label }).unwrap_or_default()
 }
 
 fn check_run_id(run_id: &str) -> Result<(), PredictError> {

@@ -10,7 +10,7 @@ use candle_core::Device;
 
 use crate::artifact::{self, Artifact, Manifest};
 use crate::error::Result;
-use crate::model::Model;
+use crate::model::{HostHead, HostScratch, Model};
 use crate::tokenizer::Vocab;
 
 /// Texts per forward pass in [`Classifier::predict_batch`].
@@ -40,6 +40,8 @@ pub struct Prediction {
 #[derive(Debug, Clone)]
 pub struct Classifier {
     model: Model,
+    /// The head on host arrays when the model is on the CPU (see [`HostHead`]).
+    host: Option<Box<HostHead>>,
     vocab: Vocab,
     manifest: Manifest,
 }
@@ -58,8 +60,16 @@ impl Classifier {
 
     /// A classifier for in-memory weights (e.g. right after training).
     pub fn new(model: Model, vocab: Vocab, manifest: Manifest) -> Self {
+        // The weights are on the CPU already, so the copy cannot fail short of a broken tensor;
+        // should it, the tensor path still answers.
+        let host = model
+            .device
+            .is_cpu()
+            .then(|| HostHead::new(&model).ok().map(Box::new))
+            .flatten();
         Self {
             model,
+            host,
             vocab,
             manifest,
         }
@@ -68,6 +78,11 @@ impl Classifier {
     /// Label names in output order.
     pub fn classes(&self) -> &[String] {
         &self.manifest.classes
+    }
+
+    /// Whether predictions are computed on host arrays ([`HostHead`]) rather than tensors.
+    pub fn on_host(&self) -> bool {
+        self.host.is_some()
     }
 
     /// The artifact's manifest (algorithm, lineage, metrics).
@@ -83,6 +98,29 @@ impl Classifier {
 
     /// Predictions for many texts, in order, computed in batched matrix products.
     pub fn predict_batch<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+        top_k: usize,
+    ) -> Result<Vec<Prediction>> {
+        if let Some(host) = &self.host {
+            let mut scratch = HostScratch::default();
+            let mut scores = Vec::new();
+            return Ok(texts
+                .iter()
+                .map(|text| {
+                    let bag = self.vocab.encode(text.as_ref());
+                    host.logits(&self.model.embedding, &bag, &mut scratch, &mut scores);
+                    softmax_in_place(&mut scores);
+                    rank(&scores, &self.manifest.classes, top_k)
+                })
+                .collect());
+        }
+        self.predict_batch_tensors(texts, top_k)
+    }
+
+    /// [`Classifier::predict_batch`] through the model's tensors (the training code's forward
+    /// pass), as on a GPU.
+    pub fn predict_batch_tensors<S: AsRef<str>>(
         &self,
         texts: &[S],
         top_k: usize,
@@ -111,20 +149,40 @@ impl From<Artifact> for Classifier {
     }
 }
 
+/// Logits to probabilities: `exp(x − max) / Σ exp(x − max)`, as candle's `softmax_last_dim`.
+fn softmax_in_place(values: &mut [f32]) {
+    let max = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for value in values.iter_mut() {
+        *value = (*value - max).exp();
+        sum += *value;
+    }
+    for value in values.iter_mut() {
+        *value /= sum;
+    }
+}
+
 /// The best label and the `top_k` best (at least one), best first, ties in class order.
 pub fn rank(probabilities: &[f32], classes: &[String], top_k: usize) -> Prediction {
     let k = top_k.max(1).min(probabilities.len());
-    let mut order: Vec<usize> = (0..probabilities.len()).collect();
-    let by_score = |a: &usize, b: &usize| {
-        probabilities[*b]
-            .total_cmp(&probabilities[*a])
-            .then(a.cmp(b))
+    // `a` ranks before `b`: higher probability, or the same and an earlier class.
+    let before = |a: usize, b: usize| {
+        probabilities[b]
+            .total_cmp(&probabilities[a])
+            .then(a.cmp(&b))
+            .is_lt()
     };
-    if k < order.len() {
-        order.select_nth_unstable_by(k - 1, by_score);
+    // One pass keeping the best k in order: k is small (a handful of labels), so most
+    // classes are turned away by one comparison with the last kept.
+    let mut order: Vec<usize> = Vec::with_capacity(k + 1);
+    for class in 0..probabilities.len() {
+        if order.len() == k && !before(class, order[k - 1]) {
+            continue;
+        }
+        let at = order.partition_point(|&kept| before(kept, class));
+        order.insert(at, class);
         order.truncate(k);
     }
-    order.sort_by(by_score);
     let top: Vec<LabelScore> = order
         .iter()
         .map(|&i| LabelScore {
@@ -136,5 +194,37 @@ pub fn rank(probabilities: &[f32], classes: &[String], top_k: usize) -> Predicti
         label: top[0].label.clone(),
         score: top[0].score,
         top,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one-pass selection orders as a full sort by (score descending, class ascending).
+    #[test]
+    fn rank_keeps_the_best_k_in_order_with_ties_in_class_order() {
+        let classes: Vec<String> = (0..40).map(|i| format!("c{i}")).collect();
+        let mut state = 7u64;
+        let scores: Vec<f32> = (0..40)
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                // Few distinct values, so ties are common.
+                ((state >> 33) % 7) as f32 / 7.0
+            })
+            .collect();
+        let mut sorted: Vec<usize> = (0..40).collect();
+        sorted.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+        for k in [0, 1, 3, 5, 40, 100] {
+            let ranked = rank(&scores, &classes, k);
+            let expected: Vec<&str> = sorted
+                .iter()
+                .take(k.clamp(1, 40))
+                .map(|&i| classes[i].as_str())
+                .collect();
+            let got: Vec<&str> = ranked.top.iter().map(|s| s.label.as_str()).collect();
+            assert_eq!(got, expected, "k = {k}");
+            assert_eq!(ranked.label, expected[0]);
+        }
     }
 }

@@ -48,18 +48,18 @@ impl EmbeddingBag {
         let rows = self.rows();
         let mut pooled = vec![0f32; bags.len() * dim];
         for (out, bag) in pooled.chunks_exact_mut(dim).zip(bags) {
-            let bag = bag.as_ref();
-            for &id in bag {
-                let row = if (id as usize) < rows { id as usize } else { 0 };
-                let src = &self.weights[row * dim..(row + 1) * dim];
-                out.iter_mut().zip(src).for_each(|(o, s)| *o += s);
-            }
-            if !bag.is_empty() {
-                let scale = 1.0 / bag.len() as f32;
-                out.iter_mut().for_each(|o| *o *= scale);
-            }
+            pool_rows(&self.weights, dim, rows, bag.as_ref(), out);
         }
         pooled
+    }
+
+    /// The mean of one bag's rows into `out` (`dim` wide), as [`EmbeddingBag::pool`] computes it.
+    pub fn pool_into(&self, bag: &[u32], out: &mut Vec<f32>) {
+        let dim = self.dim;
+        let rows = self.rows();
+        out.clear();
+        out.resize(dim, 0.0);
+        pool_rows(&self.weights, dim, rows, bag, out);
     }
 
     /// Appends `count` rows initialized like a fresh model's (fine-tuning a larger vocabulary).
@@ -67,6 +67,20 @@ impl EmbeddingBag {
         let extra = count * self.dim;
         self.weights
             .extend((0..extra).map(|_| rng.uniform(-EMBED_INIT_RANGE, EMBED_INIT_RANGE)));
+    }
+}
+
+/// Adds the mean of `bag`'s rows of `weights` (`rows × dim`) to the zeroed `out`; an id
+/// outside the table counts as `<unk>` (0).
+fn pool_rows(weights: &[f32], dim: usize, rows: usize, bag: &[u32], out: &mut [f32]) {
+    for &id in bag {
+        let row = if (id as usize) < rows { id as usize } else { 0 };
+        let src = &weights[row * dim..(row + 1) * dim];
+        out.iter_mut().zip(src).for_each(|(o, s)| *o += s);
+    }
+    if !bag.is_empty() {
+        let scale = 1.0 / bag.len() as f32;
+        out.iter_mut().for_each(|o| *o *= scale);
     }
 }
 
@@ -232,6 +246,155 @@ impl Model {
             layers,
             device: device.clone(),
         })
+    }
+}
+
+/// The dense head as plain host arrays: [`Model::head`]'s arithmetic (three affine layers,
+/// ReLU between) computed directly on the loaded weights for one document at a time. For a
+/// head this small (a few tens of thousands of multiply-adds) a tensor library's per-operator
+/// dispatch and allocations cost far more than the arithmetic; serving on the CPU uses this.
+/// It is built from a [`Model`] and holds copies of its dense weights, so it cannot drift from
+/// the model it was made from (a test compares the two on the CLINC sentences).
+#[derive(Debug, Clone)]
+pub struct HostHead {
+    layers: [HostDense; 3],
+}
+
+/// One affine layer with its weight stored transposed (`in × out`, each row padded with zeros
+/// to a multiple of [`HostDense::BLOCK`] outputs): the product is a sum of the input's entries
+/// times contiguous weight rows, computed a block of outputs at a time in registers.
+#[derive(Debug, Clone)]
+struct HostDense {
+    outputs: usize,
+    /// `outputs` rounded up to a multiple of [`HostDense::BLOCK`].
+    padded: usize,
+    weight_t: Vec<f32>,
+    /// `padded` long.
+    bias: Vec<f32>,
+}
+
+impl HostDense {
+    /// Outputs accumulated together: 8 AVX registers of 8 lanes, enough independent
+    /// multiply-add chains to hide their latency.
+    const BLOCK: usize = 64;
+
+    fn from_layer(layer: &Dense) -> Result<Self> {
+        let (outputs, inputs) = layer.weight.dims2()?;
+        let padded = outputs.div_ceil(Self::BLOCK) * Self::BLOCK;
+        let transposed = layer
+            .weight
+            .as_tensor()
+            .to_dtype(DType::F32)?
+            .t()?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let mut weight_t = vec![0f32; inputs * padded];
+        for (row, source) in weight_t
+            .chunks_exact_mut(padded)
+            .zip(transposed.chunks_exact(outputs))
+        {
+            row[..outputs].copy_from_slice(source);
+        }
+        let mut bias: Vec<f32> = layer.bias.as_tensor().to_dtype(DType::F32)?.to_vec1()?;
+        bias.resize(padded, 0.0);
+        Ok(Self {
+            outputs,
+            padded,
+            weight_t,
+            bias,
+        })
+    }
+
+    /// `out = x Wᵀ + b`, then ReLU when `relu`: with AVX2 and FMA where the CPU has them
+    /// (8 lanes, fused multiply-adds), else in the baseline instruction set.
+    fn apply(&self, x: &[f32], out: &mut Vec<f32>, relu: bool) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has the features the function is compiled for (checked above).
+            #[allow(unsafe_code)]
+            unsafe {
+                self.apply_avx2_fma(x, out, relu)
+            };
+            return;
+        }
+        self.apply_with(x, out, relu, |acc, value, w| acc + value * w);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn apply_avx2_fma(&self, x: &[f32], out: &mut Vec<f32>, relu: bool) {
+        self.apply_with(x, out, relu, |acc, value, w| value.mul_add(w, acc));
+    }
+
+    /// The layer with `madd(acc, x, w)` as its multiply-add.
+    #[inline(always)]
+    fn apply_with(
+        &self,
+        x: &[f32],
+        out: &mut Vec<f32>,
+        relu: bool,
+        madd: impl Fn(f32, f32, f32) -> f32,
+    ) {
+        const BLOCK: usize = HostDense::BLOCK;
+        out.clear();
+        out.extend_from_slice(&self.bias);
+        for (block, chunk) in out.chunks_exact_mut(BLOCK).enumerate() {
+            let first = block * BLOCK;
+            let mut acc = [0f32; BLOCK];
+            acc.copy_from_slice(chunk);
+            // (Zero inputs are not skipped: a branch taken at random costs more than the
+            // multiply-adds it saves.)
+            for (&value, row) in x.iter().zip(self.weight_t.chunks_exact(self.padded)) {
+                for (a, &w) in acc.iter_mut().zip(&row[first..first + BLOCK]) {
+                    *a = madd(*a, value, w);
+                }
+            }
+            chunk.copy_from_slice(&acc);
+        }
+        out.truncate(self.outputs);
+        if relu {
+            for o in out.iter_mut() {
+                *o = o.max(0.0);
+            }
+        }
+    }
+}
+
+/// Reusable buffers of [`HostHead::logits`].
+#[derive(Debug, Default)]
+pub struct HostScratch {
+    pooled: Vec<f32>,
+    hidden: [Vec<f32>; 2],
+}
+
+impl HostHead {
+    /// The head of `model`, copied to host memory.
+    pub fn new(model: &Model) -> Result<Self> {
+        let [fc1, fc2, fc3] = &model.layers;
+        Ok(Self {
+            layers: [
+                HostDense::from_layer(fc1)?,
+                HostDense::from_layer(fc2)?,
+                HostDense::from_layer(fc3)?,
+            ],
+        })
+    }
+
+    /// The logits of one token-id bag pooled by `embedding`, written to `logits`.
+    pub fn logits(
+        &self,
+        embedding: &EmbeddingBag,
+        bag: &[u32],
+        scratch: &mut HostScratch,
+        logits: &mut Vec<f32>,
+    ) {
+        embedding.pool_into(bag, &mut scratch.pooled);
+        let [fc1, fc2, fc3] = &self.layers;
+        let [hidden1, hidden2] = &mut scratch.hidden;
+        fc1.apply(&scratch.pooled, hidden1, true);
+        fc2.apply(hidden1, hidden2, true);
+        fc3.apply(hidden2, logits, false);
     }
 }
 

@@ -27,6 +27,16 @@ impl AnyClassifier {
         }
     }
 
+    /// Whether one document's prediction is cheap enough (microseconds, on host arrays) to
+    /// compute in the caller's task: batching concurrent calls then gains nothing and the hops
+    /// to a batching worker cost more than the arithmetic.
+    pub fn answers_inline(&self) -> bool {
+        match self {
+            Self::Bag(model) => model.on_host(),
+            Self::Encoder(_) => false,
+        }
+    }
+
     /// Largest batch cheap enough to compute on an async task instead of a blocking thread:
     /// a few embedding-bag documents are microseconds; an encoder pass is milliseconds.
     pub fn inline_batch(&self) -> usize {

@@ -24,32 +24,78 @@ pub const UNK: &str = "<unk>";
 
 /// Splits `text` into lowercase tokens.
 pub fn tokenize(text: &str) -> Vec<String> {
-    let chars: Vec<char> = text.chars().flat_map(char::to_lowercase).collect();
-    let mut tokens = Vec::new();
-    let mut word = String::new();
-    for (i, &c) in chars.iter().enumerate() {
-        if c.is_alphanumeric() {
-            word.push(c);
-            continue;
+    let mut tokens = Tokens::default();
+    tokens.read(text);
+    tokens.iter().map(str::to_string).collect()
+}
+
+/// The tokens of one text, as [`tokenize`] splits them, in one buffer (no allocation per token;
+/// reused from text to text).
+#[derive(Debug, Default)]
+struct Tokens {
+    chars: Vec<char>,
+    text: String,
+    spans: Vec<std::ops::Range<usize>>,
+}
+
+impl Tokens {
+    /// Splits `text`, replacing what was held.
+    fn read(&mut self, text: &str) {
+        self.chars.clear();
+        if text.is_ascii() {
+            // The same characters as below, without the general case's per-character iterator.
+            self.chars
+                .extend(text.bytes().map(|b| char::from(b.to_ascii_lowercase())));
+        } else {
+            self.chars.extend(text.chars().flat_map(char::to_lowercase));
         }
-        let inside_number = (c == '.' || c == ',')
-            && word.chars().last().is_some_and(|p| p.is_ascii_digit())
-            && chars.get(i + 1).is_some_and(char::is_ascii_digit);
-        if inside_number {
-            word.push(c);
-            continue;
+        self.text.clear();
+        self.spans.clear();
+        let chars = &self.chars;
+        // Where the word being read starts in `text`, and its last character.
+        let mut start = 0;
+        let mut last: Option<char> = None;
+        for (i, &c) in chars.iter().enumerate() {
+            if c.is_alphanumeric() {
+                self.text.push(c);
+                last = Some(c);
+                continue;
+            }
+            let inside_number = (c == '.' || c == ',')
+                && last.is_some_and(|p| p.is_ascii_digit())
+                && chars.get(i + 1).is_some_and(char::is_ascii_digit);
+            if inside_number {
+                self.text.push(c);
+                last = Some(c);
+                continue;
+            }
+            if self.text.len() > start {
+                self.spans.push(start..self.text.len());
+                start = self.text.len();
+                last = None;
+            }
+            if !c.is_whitespace() {
+                self.text.push(c);
+                self.spans.push(start..self.text.len());
+                start = self.text.len();
+            }
         }
-        if !word.is_empty() {
-            tokens.push(std::mem::take(&mut word));
-        }
-        if !c.is_whitespace() {
-            tokens.push(c.to_string());
+        if self.text.len() > start {
+            self.spans.push(start..self.text.len());
         }
     }
-    if !word.is_empty() {
-        tokens.push(word);
+
+    fn len(&self) -> usize {
+        self.spans.len()
     }
-    tokens
+
+    fn get(&self, index: usize) -> &str {
+        &self.text[self.spans[index].clone()]
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &str> {
+        self.spans.iter().map(|span| &self.text[span.clone()])
+    }
 }
 
 /// The longest n-grams a vocabulary may hold (`NGRAMS`).
@@ -74,7 +120,8 @@ pub fn features(text: &str, ngrams: usize) -> Vec<String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Vocab {
     tokens: Vec<String>,
-    ids: HashMap<String, u32>,
+    /// Feature → id; foldhash, as the keys come from training data, not from callers.
+    ids: foldhash::HashMap<String, u32>,
     ngrams: usize,
 }
 
@@ -167,14 +214,20 @@ impl Vocab {
 
     /// The feature ids of `text`: each word's (`<unk>` when unknown), then each known pair's.
     pub fn encode(&self, text: &str) -> Vec<u32> {
-        let tokens = tokenize(text);
+        let mut tokens = Tokens::default();
+        tokens.read(text);
         let mut ids: Vec<u32> = tokens.iter().map(|t| self.id(t)).collect();
-        if self.ngrams >= 2 {
-            let pairs = tokens.windows(2).filter_map(|w| {
-                let pair = format!("{} {}", w[0], w[1]);
-                self.ids.get(&pair).copied()
-            });
-            ids.extend(pairs);
+        if self.ngrams >= 2 && tokens.len() >= 2 {
+            let mut pair = String::new();
+            for i in 1..tokens.len() {
+                pair.clear();
+                pair.push_str(tokens.get(i - 1));
+                pair.push(' ');
+                pair.push_str(tokens.get(i));
+                if let Some(&id) = self.ids.get(pair.as_str()) {
+                    ids.push(id);
+                }
+            }
         }
         ids
     }

@@ -312,3 +312,91 @@ fn classifier_is_shareable_across_threads() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Classifier>();
 }
+
+/// The CLINC sentences of the repository's part 2: (utterance, label) in file order.
+fn clinc_part2() -> Vec<(String, String)> {
+    use automl_common::csv::{Parser, Record};
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../data/clinc/clinc-intents-part2.csv");
+    let raw = std::fs::read(&path).expect("data/clinc/clinc-intents-part2.csv");
+    let mut parser = Parser::new(64 * 1024);
+    let mut input = &raw[..];
+    let mut rows = Vec::new();
+    while let Some(record) = parser.next_in(&mut input) {
+        let Record::Fields { fields, .. } = record else {
+            panic!("a bad CLINC line: {record:?}");
+        };
+        let text = |i| String::from_utf8(fields.get(i).expect("2 fields").to_vec()).expect("utf8");
+        rows.push((text(0), text(1)));
+    }
+    rows
+}
+
+/// Serving's host path ([`crate::model::HostHead`]) gives the scores of the training code's
+/// forward pass through tensors, on every CLINC sentence, for a model trained on them.
+#[test]
+fn the_host_path_gives_the_tensor_forward_pass_scores_on_clinc() -> Result<()> {
+    use crate::model::{HostHead, HostScratch};
+    use automl_common::csv::push_row;
+
+    let rows = clinc_part2();
+    let (mut examples, mut labels) = (Vec::new(), Vec::new());
+    let mut ids = std::collections::HashMap::new();
+    for (text, label) in &rows {
+        let next = ids.len() + 1;
+        let id = *ids.entry(label.clone()).or_insert_with(|| {
+            push_row(&mut labels, &[&next.to_string(), label]);
+            next
+        });
+        push_row(&mut examples, &[text, &id.to_string()]);
+    }
+    let dataset = Dataset::parse(
+        std::str::from_utf8(&examples).expect("utf8"),
+        std::str::from_utf8(&labels).expect("utf8"),
+    )?;
+    let params = TrainParams {
+        epochs: 1,
+        ..TrainParams::default()
+    };
+    let trained = train(&dataset, &params, &Device::Cpu, None, &mut |_| Ok(()))?;
+    let texts: Vec<&str> = rows.iter().map(|(text, _)| text.as_str()).collect();
+
+    // Logits, sentence by sentence, against the batched tensor pass.
+    let head = HostHead::new(&trained.model)?;
+    let bags: Vec<Vec<u32>> = texts.iter().map(|t| trained.vocab.encode(t)).collect();
+    let expected = trained.model.logits(&bags)?.to_vec2::<f32>()?;
+    let (mut scratch, mut logits) = (HostScratch::default(), Vec::new());
+    let mut worst = 0f32;
+    for (bag, expected) in bags.iter().zip(&expected) {
+        head.logits(&trained.model.embedding, bag, &mut scratch, &mut logits);
+        assert_eq!(logits.len(), expected.len());
+        for (a, b) in logits.iter().zip(expected) {
+            worst = worst.max((a - b).abs() / b.abs().max(1.0));
+        }
+    }
+    assert!(worst < 1e-5, "logits differ by {worst}");
+
+    // Every label's score, through the classifier's two paths.
+    let classes = trained.classes.len();
+    let described = manifest(&trained, &params);
+    let classifier = Classifier::new(trained.model, trained.vocab, described);
+    assert!(classifier.on_host());
+    let host = classifier.predict_batch(&texts, classes)?;
+    let tensors = classifier.predict_batch_tensors(&texts, classes)?;
+    assert_eq!(host.len(), texts.len());
+    for (host, tensors) in host.iter().zip(&tensors) {
+        let score = |p: &crate::Prediction, label: &str| {
+            p.top.iter().find(|s| s.label == label).map(|s| s.score)
+        };
+        for expected in &tensors.top {
+            let got = score(host, &expected.label).expect("every label scored");
+            assert!(
+                (got - expected.score).abs() < 1e-5,
+                "{}: {got} against {}",
+                expected.label,
+                expected.score
+            );
+        }
+    }
+    Ok(())
+}
