@@ -5,14 +5,18 @@
 #   metadata   LogEpoch throughput and p50/p99 latency with 1, 16 and 64 concurrent callers on
 #              one channel, plus the wall time of 1,000 sequential LogEpoch calls, against a
 #              release-built metadata-store on SQLite and on Postgres (127.0.0.1:5432).
-#   dataset    data-management: ingest throughput of generated 10 MB and 100 MB TEXT_INTENT
-#              files as a ratio to a plain PUT of the same bytes to the same S3 endpoint, the
+#   dataset    data-management: ingest throughput of generated 10 MB, 100 MB and 1 GB TEXT_INTENT
+#              files as a ratio to a plain PUT of the same bytes to the same S3 endpoint (the
+#              mean of one PUT before and one after each ingest), the
 #              server's peak RSS during ingest and snapshot build, PrepareTrainingDataset→READY
 #              time, p50/p99 of GetDatasetSummary and FetchTrainingDataset (SQLite, embedded S3).
 #   predict    prediction-service: a model trained by automl-train on clinc part2 through the
 #              real flow (dataset, snapshot, trainer, artifact), then Predict at 1, 16 and 64
 #              concurrent callers against the warm model and, in the same run, against a
-#              trivial tonic echo RPC (the ceiling); cold-load time; model compute per request.
+#              trivial tonic echo RPC (the ceiling): one connection each, the same load
+#              generator, each level's BENCH_SECONDS split into BENCH_ROUNDS (default 4) rounds
+#              that alternate which goes first; rates, p50/p99 and the load average before and
+#              after; cold-load time; model compute per request.
 #   predict-encoder
 #              the same for intent-classification-encoder: all-MiniLM-L6-v2 imported
 #              (scripts/fetch-encoder.sh, `automl pretrained import`), run 1 a head trained with
@@ -60,7 +64,7 @@
 # Environment: BENCH_SECONDS (per level, default 5), BENCH_CALLERS, BENCH_PAIRS and BENCH_AA
 # (overhead: the levels, default 1,16,64; how many on/off pairs of servers, default 3; set to 1
 # to run both servers of each pair uninstrumented, the noise floor), BENCH_MEGABYTES
-# (dataset input sizes, default 10,100), AUTOML_BENCH_POSTGRES_URL (admin URL, default
+# (dataset input sizes, default 10,100,1000), AUTOML_BENCH_POSTGRES_URL (admin URL, default
 # postgres://postgres@127.0.0.1:5432/postgres; set it to "skip" to bench SQLite only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -163,7 +167,7 @@ bench_dataset() {
   log "data-management on SQLite against http://$s3_addr"
   AUTOML__S3__ENDPOINT="http://$s3_addr" start_server data-management "" "$work/dataset"
   "$bench_bin" --addr "$addr" --s3 "http://$s3_addr" --pid "$server_pid" \
-    --megabytes "${BENCH_MEGABYTES:-10,100}"
+    --megabytes "${BENCH_MEGABYTES:-10,100,1000}"
   stop_server
   server_pid=$s3_pid
   stop_server
@@ -266,7 +270,7 @@ bench_predict() {
   serve_all_with_model
   log "Predict load against $ps"
   "$bench_bin" --addr "$ps" --run 1 --s3 "http://$s3" --documents data/clinc/clinc-intents-part1.csv \
-    --seconds "$seconds"
+    --seconds "$seconds" --rounds "${BENCH_ROUNDS:-4}"
   stop_server
 }
 

@@ -6,7 +6,7 @@
 //! sizes of the weights each run brought.
 //!
 //! Usage: `cargo bench -p automl --bench predict -- --addr HOST:PORT --run RUN_ID
-//!        --s3 http://HOST:PORT --documents FILE.csv [--seconds 5] [--callers 1,16,64]
+//!        --s3 http://HOST:PORT --documents FILE.csv [--seconds 5] [--rounds 4] [--callers 1,16,64]
 //!        [--encoder DIR] [--pid PID --load-runs RUN_ID,…]`
 //!
 //! `--encoder DIR` is the pretrained encoder (config.json, tokenizer.json, model.safetensors)
@@ -38,6 +38,8 @@ struct Args {
     s3: String,
     documents: String,
     seconds: u64,
+    /// Rounds per level, alternating which target goes first.
+    rounds: usize,
     callers: Vec<usize>,
     /// The pretrained encoder's directory, for encoder models' compute time.
     encoder: Option<PathBuf>,
@@ -54,6 +56,7 @@ fn parse_args() -> anyhow::Result<Args> {
         s3: "http://127.0.0.1:9000".into(),
         documents: String::new(),
         seconds: 5,
+        rounds: 4,
         callers: vec![1, 16, 64],
         encoder: None,
         pid: None,
@@ -68,6 +71,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--s3" => args.s3 = value()?,
             "--documents" => args.documents = value()?,
             "--seconds" => args.seconds = value()?.parse()?,
+            "--rounds" => args.rounds = value()?.parse()?,
             "--callers" => {
                 args.callers = value()?
                     .split(',')
@@ -151,8 +155,37 @@ async fn channel(addr: &str) -> anyhow::Result<Channel> {
 
 #[derive(Clone, Copy)]
 enum Target {
-    Predict,
-    Echo,
+    Predict = 0,
+    Echo = 1,
+}
+
+/// One target's calls and latencies summed over rounds.
+struct Totals {
+    calls: f64,
+    seconds: f64,
+    histogram: Histogram<u64>,
+}
+
+impl Totals {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            calls: 0.0,
+            seconds: 0.0,
+            histogram: Histogram::new(3)?,
+        })
+    }
+
+    fn add(&mut self, rate: f64, histogram: &Histogram<u64>) -> anyhow::Result<()> {
+        let calls = histogram.len() as f64;
+        self.calls += calls;
+        self.seconds += calls / rate;
+        self.histogram.add(histogram)?;
+        Ok(())
+    }
+
+    fn rate(&self) -> f64 {
+        self.calls / self.seconds
+    }
 }
 
 async fn load(
@@ -422,41 +455,57 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
 
-    let duration = Duration::from_secs(args.seconds);
+    // Each level's time is split into rounds that alternate which target goes first (Predict
+    // then echo, echo then Predict, …), so a drift in the machine's load during the run falls
+    // on both sides alike; the rates are calls over time summed across the rounds.
+    let rounds = args.rounds.max(1);
+    let round = Duration::from_secs_f64(args.seconds as f64 / rounds as f64);
+    println!(
+        "load average before: {}",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
     println!(
         "{:>8} {:>12} {:>10} {:>10} {:>12} {:>10} {:>10} {:>8}",
         "callers", "predict/s", "p50 ms", "p99 ms", "echo/s", "p50 ms", "p99 ms", "ratio"
     );
     for callers in &args.callers {
-        let (rate, hist) = load(
-            predict_channel.clone(),
-            Target::Predict,
-            &args.run,
-            docs.clone(),
-            *callers,
-            duration,
-        )
-        .await?;
-        let (echo_rate, echo_hist) = load(
-            echo_channel.clone(),
-            Target::Echo,
-            &args.run,
-            docs.clone(),
-            *callers,
-            duration,
-        )
-        .await?;
+        let mut totals = [Totals::new()?, Totals::new()?];
+        for r in 0..rounds {
+            let order = if r % 2 == 0 {
+                [Target::Predict, Target::Echo]
+            } else {
+                [Target::Echo, Target::Predict]
+            };
+            for target in order {
+                let channel = match target {
+                    Target::Predict => predict_channel.clone(),
+                    Target::Echo => echo_channel.clone(),
+                };
+                let (rate, hist) =
+                    load(channel, target, &args.run, docs.clone(), *callers, round).await?;
+                totals[target as usize].add(rate, &hist)?;
+            }
+        }
+        let [predict, echo] = &totals;
         println!(
             "{:>8} {:>12.0} {:>10.3} {:>10.3} {:>12.0} {:>10.3} {:>10.3} {:>8.2}",
             callers,
-            rate,
-            ms(&hist, 0.5),
-            ms(&hist, 0.99),
-            echo_rate,
-            ms(&echo_hist, 0.5),
-            ms(&echo_hist, 0.99),
-            rate / echo_rate
+            predict.rate(),
+            ms(&predict.histogram, 0.5),
+            ms(&predict.histogram, 0.99),
+            echo.rate(),
+            ms(&echo.histogram, 0.5),
+            ms(&echo.histogram, 0.99),
+            predict.rate() / echo.rate()
         );
     }
+    println!(
+        "load average after: {}",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
     Ok(())
 }
