@@ -62,13 +62,20 @@ impl ObjectWriter {
     }
 
     /// Appends bytes, uploading a part whenever a full one has accumulated.
-    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), S3Error> {
-        self.buffer.extend_from_slice(bytes);
+    pub async fn write(&mut self, mut bytes: &[u8]) -> Result<(), S3Error> {
         self.written += bytes.len() as u64;
-        while self.buffer.len() >= PART_SIZE {
-            let rest = self.buffer.split_off(PART_SIZE);
-            let part = std::mem::replace(&mut self.buffer, rest);
-            self.upload_part(part).await?;
+        // The buffer is filled to exactly a part, never past it: growing it past PART_SIZE
+        // would double its capacity (and copy it) once per part.
+        while !bytes.is_empty() {
+            let room = PART_SIZE - self.buffer.len();
+            let (now, later) = bytes.split_at(room.min(bytes.len()));
+            self.buffer.extend_from_slice(now);
+            bytes = later;
+            if self.buffer.len() == PART_SIZE {
+                // A large object: the next parts get their size at once, not by doubling.
+                let part = std::mem::replace(&mut self.buffer, Vec::with_capacity(PART_SIZE));
+                self.upload_part(part).await?;
+            }
         }
         Ok(())
     }
