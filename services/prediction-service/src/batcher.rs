@@ -89,15 +89,11 @@ async fn work(
             }
         }
         let (documents, replies): (Vec<String>, Vec<Reply>) = batch.into_iter().unzip();
-        // Small batches of a cheap model run on the worker task itself (tens of microseconds of
-        // CPU, less than handing them to a blocking thread and waking the worker again costs);
-        // the rest run on a blocking thread.
-        let outcome = if documents.len() <= classifier.inline_batch() {
-            Ok(classifier.predict_batch(&documents, top_k))
-        } else {
-            let model = Arc::clone(&classifier);
-            tokio::task::spawn_blocking(move || model.predict_batch(&documents, top_k)).await
-        };
+        // Only models that take milliseconds have a worker (cheap ones answer inline, see
+        // `AnyClassifier::answers_inline`): every batch runs on a blocking thread.
+        let model = Arc::clone(&classifier);
+        let outcome =
+            tokio::task::spawn_blocking(move || model.predict_batch(&documents, top_k)).await;
         match outcome {
             Ok(Ok(predictions)) => {
                 for (reply, prediction) in replies.into_iter().zip(predictions) {

@@ -37,15 +37,6 @@ impl AnyClassifier {
         }
     }
 
-    /// Largest batch cheap enough to compute on an async task instead of a blocking thread:
-    /// a few embedding-bag documents are microseconds; an encoder pass is milliseconds.
-    pub fn inline_batch(&self) -> usize {
-        match self {
-            Self::Bag(_) => 4,
-            Self::Encoder(_) => 0,
-        }
-    }
-
     /// Label names in output order.
     pub fn classes(&self) -> &[String] {
         match self {
