@@ -6,6 +6,8 @@
 //!   the CSV reader data-management's ingest uses (`automl_common::csv`).
 //! - [`model`]: mean-pooled embedding bag → Linear → ReLU → Linear → ReLU → Linear, on candle.
 //! - [`backprop`]: the head's gradients, written out (cheaper than a general autograd graph).
+//! - [`host_train`]: the same training step on host arrays, what the CPU runs;
+//!   [`kernel`]: its matrix products.
 //! - [`optim`]: SGD and AdamW with a row-sparse embedding update; [`params`]: the
 //!   hyperparameters as MiniAutoML passes them (`EPOCHS`, `LR`, …).
 //! - [`train`]: the training loop; [`finetune`]: starting from a trained model.
@@ -30,7 +32,9 @@ pub mod device;
 pub mod encoder;
 pub mod error;
 pub mod finetune;
+pub mod host_train;
 pub mod inference;
+pub mod kernel;
 pub mod model;
 pub mod optim;
 pub mod params;

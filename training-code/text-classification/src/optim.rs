@@ -9,6 +9,7 @@
 use candle_core::Tensor;
 
 use crate::error::{Error, Result};
+use crate::host_train::HostTrainer;
 use crate::model::Model;
 
 /// Which update rule `OPTIMIZER` selects.
@@ -165,6 +166,39 @@ impl Optimizer {
             Some(state) => adamw(lr, steps, state, model, dense_grads, sparse, scale),
         }
     }
+
+    /// [`Optimizer::step`] for a model trained on host arrays: the dense weights in `host`
+    /// (its gradients from [`HostTrainer::gradients`]), the embedding table in `model`.
+    pub fn step_host(
+        &mut self,
+        model: &mut Model,
+        host: &mut HostTrainer,
+        sparse: &SparseGrad,
+        scale: f64,
+    ) {
+        self.steps += 1;
+        match self.adam.as_mut() {
+            None => {
+                let step = (self.lr * scale) as f32;
+                host.sgd(step);
+                sgd_table(model, sparse, step);
+            }
+            Some(state) => {
+                let k = AdamCoefficients::new(self.lr, self.steps, scale);
+                host.adamw(&k);
+                adamw_table(state, model, sparse, &k);
+            }
+        }
+    }
+
+    /// Which update rule this is.
+    pub fn kind(&self) -> OptimizerKind {
+        if self.adam.is_some() {
+            OptimizerKind::AdamW
+        } else {
+            OptimizerKind::Sgd
+        }
+    }
 }
 
 fn sgd(
@@ -178,8 +212,13 @@ fn sgd(
     for (var, grad) in model.dense_vars().into_iter().zip(dense_grads) {
         var.set(&var.as_detached_tensor().sub(&grad.affine(step, 0.0)?)?)?;
     }
+    sgd_table(model, sparse, step as f32);
+    Ok(())
+}
+
+/// SGD on the rows of the embedding table a batch used.
+fn sgd_table(model: &mut Model, sparse: &SparseGrad, step: f32) {
     let dim = sparse.dim;
-    let step = step as f32;
     let table = &mut model.embedding.weights;
     for (&row, grad) in sparse.rows.iter().zip(sparse.values.chunks_exact(dim)) {
         let start = row as usize * dim;
@@ -189,7 +228,50 @@ fn sgd(
             .zip(grad)
             .for_each(|(w, g)| *w -= step * g);
     }
-    Ok(())
+}
+
+/// AdamW's factors for one step.
+#[derive(Debug, Clone, Copy)]
+pub struct AdamCoefficients {
+    lr: f32,
+    /// Bias corrections of the first and second moment.
+    correction1: f32,
+    correction2: f32,
+    /// The gradient clipping factor.
+    scale: f32,
+    /// `1 − lr · weight decay`.
+    decay: f32,
+}
+
+impl AdamCoefficients {
+    fn new(lr: f64, steps: u64, scale: f64) -> Self {
+        let t = i32::try_from(steps).unwrap_or(i32::MAX);
+        Self {
+            lr: lr as f32,
+            correction1: (1.0 - BETA1.powi(t)) as f32,
+            correction2: (1.0 - BETA2.powi(t)) as f32,
+            scale: scale as f32,
+            decay: (1.0 - lr * WEIGHT_DECAY) as f32,
+        }
+    }
+}
+
+/// One AdamW step of `weights` with `grad` and its moments `m` and `v`, element by element.
+pub fn adamw_slice(
+    weights: &mut [f32],
+    grad: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    k: &AdamCoefficients,
+) {
+    let (b1, b2, eps) = (BETA1 as f32, BETA2 as f32, EPS as f32);
+    for (((w, &g), m), v) in weights.iter_mut().zip(grad).zip(m).zip(v) {
+        let g = g * k.scale;
+        *m = b1 * *m + (1.0 - b1) * g;
+        *v = b2 * *v + (1.0 - b2) * g * g;
+        let update = (*m / k.correction1) / ((*v / k.correction2).sqrt() + eps);
+        *w = *w * k.decay - k.lr * update;
+    }
 }
 
 fn adamw(
@@ -223,31 +305,34 @@ fn adamw(
             .affine(1.0 - lr * WEIGHT_DECAY, 0.0)?;
         var.set(&decayed.sub(&update.affine(lr, 0.0)?)?)?;
     }
+    adamw_table(
+        state,
+        model,
+        sparse,
+        &AdamCoefficients::new(lr, steps, scale),
+    );
+    Ok(())
+}
+
+/// Lazy AdamW on the rows of the embedding table a batch used.
+fn adamw_table(
+    state: &mut AdamState,
+    model: &mut Model,
+    sparse: &SparseGrad,
+    k: &AdamCoefficients,
+) {
     let dim = sparse.dim;
     let table = &mut model.embedding.weights;
-    let (b1, b2, eps) = (BETA1 as f32, BETA2 as f32, EPS as f32);
-    let (c1, c2, lr, scale) = (
-        correction1 as f32,
-        correction2 as f32,
-        lr as f32,
-        scale as f32,
-    );
-    let decay = 1.0 - lr * WEIGHT_DECAY as f32;
     for (&row, grad) in sparse.rows.iter().zip(sparse.values.chunks_exact(dim)) {
-        let start = row as usize * dim;
-        let range = start..start + dim;
-        let weights = &mut table[range.clone()];
-        let m = &mut state.table_m[range.clone()];
-        let v = &mut state.table_v[range];
-        for i in 0..dim {
-            let g = grad[i] * scale;
-            m[i] = b1 * m[i] + (1.0 - b1) * g;
-            v[i] = b2 * v[i] + (1.0 - b2) * g * g;
-            let update = (m[i] / c1) / ((v[i] / c2).sqrt() + eps);
-            weights[i] = weights[i] * decay - lr * update;
-        }
+        let range = row as usize * dim..(row as usize + 1) * dim;
+        adamw_slice(
+            &mut table[range.clone()],
+            grad,
+            &mut state.table_m[range.clone()],
+            &mut state.table_v[range],
+            k,
+        );
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -7,10 +7,11 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 
-use crate::backprop;
+use crate::backprop::{self, LossStats};
 use crate::data::{Dataset, Example, Split};
 use crate::error::{Error, Result};
 use crate::finetune::BaseModel;
+use crate::host_train::HostTrainer;
 use crate::model::{Model, ModelConfig};
 use crate::optim::{Optimizer, SparseGrad};
 use crate::params::TrainParams;
@@ -100,6 +101,11 @@ pub fn train(
         "training starts"
     );
     let mut optimizer = Optimizer::new(params.optimizer, params.lr, &model)?;
+    // On the CPU the dense head trains on host arrays (see crate::host_train).
+    let mut host = match device {
+        Device::Cpu => Some(HostTrainer::new(&model, params.optimizer)?),
+        _ => None,
+    };
     let mut sparse = SparseGrad::new(vocab.len(), params.embed_dim);
     let mut shuffle = SplitMix64::new(params.seed, Stream::Shuffle);
     let mut order: Vec<usize> = (0..train_set.len()).collect();
@@ -117,8 +123,12 @@ pub fn train(
             &mut optimizer,
             &mut sparse,
             &mut shuffle,
+            host.as_mut(),
         )?;
         let train_seconds = started.elapsed().as_secs_f64();
+        if let Some(host) = &host {
+            host.store(&model)?;
+        }
         let val_accuracy = accuracy_of(&model, &val_set)?;
         if val_accuracy > best_val {
             best_val = val_accuracy;
@@ -187,6 +197,7 @@ fn class_map(labels: &[String], classes: &[String]) -> Result<Vec<u32>> {
 }
 
 /// One pass over the training set; returns the mean loss and the accuracy.
+#[allow(clippy::too_many_arguments)]
 fn train_epoch(
     model: &mut Model,
     examples: &[Encoded],
@@ -195,6 +206,7 @@ fn train_epoch(
     optimizer: &mut Optimizer,
     sparse: &mut SparseGrad,
     rng: &mut SplitMix64,
+    mut host: Option<&mut HostTrainer>,
 ) -> Result<(f64, f64)> {
     let (mut loss_sum, mut correct) = (0.0, 0usize);
     for batch in order.chunks(params.batch_size) {
@@ -204,25 +216,57 @@ fn train_epoch(
             .collect();
         let bags: Vec<&[u32]> = kept.iter().map(Vec::as_slice).collect();
         let targets: Vec<u32> = batch.iter().map(|&i| examples[i].label).collect();
-        let pooled = model.pool(&bags)?;
-        let activations = model.forward_train(&pooled)?;
-        let (stats, dlogits) = backprop::cross_entropy(&activations.logits, &targets)?;
-        if !stats.loss.is_finite() {
-            return Err(Error::Diverged(format!("loss is {}", stats.loss)));
-        }
+        let stats = match host.as_deref_mut() {
+            Some(host) => {
+                let stats = host.gradients(model, &bags, &targets, sparse)?;
+                check_finite(&stats)?;
+                let norm_sq = sparse.sum_of_squares() + host.sum_of_squares();
+                optimizer.step_host(model, host, sparse, clip_scale(params, norm_sq));
+                stats
+            }
+            None => tensor_step(model, &bags, &targets, params, optimizer, sparse)?,
+        };
         loss_sum += stats.loss * batch.len() as f64;
         correct += stats.correct;
-        let grads = model.backward(&activations, &dlogits)?;
-        sparse.accumulate(&bags, &grads.pooled.flatten_all()?.to_vec1::<f32>()?);
-        let mut norm_sq = sparse.sum_of_squares();
-        for grad in &grads.dense {
-            norm_sq += f64::from(grad.sqr()?.sum_all()?.to_scalar::<f32>()?);
-        }
-        let scale = (params.clip_norm / (norm_sq.sqrt() + 1e-6)).min(1.0);
-        optimizer.step(model, &grads.dense, sparse, scale)?;
     }
     let n = order.len().max(1) as f64;
     Ok((loss_sum / n, correct as f64 / n))
+}
+
+/// One training step on the model's device with candle's tensors (the GPU path).
+fn tensor_step(
+    model: &mut Model,
+    bags: &[&[u32]],
+    targets: &[u32],
+    params: &TrainParams,
+    optimizer: &mut Optimizer,
+    sparse: &mut SparseGrad,
+) -> Result<LossStats> {
+    let pooled = model.pool(bags)?;
+    let activations = model.forward_train(&pooled)?;
+    let (stats, dlogits) = backprop::cross_entropy(&activations.logits, targets)?;
+    check_finite(&stats)?;
+    let grads = model.backward(&activations, &dlogits)?;
+    sparse.accumulate(bags, &grads.pooled.flatten_all()?.to_vec1::<f32>()?);
+    let mut norm_sq = sparse.sum_of_squares();
+    for grad in &grads.dense {
+        norm_sq += f64::from(grad.sqr()?.sum_all()?.to_scalar::<f32>()?);
+    }
+    optimizer.step(model, &grads.dense, sparse, clip_scale(params, norm_sq))?;
+    Ok(stats)
+}
+
+fn check_finite(stats: &LossStats) -> Result<()> {
+    if stats.loss.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::Diverged(format!("loss is {}", stats.loss)))
+    }
+}
+
+/// The factor that clips the gradient (its squared norm `norm_sq`) to `CLIP_NORM`.
+fn clip_scale(params: &TrainParams, norm_sq: f64) -> f64 {
+    (params.clip_norm / (norm_sq.sqrt() + 1e-6)).min(1.0)
 }
 
 /// `ids` without each feature with probability `rate` (a bag keeps at least one); `rate` 0
