@@ -190,15 +190,6 @@ impl Optimizer {
             }
         }
     }
-
-    /// Which update rule this is.
-    pub fn kind(&self) -> OptimizerKind {
-        if self.adam.is_some() {
-            OptimizerKind::AdamW
-        } else {
-            OptimizerKind::Sgd
-        }
-    }
 }
 
 fn sgd(
