@@ -12,6 +12,8 @@ use s3s::service::S3ServiceBuilder;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+mod backend;
+
 /// Why the endpoint could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedS3Error {
@@ -29,6 +31,8 @@ pub struct EmbeddedS3 {
     /// Where it listens.
     pub addr: SocketAddr,
     stop: CancellationToken,
+    /// Multipart uploads the backend's fast path completed.
+    joins: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl EmbeddedS3 {
@@ -40,8 +44,9 @@ impl EmbeddedS3 {
         secret_key: &str,
     ) -> Result<Self, EmbeddedS3Error> {
         std::fs::create_dir_all(root)?;
-        let fs = s3s_fs::FileSystem::new(root)
-            .map_err(|err| EmbeddedS3Error::Storage(format!("{err:?}")))?;
+        let fs =
+            backend::Backend::new(root).map_err(|err| EmbeddedS3Error::Storage(err.to_string()))?;
+        let joins = fs.joins();
         let mut builder = S3ServiceBuilder::new(fs);
         builder.set_auth(SimpleAuth::from_single(access_key, secret_key));
         let service = builder.build();
@@ -75,12 +80,18 @@ impl EmbeddedS3 {
             }
         });
         tracing::info!(%addr, root = %root.display(), "embedded s3 endpoint serving");
-        Ok(Self { addr, stop })
+        Ok(Self { addr, stop, joins })
     }
 
     /// `http://host:port`, for clients.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// How many multipart uploads were completed by joining the parts in the kernel (the rest
+    /// went through s3s-fs's own completion).
+    pub fn fast_joins(&self) -> u64 {
+        self.joins.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// `host:port`, for the trainer environment (`MINIO_SERVER`).
