@@ -66,6 +66,24 @@ pub struct ObjectEntry {
     pub size: i64,
 }
 
+/// Whether what is sent to `endpoint` cannot be changed on the way: TLS protects it, or it
+/// never leaves the machine (the embedded endpoint, a local MinIO).
+fn payloads_protected_in_transit(endpoint: &str) -> bool {
+    let Ok(uri) = endpoint.parse::<http::Uri>() else {
+        return false;
+    };
+    let loopback = match uri.host() {
+        Some("localhost") => true,
+        Some(host) => host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    };
+    uri.scheme_str() == Some("https") || loopback
+}
+
 /// The S3 client with the configured buckets.
 #[derive(Clone, Debug)]
 pub struct ObjectStore {
@@ -219,6 +237,7 @@ impl ObjectStore {
     /// A streaming writer of `bucket/key` (multipart for large objects).
     pub fn writer(&self, bucket: &str, key: &str) -> ObjectWriter {
         ObjectWriter::new(self.client.clone(), bucket, key)
+            .sign_payloads(!payloads_protected_in_transit(&self.endpoint))
     }
 
     /// A buffered reader of `bucket/key`, streamed from the store (never whole in memory).
@@ -296,5 +315,33 @@ impl ObjectStore {
         .await
         .map_err(|err| S3Error::from_sdk("put object", err))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::payloads_protected_in_transit as protected;
+
+    #[test]
+    fn only_tls_and_loopback_endpoints_skip_payload_signing() {
+        for endpoint in [
+            "https://s3.amazonaws.com",
+            "https://minio.example:9000",
+            "http://127.0.0.1:9000",
+            "http://127.8.0.1:9000",
+            "http://localhost:9000",
+            "http://[::1]:9000",
+        ] {
+            assert!(protected(endpoint), "{endpoint}");
+        }
+        for endpoint in [
+            "http://minio:9000",
+            "http://10.0.0.5:9000",
+            "http://localhost.example:9000",
+            "not a url",
+            "",
+        ] {
+            assert!(!protected(endpoint), "{endpoint}");
+        }
     }
 }
