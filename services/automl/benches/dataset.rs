@@ -147,8 +147,10 @@ async fn run_size(
     let bucket = objects.datasets_bucket.clone();
     let key = format!("bench/input-{megabytes}mb-{}.csv", std::process::id());
 
+    // The copy is made before the clock starts: the PUT after the ingest sends `body` itself.
+    let copy = body.clone();
     let started = Instant::now();
-    objects.put_bytes(&bucket, &key, body.clone()).await?;
+    objects.put_bytes(&bucket, &key, copy).await?;
     let put_before = started.elapsed();
 
     let sampler = RssSampler::start(args.pid);

@@ -15,8 +15,9 @@ use super::S3Error;
 /// Size of each uploaded part (S3's minimum is 5 MiB for all but the last part).
 pub const PART_SIZE: usize = 8 * 1024 * 1024;
 
-/// Parts uploading at once; memory held is about `(PARTS_IN_FLIGHT + 1) × PART_SIZE`.
-pub const PARTS_IN_FLIGHT: usize = 1;
+/// Parts uploading at once; memory held is about `(PARTS_IN_FLIGHT + 1) × PART_SIZE`. Two: an
+/// endpoint hashes (MD5) each part as it arrives, and with one at a time the writer waited on it.
+pub const PARTS_IN_FLIGHT: usize = 2;
 
 type PartUpload = tokio::task::JoinHandle<Result<CompletedPart, S3Error>>;
 
