@@ -105,3 +105,27 @@ impl Drop for EmbeddedS3 {
         self.stop.cancel();
     }
 }
+
+/// An endpoint over a temporary directory with the default credentials, and a client for it
+/// with the buckets created; the endpoint stops when dropped.
+#[cfg(test)]
+pub(crate) struct TestEndpoint {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) store: crate::s3::ObjectStore,
+    pub(crate) s3: EmbeddedS3,
+}
+
+#[cfg(test)]
+impl TestEndpoint {
+    pub(crate) async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("dir");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("listener");
+        let config = crate::config::S3Config::default();
+        let s3 = EmbeddedS3::start(dir.path(), listener, &config.access_key, &config.secret_key)
+            .await
+            .expect("embedded s3");
+        let store = crate::s3::ObjectStore::new(&config, &s3.endpoint());
+        store.ensure_buckets().await.expect("buckets");
+        Self { dir, store, s3 }
+    }
+}

@@ -487,34 +487,9 @@ mod tests {
     use aws_sdk_s3::primitives::ByteStream;
     use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 
+    use super::super::TestEndpoint;
     use super::*;
-    use crate::config::S3Config;
     use crate::s3::ObjectStore;
-
-    struct Endpoint {
-        dir: tempfile::TempDir,
-        store: ObjectStore,
-        s3: super::super::EmbeddedS3,
-    }
-
-    async fn endpoint() -> Endpoint {
-        let dir = tempfile::tempdir().expect("dir");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("listener");
-        let config = S3Config::default();
-        let s3 = super::super::EmbeddedS3::start(
-            dir.path(),
-            listener,
-            &config.access_key,
-            &config.secret_key,
-        )
-        .await
-        .expect("embedded s3");
-        let store = ObjectStore::new(&config, &s3.endpoint());
-        store.ensure_buckets().await.expect("buckets");
-        Endpoint { dir, store, s3 }
-    }
 
     /// Deterministic bytes that differ from part to part.
     fn bytes(len: usize, seed: u8) -> Vec<u8> {
@@ -612,7 +587,7 @@ mod tests {
     /// HeadObject and ranged reads serve it.
     #[tokio::test]
     async fn a_joined_upload_is_what_s3s_fs_would_have_written() {
-        let Endpoint { dir, store, s3 } = endpoint().await;
+        let TestEndpoint { dir, store, s3 } = TestEndpoint::start().await;
         let bucket = store.datasets_bucket.clone();
         let parts = vec![
             bytes(5 * 1024 * 1024, 1),
@@ -678,7 +653,7 @@ mod tests {
     /// stays open until aborted; an aborted upload leaves nothing.
     #[tokio::test]
     async fn small_parts_are_refused_and_aborts_leave_nothing() {
-        let Endpoint { dir, store, s3 } = endpoint().await;
+        let TestEndpoint { dir, store, s3 } = TestEndpoint::start().await;
         let bucket = store.datasets_bucket.clone();
         let parts = vec![bytes(1024, 1), bytes(1024, 2)];
         let refused = upload(&store, &bucket, "small.csv", &parts, false)
@@ -716,7 +691,7 @@ mod tests {
     /// their CRC32) join into the object written.
     #[tokio::test]
     async fn the_object_writer_round_trips_through_the_fast_join() {
-        let Endpoint { dir, store, s3 } = endpoint().await;
+        let TestEndpoint { dir, store, s3 } = TestEndpoint::start().await;
         let bucket = store.datasets_bucket.clone();
         let data = bytes(2 * crate::s3::PART_SIZE + 12_345, 7);
         let mut writer = store.writer(&bucket, "w/examples.csv");

@@ -195,21 +195,12 @@ mod tests {
     async fn the_embedded_endpoint_checks_presigned_urls() {
         use crate::config::S3Config;
         use crate::testing::http_request;
-        let dir = tempfile::tempdir().expect("dir");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("listener");
+        let crate::embedded_s3::TestEndpoint {
+            store,
+            s3,
+            dir: _dir,
+        } = crate::embedded_s3::TestEndpoint::start().await;
         let config = S3Config::default();
-        let s3 = crate::embedded_s3::EmbeddedS3::start(
-            dir.path(),
-            listener,
-            &config.access_key,
-            &config.secret_key,
-        )
-        .await
-        .expect("embedded s3");
-        let store = ObjectStore::new(&config, &s3.endpoint());
-        store.ensure_buckets().await.expect("buckets");
         let bucket = store.models_bucket.clone();
         store
             .put_bytes(&bucket, "team-a/run_1/manifest.json", b"{}".to_vec())
