@@ -39,6 +39,7 @@ struct StoredPart {
 }
 
 /// s3s-fs over `root`, with the fast paths above.
+#[derive(Debug)]
 pub(super) struct Backend {
     inner: FileSystem,
     root: PathBuf,
@@ -47,14 +48,6 @@ pub(super) struct Backend {
     parts: Mutex<HashMap<String, HashMap<i32, StoredPart>>>,
     /// Uploads completed by the fast path.
     joins: Arc<AtomicU64>,
-}
-
-impl std::fmt::Debug for Backend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Backend")
-            .field("root", &self.root)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Backend {
@@ -144,6 +137,73 @@ impl Backend {
                 }
             })
             .collect()
+    }
+
+    /// What the fast CompleteMultipartUpload of `req` does, with the upload's id; `None` when
+    /// s3s-fs should complete it (see the module's documentation). Refuses what s3s-fs would
+    /// refuse: another access key's upload, a part under 5 MiB before the last.
+    async fn plan_join(
+        &self,
+        req: &S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<Option<(String, Join)>> {
+        let input = &req.input;
+        let Ok(upload_id) = uuid::Uuid::parse_str(&input.upload_id) else {
+            return Ok(None);
+        };
+        let upload_id = upload_id.hyphenated().to_string();
+        let named = input
+            .multipart_upload
+            .as_ref()
+            .and_then(|upload| upload.parts.as_deref())
+            .unwrap_or_default();
+        let in_order = named
+            .iter()
+            .enumerate()
+            .all(|(index, part)| part.part_number == i32::try_from(index + 1).ok());
+        let known = self.known_parts(&upload_id, named);
+        let object = self.object_path(&input.bucket, &input.key);
+        let conditional = input.if_match.is_some() || input.if_none_match.is_some();
+        let (Some(parts), Some(object), false, true, false) =
+            (known, object, named.is_empty(), in_order, conditional)
+        else {
+            return Ok(None);
+        };
+        // The upload's owner, as s3s-fs records it: the access key that created it.
+        let upload_info = self.upload_info_path(&upload_id);
+        let owner = tokio::fs::read(&upload_info)
+            .await
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Option<String>>(&bytes).ok());
+        let Some(owner) = owner else {
+            return Ok(None);
+        };
+        if owner.as_deref() != req.credentials.as_ref().map(|c| c.access_key.as_str()) {
+            return Err(s3_error!(AccessDenied));
+        }
+        if let Some((_, small)) = parts
+            .split_last()
+            .and_then(|(_, but_last)| but_last.iter().find(|(_, part)| part.size < MIN_PART_BYTES))
+        {
+            return Err(s3_error!(
+                EntityTooSmall,
+                "part of {} bytes, under the 5 MiB minimum",
+                small.size
+            ));
+        }
+        let join = Join {
+            root: self.root.clone(),
+            object,
+            parts: parts
+                .iter()
+                .map(|(number, _)| self.part_path(&upload_id, *number))
+                .collect(),
+            upload_info,
+            upload_attributes: self.attributes_path(&input.bucket, &input.key, Some(&upload_id)),
+            attributes: self.attributes_path(&input.bucket, &input.key, None),
+            internal_info: self.internal_info_path(&input.bucket, &input.key),
+            e_tag: multipart_e_tag(&parts),
+        };
+        Ok(Some((upload_id, join)))
     }
 }
 
@@ -285,64 +345,10 @@ impl S3 for Backend {
         &self,
         req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
-        let input = &req.input;
-        let upload_id = match uuid::Uuid::parse_str(&input.upload_id) {
-            Ok(id) => id.hyphenated().to_string(),
-            Err(_) => return self.inner.complete_multipart_upload(req).await,
-        };
-        let named = input
-            .multipart_upload
-            .as_ref()
-            .and_then(|upload| upload.parts.as_deref())
-            .unwrap_or_default();
-        let in_order = named
-            .iter()
-            .enumerate()
-            .all(|(index, part)| part.part_number == i32::try_from(index + 1).ok());
-        let known = self.known_parts(&upload_id, named);
-        let object = self.object_path(&input.bucket, &input.key);
-        let conditional = input.if_match.is_some() || input.if_none_match.is_some();
-        let (Some(parts), Some(object), false, true, false) =
-            (known, object, named.is_empty(), in_order, conditional)
-        else {
+        let Some((upload_id, join)) = self.plan_join(&req).await? else {
             return self.inner.complete_multipart_upload(req).await;
         };
-        // The upload's owner, as s3s-fs records it: the access key that created it.
-        let upload_info = self.upload_info_path(&upload_id);
-        let owner = match tokio::fs::read(&upload_info).await {
-            Ok(bytes) => serde_json::from_slice::<Option<String>>(&bytes).ok(),
-            Err(_) => None,
-        };
-        let Some(owner) = owner else {
-            return self.inner.complete_multipart_upload(req).await;
-        };
-        if owner.as_deref() != req.credentials.as_ref().map(|c| c.access_key.as_str()) {
-            return Err(s3_error!(AccessDenied));
-        }
-        if let Some((_, small)) = parts
-            .split_last()
-            .and_then(|(_, but_last)| but_last.iter().find(|(_, part)| part.size < MIN_PART_BYTES))
-        {
-            return Err(s3_error!(
-                EntityTooSmall,
-                "part of {} bytes, under the 5 MiB minimum",
-                small.size
-            ));
-        }
-        let e_tag = multipart_e_tag(&parts);
-        let join = Join {
-            root: self.root.clone(),
-            object,
-            parts: parts
-                .iter()
-                .map(|(number, _)| self.part_path(&upload_id, *number))
-                .collect(),
-            upload_info,
-            upload_attributes: self.attributes_path(&input.bucket, &input.key, Some(&upload_id)),
-            attributes: self.attributes_path(&input.bucket, &input.key, None),
-            internal_info: self.internal_info_path(&input.bucket, &input.key),
-            e_tag: e_tag.clone(),
-        };
+        let e_tag = join.e_tag.clone();
         tokio::task::spawn_blocking(move || join.run())
             .await
             .map_err(|err| s3_error!(InternalError, "join task: {err}"))?
