@@ -205,8 +205,6 @@ impl Parser {
                     return (blank, None);
                 }
                 self.line = self.csv.line();
-                self.filled = 0;
-                self.fields = 0;
                 if let Some(used) = self.simple_line(&input[blank..]) {
                     self.csv.set_line(self.line + 1);
                     return (blank + used, Some(self.complete()));
@@ -238,7 +236,8 @@ impl Parser {
 
     /// Reads a record that is one whole line of `input` with only bare fields (no `"`) and
     /// fields quoted from start to end with no `"` inside, as csv-core would; the bytes used,
-    /// or `None` (with the buffers' content undefined) when csv-core must read it.
+    /// or `None` (with the buffers' content undefined, and the record's counts untouched) when
+    /// csv-core must read it.
     fn simple_line(&mut self, input: &[u8]) -> Option<usize> {
         if !self.split_simple_lines || !self.csv_started {
             return None;
@@ -252,6 +251,7 @@ impl Parser {
         if self.record.len() < rest.len() {
             self.record.resize(rest.len(), 0);
         }
+        let (mut filled, mut fields) = (0, 0);
         loop {
             let (field, next) = if let Some(quoted) = rest.strip_prefix(b"\"") {
                 let close = memchr::memchr(b'"', quoted)?;
@@ -267,17 +267,20 @@ impl Parser {
                     Some(_) => return None,
                 }
             };
-            self.record[self.filled..self.filled + field.len()].copy_from_slice(field);
-            self.filled += field.len();
-            if self.fields == self.ends.len() {
+            self.record[filled..filled + field.len()].copy_from_slice(field);
+            filled += field.len();
+            if fields == self.ends.len() {
                 self.ends.resize(self.ends.len() * 2, 0);
             }
-            self.ends[self.fields] = self.filled;
-            self.fields += 1;
-            match next {
-                Some(next) => rest = next,
-                None => return Some(end + 1),
+            self.ends[fields] = filled;
+            fields += 1;
+            if let Some(next) = next {
+                rest = next;
+                continue;
             }
+            self.filled = filled;
+            self.fields = fields;
+            return Some(end + 1);
         }
     }
 
