@@ -31,8 +31,8 @@ pub struct EmbeddedS3 {
     /// Where it listens.
     pub addr: SocketAddr,
     stop: CancellationToken,
-    /// Multipart uploads the backend's fast path completed.
-    joins: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// What the backend's fast paths did.
+    counters: std::sync::Arc<backend::Counters>,
 }
 
 impl EmbeddedS3 {
@@ -46,7 +46,7 @@ impl EmbeddedS3 {
         std::fs::create_dir_all(root)?;
         let fs =
             backend::Backend::new(root).map_err(|err| EmbeddedS3Error::Storage(err.to_string()))?;
-        let joins = fs.joins();
+        let counters = fs.counters();
         let mut builder = S3ServiceBuilder::new(fs);
         builder.set_auth(SimpleAuth::from_single(access_key, secret_key));
         let service = builder.build();
@@ -80,7 +80,11 @@ impl EmbeddedS3 {
             }
         });
         tracing::info!(%addr, root = %root.display(), "embedded s3 endpoint serving");
-        Ok(Self { addr, stop, joins })
+        Ok(Self {
+            addr,
+            stop,
+            counters,
+        })
     }
 
     /// `http://host:port`, for clients.
@@ -88,10 +92,26 @@ impl EmbeddedS3 {
         format!("http://{}", self.addr)
     }
 
-    /// How many multipart uploads were completed by joining the parts in the kernel (the rest
-    /// went through s3s-fs's own completion).
+    /// How many multipart uploads were completed by joining part files in the kernel.
     pub fn fast_joins(&self) -> u64 {
-        self.joins.load(std::sync::atomic::Ordering::Relaxed)
+        self.counters
+            .joins
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many multipart uploads were completed by renaming the file their parts were
+    /// written into in place (the rest went through a join or s3s-fs's own completion).
+    pub fn in_place_completions(&self) -> u64 {
+        self.counters
+            .renames
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many parts were written in place, into their upload's assembly file.
+    pub fn parts_in_place(&self) -> u64 {
+        self.counters
+            .parts_in_place
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// `host:port`, for the trainer environment (`MINIO_SERVER`).
