@@ -37,6 +37,7 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use futures::StreamExt as _;
+use s3s::auth::Credentials;
 use s3s::crypto::{Checksum, Md5};
 use s3s::dto::*;
 use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
@@ -208,13 +209,20 @@ impl Backend {
         part_path(&self.root, upload_id, part_number)
     }
 
-    /// The access key that created the upload, as s3s-fs records it; `None` when there is no
-    /// such upload.
-    async fn upload_owner(&self, upload_id: &str) -> Option<Option<String>> {
+    /// Whether the upload was created with `credentials`' access key, as s3s-fs records its
+    /// owner; `None` when there is no such upload.
+    async fn owned_by(&self, upload_id: &str, credentials: Option<&Credentials>) -> Option<bool> {
         let bytes = tokio::fs::read(self.upload_info_path(upload_id))
             .await
             .ok()?;
-        serde_json::from_slice::<Option<String>>(&bytes).ok()
+        let owner = serde_json::from_slice::<Option<String>>(&bytes).ok()?;
+        Some(owner.as_deref() == credentials.map(|c| c.access_key.as_str()))
+    }
+
+    fn lock_uploads(&self) -> S3Result<std::sync::MutexGuard<'_, HashMap<String, Upload>>> {
+        self.uploads
+            .lock()
+            .map_err(|_| s3_error!(InternalError, "uploads lock"))
     }
 
     fn forget_upload(&self, upload_id: &str) {
@@ -249,8 +257,7 @@ impl Backend {
             .ok()?
             .hyphenated()
             .to_string();
-        let owner = self.upload_owner(&upload_id).await?;
-        if owner.as_deref() != req.credentials.as_ref().map(|c| c.access_key.as_str()) {
+        if !self.owned_by(&upload_id, req.credentials.as_ref()).await? {
             return None;
         }
         let mut uploads = self.uploads.lock().ok()?;
@@ -307,10 +314,7 @@ impl Backend {
             place: Place::Assembly,
         };
         {
-            let mut uploads = self
-                .uploads
-                .lock()
-                .map_err(|_| s3_error!(InternalError, "uploads lock"))?;
+            let mut uploads = self.lock_uploads()?;
             let Some(upload) = uploads.get_mut(&claim.upload_id) else {
                 return Err(s3_error!(NoSuchUpload));
             };
@@ -322,10 +326,7 @@ impl Backend {
         }
         let moves = vec![(claim.number, claim.offset, claim.len)];
         copy_out(self.root.clone(), claim.upload_id.clone(), moves).await?;
-        let mut uploads = self
-            .uploads
-            .lock()
-            .map_err(|_| s3_error!(InternalError, "uploads lock"))?;
+        let mut uploads = self.lock_uploads()?;
         let Some(upload) = uploads.get_mut(&claim.upload_id) else {
             return Err(s3_error!(NoSuchUpload));
         };
@@ -344,10 +345,7 @@ impl Backend {
     /// files; from then on every part of the upload goes to a part file.
     async fn materialize(&self, upload_id: &str) -> S3Result<()> {
         let moves: Vec<(i32, u64, u64)> = {
-            let mut uploads = self
-                .uploads
-                .lock()
-                .map_err(|_| s3_error!(InternalError, "uploads lock"))?;
+            let mut uploads = self.lock_uploads()?;
             let Some(upload) = uploads.get_mut(upload_id) else {
                 return Ok(());
             };
@@ -478,11 +476,10 @@ impl Backend {
         else {
             return Ok(None);
         };
-        let Some(owner) = self.upload_owner(upload_id).await else {
-            return Ok(None);
-        };
-        if owner.as_deref() != req.credentials.as_ref().map(|c| c.access_key.as_str()) {
-            return Err(s3_error!(AccessDenied));
+        match self.owned_by(upload_id, req.credentials.as_ref()).await {
+            None => return Ok(None),
+            Some(false) => return Err(s3_error!(AccessDenied)),
+            Some(true) => {}
         }
         if let Some((_, small)) = parts
             .split_last()
