@@ -53,6 +53,9 @@ pub fn content_digest(files: &BTreeMap<String, String>) -> String {
 /// overlap instead of taking turns.
 pub struct HashingWriter {
     blocks: mpsc::Sender<Block>,
+    /// Blocks the hashing task is done with, to be filled again: a block's pages are touched
+    /// once, not once per use.
+    spent: mpsc::UnboundedReceiver<Vec<u8>>,
     task: tokio::task::JoinHandle<Result<(u64, String), S3Error>>,
     buffer: Vec<u8>,
 }
@@ -71,11 +74,17 @@ impl HashingWriter {
     /// Writes `bucket/key`.
     pub fn new(objects: &ObjectStore, bucket: &str, key: &str) -> Self {
         let (blocks, queue) = mpsc::channel(QUEUED_BLOCKS);
-        let task = tokio::spawn(hash_and_write(objects.writer(bucket, key), queue));
+        let (give_back, spent) = mpsc::unbounded_channel();
+        let task = tokio::spawn(hash_and_write(
+            objects.writer(bucket, key),
+            queue,
+            give_back,
+        ));
         Self {
             blocks,
+            spent,
             task,
-            buffer: Vec::with_capacity(FLUSH_BYTES * 2),
+            buffer: new_block(),
         }
     }
 
@@ -87,7 +96,14 @@ impl HashingWriter {
     /// Sends the buffer on once it is large.
     pub async fn flush_if_full(&mut self) -> Result<(), S3Error> {
         if self.buffer.len() >= FLUSH_BYTES {
-            let full = std::mem::replace(&mut self.buffer, Vec::with_capacity(FLUSH_BYTES * 2));
+            let next = match self.spent.try_recv() {
+                Ok(mut block) => {
+                    block.clear();
+                    block
+                }
+                Err(_) => new_block(),
+            };
+            let full = std::mem::replace(&mut self.buffer, next);
             if self.blocks.send(Block::Bytes(full)).await.is_err() {
                 // The task stopped: an upload failed. Its error says why.
                 return Err(self.stopped().await);
@@ -127,11 +143,18 @@ impl HashingWriter {
     }
 }
 
-/// The hashing task: hashes and writes each block; completes the object on `Finish`, discards
-/// it when the queue closes without one (the producer aborted or went away).
+/// An empty block: room for a flush's worth of rows and the longest row after it.
+fn new_block() -> Vec<u8> {
+    Vec::with_capacity(FLUSH_BYTES * 2)
+}
+
+/// The hashing task: hashes and writes each block, then gives it back; completes the object on
+/// `Finish`, discards it when the queue closes without one (the producer aborted or went away).
+/// At most `QUEUED_BLOCKS` + 2 blocks exist at once: those queued, this one, the one filling.
 async fn hash_and_write(
     mut writer: ObjectWriter,
     mut queue: mpsc::Receiver<Block>,
+    give_back: mpsc::UnboundedSender<Vec<u8>>,
 ) -> Result<(u64, String), S3Error> {
     let mut hasher = Sha256::new();
     loop {
@@ -142,6 +165,8 @@ async fn hash_and_write(
                     writer.abort().await;
                     return Err(err);
                 }
+                // (The producer may be gone; the block is then dropped here.)
+                let _ = give_back.send(bytes);
             }
             Some(Block::Finish) => {
                 let size = writer.finish().await?;
@@ -208,30 +233,22 @@ impl LabelIds {
     }
 }
 
-/// A validated TEXT_INTENT row, borrowed from the record where it can be.
-struct Row<'r> {
-    utterance: Cow<'r, str>,
-    /// `;`-separated; see [`Row::labels`].
-    labels: &'r str,
-}
-
-impl<'r> Row<'r> {
-    /// The row's labels, trimmed.
-    fn labels(&self) -> impl Iterator<Item = &'r str> + use<'r> {
-        self.labels.split(';').map(str::trim)
-    }
-}
-
-/// Checks one raw record; `Err` names what is wrong with it.
-fn validate(fields: Fields<'_>) -> Result<Row<'_>, String> {
-    let (2, Some(utterance), Some(label)) = (fields.len(), fields.get(0), fields.get(1)) else {
+/// Checks one raw record and returns its utterance, borrowed from the record where it can be;
+/// `Err` names what is wrong with it. Each of its `;`-separated labels, trimmed, goes to `label`
+/// in order as it is checked: one pass over the labels checks them and looks up their ids. A
+/// record found wrong may already have handed some of its labels over.
+fn validate<'r>(
+    fields: Fields<'r>,
+    mut label: impl FnMut(&'r str),
+) -> Result<Cow<'r, str>, String> {
+    let (2, Some(utterance), Some(labels)) = (fields.len(), fields.get(0), fields.get(1)) else {
         return Err(format!(
             "expected 2 columns (utterance,label), found {}",
             fields.len()
         ));
     };
     let utterance = std::str::from_utf8(utterance).map_err(|_| "invalid UTF-8".to_string())?;
-    let label = std::str::from_utf8(label).map_err(|_| "invalid UTF-8".to_string())?;
+    let labels = std::str::from_utf8(labels).map_err(|_| "invalid UTF-8".to_string())?;
     // Normalized files hold one example per line.
     let utterance = if memchr::memchr2(b'\r', b'\n', utterance.as_bytes()).is_some() {
         Cow::Owned(utterance.replace(['\r', '\n'], " ").trim().to_string())
@@ -244,22 +261,24 @@ fn validate(fields: Fields<'_>) -> Result<Row<'_>, String> {
     if utterance.len() > MAX_UTTERANCE_BYTES {
         return Err(format!("utterance longer than {MAX_UTTERANCE_BYTES} bytes"));
     }
-    let row = Row {
-        utterance,
-        labels: label,
-    };
-    if row.labels().any(str::is_empty) {
+    // Every label is looked at, so an empty one is named first wherever it stands.
+    let (mut empty, mut long) = (false, false);
+    for name in labels.split(';') {
+        let name = name.trim();
+        empty |= name.is_empty();
+        long |= name.len() > MAX_LABEL_BYTES
+            || memchr::memchr2(b'\r', b'\n', name.as_bytes()).is_some();
+        label(name);
+    }
+    if empty {
         return Err("empty label".into());
     }
-    if row
-        .labels()
-        .any(|l| l.len() > MAX_LABEL_BYTES || l.contains(['\r', '\n']))
-    {
+    if long {
         return Err(format!(
             "label longer than {MAX_LABEL_BYTES} bytes or spanning lines"
         ));
     }
-    Ok(row)
+    Ok(utterance)
 }
 
 /// Ingests a TEXT_INTENT CSV from `source_bucket/source_key` into `dest_prefix` of the datasets
@@ -296,32 +315,42 @@ pub async fn text_intent(
                 )));
             }
         };
+        // Labels get ids while the first bad line is yet to be found; `over` is set by a label
+        // that would be one more than `max_labels`, and no ids are given after it.
+        let assign = errors.is_empty();
+        let mut over = false;
+        ids.clear();
         let checked = match record {
-            Record::Fields { line, fields } => validate(fields)
-                .map(|row| (line, row))
-                .map_err(|why| (line, why)),
+            Record::Fields { line, fields } => {
+                let mut next_label = |name: &str| {
+                    if !assign || over {
+                        return;
+                    }
+                    let Some(id) = labels.id_within(name, max_labels) else {
+                        over = true;
+                        return;
+                    };
+                    if !ids.is_empty() {
+                        ids.push(';');
+                    }
+                    ids.push_str(itoa::Buffer::new().format(id));
+                };
+                validate(fields, &mut next_label)
+                    .map(|utterance| (line, utterance))
+                    .map_err(|why| (line, why))
+            }
             Record::TooLong { line } => {
                 Err((line, format!("longer than {MAX_RECORD_BYTES} bytes")))
             }
             Record::UnclosedQuote { line } => Err((line, "unclosed quote".to_string())),
         };
         match checked {
-            Ok((line, row)) if errors.is_empty() => {
-                ids.clear();
-                for (index, label) in row.labels().enumerate() {
-                    let Some(id) = labels.id_within(label, max_labels) else {
-                        over_limit = Some(line);
-                        break;
-                    };
-                    if index > 0 {
-                        ids.push(';');
-                    }
-                    ids.push_str(itoa::Buffer::new().format(id));
-                }
-                if over_limit.is_some() {
-                    break;
-                }
-                push_row(examples.buffer(), &[&row.utterance, &ids]);
+            Ok((line, _)) if assign && over => {
+                over_limit = Some(line);
+                break;
+            }
+            Ok((_, utterance)) if assign => {
+                push_row(examples.buffer(), &[&utterance, &ids]);
                 count += 1;
                 if let Err(err) = examples.flush_if_full().await {
                     examples.abort().await;
@@ -499,10 +528,11 @@ mod tests {
         let mut parser = Parser::new(MAX_RECORD_BYTES);
         let mut input = line;
         match parser.next_in(&mut input) {
-            Some(Record::Fields { fields, .. }) => validate(fields).map(|row| {
-                let labels = row.labels().map(str::to_string).collect();
-                (row.utterance.into_owned(), labels)
-            }),
+            Some(Record::Fields { fields, .. }) => {
+                let mut labels = Vec::new();
+                validate(fields, |label| labels.push(label.to_string()))
+                    .map(|utterance| (utterance.into_owned(), labels))
+            }
             other => panic!("one record expected, got {other:?}"),
         }
     }

@@ -868,6 +868,18 @@ async fn a_commit_may_hold_max_labels_distinct_labels_and_not_one_more() {
             ids.push(pointer.dataset_id);
         }
         assert_eq!(ids, ["1"], "the refused dataset is not visible");
+        // A bad line is named as bad even when one of its labels would be one too many, and
+        // the bad lines after it are still named.
+        let mut bad = labelled_csv(50, 50);
+        bad.push_str("one more,label_50;;x\nand,\n");
+        put(env, "upload/bad-over-limit.csv", bad).await;
+        assert_status(
+            client
+                .update_dataset(commit_request("1", "upload/bad-over-limit.csv", vec![]))
+                .await,
+            Code::InvalidArgument,
+            "line 51: empty label; line 52: empty label",
+        );
         let objects = env
             .objects
             .list(&env.objects.datasets_bucket, "dataset/")
