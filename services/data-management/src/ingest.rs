@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use automl_common::csv::{Fields, Record, RecordReader, push_row};
+use automl_common::csv::{Fields, Record, RecordReader, push_quoted, push_row};
 use automl_common::metrics::metrics;
 use automl_common::s3::{ObjectStore, ObjectWriter, S3Error};
 use sha2::{Digest, Sha256};
@@ -88,26 +88,31 @@ impl HashingWriter {
         }
     }
 
-    /// The buffer to append to; flushed by [`HashingWriter::flush_if_full`].
+    /// The buffer to append to; send it on with [`HashingWriter::flush`] once
+    /// [`HashingWriter::is_full`].
     pub fn buffer(&mut self) -> &mut Vec<u8> {
         &mut self.buffer
     }
 
-    /// Sends the buffer on once it is large.
-    pub async fn flush_if_full(&mut self) -> Result<(), S3Error> {
-        if self.buffer.len() >= FLUSH_BYTES {
-            let next = match self.spent.try_recv() {
-                Ok(mut block) => {
-                    block.clear();
-                    block
-                }
-                Err(_) => new_block(),
-            };
-            let full = std::mem::replace(&mut self.buffer, next);
-            if self.blocks.send(Block::Bytes(full)).await.is_err() {
-                // The task stopped: an upload failed. Its error says why.
-                return Err(self.stopped().await);
+    /// Whether the buffer is large enough to send on. Checked before calling `flush`, a writer
+    /// of rows makes no future per row.
+    pub fn is_full(&self) -> bool {
+        self.buffer.len() >= FLUSH_BYTES
+    }
+
+    /// Sends the buffer on, and takes an empty block to fill.
+    pub async fn flush(&mut self) -> Result<(), S3Error> {
+        let next = match self.spent.try_recv() {
+            Ok(mut block) => {
+                block.clear();
+                block
             }
+            Err(_) => new_block(),
+        };
+        let full = std::mem::replace(&mut self.buffer, next);
+        if self.blocks.send(Block::Bytes(full)).await.is_err() {
+            // The task stopped: an upload failed. Its error says why.
+            return Err(self.stopped().await);
         }
         Ok(())
     }
@@ -266,8 +271,9 @@ fn validate<'r>(
     for name in labels.split(';') {
         let name = name.trim();
         empty |= name.is_empty();
-        long |= name.len() > MAX_LABEL_BYTES
-            || memchr::memchr2(b'\r', b'\n', name.as_bytes()).is_some();
+        // (Labels are short: a loop, not a search routine's setup.)
+        long |=
+            name.len() > MAX_LABEL_BYTES || name.bytes().any(|byte| byte == b'\r' || byte == b'\n');
         label(name);
     }
     if empty {
@@ -350,9 +356,16 @@ pub async fn text_intent(
                 break;
             }
             Ok((_, utterance)) if assign => {
-                push_row(examples.buffer(), &[&utterance, &ids]);
+                // (`ids` is digits and `;`: nothing in it to quote.)
+                let out = examples.buffer();
+                push_quoted(out, &utterance);
+                out.extend_from_slice(b",\"");
+                out.extend_from_slice(ids.as_bytes());
+                out.extend_from_slice(b"\"\n");
                 count += 1;
-                if let Err(err) = examples.flush_if_full().await {
+                if examples.is_full()
+                    && let Err(err) = examples.flush().await
+                {
                     examples.abort().await;
                     return Err(err.into());
                 }
@@ -442,7 +455,9 @@ pub async fn copy_hashed(
             break;
         }
         writer.buffer().extend_from_slice(&chunk[..read]);
-        if let Err(err) = writer.flush_if_full().await {
+        if writer.is_full()
+            && let Err(err) = writer.flush().await
+        {
             writer.abort().await;
             return Err(err.into());
         }

@@ -154,7 +154,9 @@ async fn append_commit(
             ids.push_str(global);
         }
         push_row(out.buffer(), &[utterance, &ids]);
-        out.flush_if_full().await?;
+        if out.is_full() {
+            out.flush().await?;
+        }
         rows += 1;
     }
     Ok(rows)
