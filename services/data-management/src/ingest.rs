@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use automl_common::csv::{Fields, Record, RecordReader, push_quoted, push_row};
+use automl_common::csv::{Fields, Record, RecordReader, push_row};
 use automl_common::metrics::metrics;
 use automl_common::s3::{ObjectStore, ObjectWriter, S3Error};
 use sha2::{Digest, Sha256};
@@ -327,24 +327,21 @@ pub async fn text_intent(
         let mut over = false;
         ids.clear();
         let checked = match record {
-            Record::Fields { line, fields } => {
-                let mut next_label = |name: &str| {
-                    if !assign || over {
-                        return;
-                    }
-                    let Some(id) = labels.id_within(name, max_labels) else {
-                        over = true;
-                        return;
-                    };
-                    if !ids.is_empty() {
-                        ids.push(';');
-                    }
-                    ids.push_str(itoa::Buffer::new().format(id));
+            Record::Fields { line, fields } => validate(fields, |name| {
+                if !assign || over {
+                    return;
+                }
+                let Some(id) = labels.id_within(name, max_labels) else {
+                    over = true;
+                    return;
                 };
-                validate(fields, &mut next_label)
-                    .map(|utterance| (line, utterance))
-                    .map_err(|why| (line, why))
-            }
+                if !ids.is_empty() {
+                    ids.push(';');
+                }
+                ids.push_str(itoa::Buffer::new().format(id));
+            })
+            .map(|utterance| (line, utterance))
+            .map_err(|why| (line, why)),
             Record::TooLong { line } => {
                 Err((line, format!("longer than {MAX_RECORD_BYTES} bytes")))
             }
@@ -356,12 +353,7 @@ pub async fn text_intent(
                 break;
             }
             Ok((_, utterance)) if assign => {
-                // (`ids` is digits and `;`: nothing in it to quote.)
-                let out = examples.buffer();
-                push_quoted(out, &utterance);
-                out.extend_from_slice(b",\"");
-                out.extend_from_slice(ids.as_bytes());
-                out.extend_from_slice(b"\"\n");
+                push_row(examples.buffer(), &[&utterance, &ids]);
                 count += 1;
                 if examples.is_full()
                     && let Err(err) = examples.flush().await
