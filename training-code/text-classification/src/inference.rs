@@ -11,7 +11,25 @@ use candle_core::Device;
 use crate::artifact::{self, Artifact, Manifest};
 use crate::error::Result;
 use crate::model::{HostHead, HostScratch, Model};
-use crate::tokenizer::Vocab;
+use crate::tokenizer::{EncodeScratch, Vocab};
+
+/// The buffers of one document's prediction on host arrays, kept per thread: a served model
+/// answers one document per call, and these would otherwise be allocated (and grown) anew each
+/// time.
+#[derive(Default)]
+struct HostWork {
+    encode: EncodeScratch,
+    bag: Vec<u32>,
+    head: HostScratch,
+    scores: Vec<f32>,
+}
+
+/// Documents longer than this are encoded in buffers dropped afterwards.
+const KEEP_SCRATCH_BYTES: usize = 4096;
+
+thread_local! {
+    static HOST_SCRATCH: std::cell::RefCell<HostWork> = std::cell::RefCell::new(HostWork::default());
+}
 
 /// Texts per forward pass in [`Classifier::predict_batch`].
 const BATCH: usize = 256;
@@ -103,17 +121,31 @@ impl Classifier {
         top_k: usize,
     ) -> Result<Vec<Prediction>> {
         if let Some(host) = &self.host {
-            let mut scratch = HostScratch::default();
-            let mut scores = Vec::new();
-            return Ok(texts
-                .iter()
-                .map(|text| {
-                    let bag = self.vocab.encode(text.as_ref());
-                    host.logits(&self.model.embedding, &bag, &mut scratch, &mut scores);
-                    softmax_in_place(&mut scores);
-                    rank(&scores, &self.manifest.classes, top_k)
-                })
-                .collect());
+            return Ok(HOST_SCRATCH.with_borrow_mut(|work| {
+                let predictions = texts
+                    .iter()
+                    .map(|text| {
+                        let HostWork {
+                            encode,
+                            bag,
+                            head,
+                            scores,
+                        } = work;
+                        self.vocab.encode_into(text.as_ref(), encode, bag);
+                        host.logits(&self.model.embedding, bag, head, scores);
+                        softmax_in_place(scores);
+                        rank(scores, &self.manifest.classes, top_k)
+                    })
+                    .collect();
+                // A rare long document does not leave its buffers held by the thread.
+                if texts
+                    .iter()
+                    .any(|text| text.as_ref().len() > KEEP_SCRATCH_BYTES)
+                {
+                    *work = HostWork::default();
+                }
+                predictions
+            }));
         }
         self.predict_batch_tensors(texts, top_k)
     }

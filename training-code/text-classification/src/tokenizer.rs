@@ -98,6 +98,13 @@ impl Tokens {
     }
 }
 
+/// Reusable buffers of [`Vocab::encode_into`].
+#[derive(Debug, Default)]
+pub struct EncodeScratch {
+    tokens: Tokens,
+    pair: String,
+}
+
 /// The longest n-grams a vocabulary may hold (`NGRAMS`).
 pub const MAX_NGRAMS: usize = 2;
 
@@ -214,11 +221,19 @@ impl Vocab {
 
     /// The feature ids of `text`: each word's (`<unk>` when unknown), then each known pair's.
     pub fn encode(&self, text: &str) -> Vec<u32> {
-        let mut tokens = Tokens::default();
+        let mut ids = Vec::new();
+        self.encode_into(text, &mut EncodeScratch::default(), &mut ids);
+        ids
+    }
+
+    /// [`Vocab::encode`] into `ids` (replacing what it held), with buffers reused from call to
+    /// call: serving encodes one document per request.
+    pub fn encode_into(&self, text: &str, scratch: &mut EncodeScratch, ids: &mut Vec<u32>) {
+        let EncodeScratch { tokens, pair } = scratch;
         tokens.read(text);
-        let mut ids: Vec<u32> = tokens.iter().map(|t| self.id(t)).collect();
+        ids.clear();
+        ids.extend(tokens.iter().map(|t| self.id(t)));
         if self.ngrams >= 2 && tokens.len() >= 2 {
-            let mut pair = String::new();
             for i in 1..tokens.len() {
                 pair.clear();
                 pair.push_str(tokens.get(i - 1));
@@ -229,7 +244,6 @@ impl Vocab {
                 }
             }
         }
-        ids
     }
 
     /// The features in id order.
