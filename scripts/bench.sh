@@ -16,7 +16,9 @@
 #              trivial tonic echo RPC (the ceiling): one connection each, the same load
 #              generator, each level's BENCH_SECONDS split into BENCH_ROUNDS (default 4) rounds
 #              that alternate which goes first; rates, p50/p99 and the load average before and
-#              after; cold-load time; model compute per request.
+#              after; cold-load time; model compute per request. The load generator runs on
+#              one thread; the server is restarted for each of BENCH_SERVER_THREADS (default
+#              1,2) runtime worker threads, and the echo runs on as many.
 #   predict-encoder
 #              the same for intent-classification-encoder: all-MiniLM-L6-v2 imported
 #              (scripts/fetch-encoder.sh, `automl pretrained import`), run 1 a head trained with
@@ -85,6 +87,7 @@ case "$what" in
 esac
 
 seconds=${BENCH_SECONDS:-5}
+BENCH_SERVER_THREADS=${BENCH_SERVER_THREADS:-1,2}
 pg_admin=${AUTOML_BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 
 log "building release binaries"
@@ -217,13 +220,11 @@ bench_labels() {
   }
 }
 
-# Starts `automl serve all` with the clinc part2 dataset, its snapshot READY; sets $dm, $ms, $ps,
-# $s3 and $server_pid.
-serve_all_with_dataset() {
-  cargo build --release --locked -p automl-text-classification --bin automl-train
-  local dir="$work/predict" data=data/clinc
+# Starts `automl serve all` on $work/predict (kept across restarts) with NAME=VALUE settings on
+# top of the bench defaults; sets $dm, $ms, $ps, $s3 and $server_pid.
+start_model_server() {
   : >"$work/out"
-  AUTOML__DATA_DIR="$dir" AUTOML__S3__EMBEDDED_BIND=127.0.0.1:0 RUST_LOG=warn \
+  env "$@" AUTOML__DATA_DIR="$work/predict" AUTOML__S3__EMBEDDED_BIND=127.0.0.1:0 RUST_LOG=warn \
     AUTOML__DATA_MANAGEMENT__PORT=0 AUTOML__METADATA_STORE__PORT=0 AUTOML__PREDICTION_SERVICE__PORT=0 \
     AUTOML__WEB__HOST=127.0.0.1 AUTOML__WEB__PORT=0 \
     AUTOML__TELEMETRY__METRICS_HOST=127.0.0.1 AUTOML__TELEMETRY__METRICS_PORT=0 \
@@ -240,6 +241,14 @@ serve_all_with_dataset() {
   done
   [ -n "$ps" ] || { cat "$work/err" >&2; return 1; }
   dm=127.0.0.1:${dm##*:} ms=127.0.0.1:${ms##*:} ps=127.0.0.1:${ps##*:}
+}
+
+# Starts `automl serve all` with the clinc part2 dataset, its snapshot READY; sets $dm, $ms, $ps,
+# $s3 and $server_pid.
+serve_all_with_dataset() {
+  cargo build --release --locked -p automl-text-classification --bin automl-train
+  local data=data/clinc
+  start_model_server
   log "dataset from $data/clinc-intents-part2.csv"
   target/release/automl dataset --server "$dm" create --name clinc --file "$data/clinc-intents-part2.csv" >/dev/null
   target/release/automl dataset --server "$dm" prepare --dataset 1 --wait
@@ -268,9 +277,18 @@ serve_all_with_model() {
 
 bench_predict() {
   serve_all_with_model
-  log "Predict load against $ps"
-  "$bench_bin" --addr "$ps" --run 1 --s3 "http://$s3" --documents data/clinc/clinc-intents-part1.csv \
-    --seconds "$seconds" --rounds "${BENCH_ROUNDS:-4}"
+  # The load generator runs on one thread; on these 2 cores a server runtime with a worker per
+  # core shares them with it. Each level of BENCH_SERVER_THREADS (default 1,2) restarts the
+  # server with that many runtime workers (TOKIO_WORKER_THREADS) and serves the echo ceiling on
+  # as many, so both sides of every ratio run the same runtime.
+  local threads
+  for threads in ${BENCH_SERVER_THREADS//,/ }; do
+    stop_server
+    start_model_server TOKIO_WORKER_THREADS="$threads"
+    log "Predict load against $ps: server and echo runtimes with $threads worker thread(s)"
+    "$bench_bin" --addr "$ps" --run 1 --s3 "http://$s3" --documents data/clinc/clinc-intents-part1.csv \
+      --seconds "$seconds" --rounds "${BENCH_ROUNDS:-4}" --echo-threads "$threads"
+  done
   stop_server
 }
 

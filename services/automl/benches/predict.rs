@@ -47,6 +47,10 @@ struct Args {
     pid: Option<u32>,
     /// Runs loaded after `run`, one first Predict each, for the RSS table.
     load_runs: Vec<String>,
+    /// Worker threads of the load generator's runtime; 1 runs it on the calling thread.
+    client_threads: usize,
+    /// Worker threads of the echo server's runtime (0: one per core, tokio's default).
+    echo_threads: usize,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -61,6 +65,8 @@ fn parse_args() -> anyhow::Result<Args> {
         encoder: None,
         pid: None,
         load_runs: Vec::new(),
+        client_threads: 1,
+        echo_threads: 0,
     };
     let mut iter = std::env::args().skip(1);
     while let Some(arg) = iter.next() {
@@ -78,6 +84,8 @@ fn parse_args() -> anyhow::Result<Args> {
                     .map(str::parse)
                     .collect::<Result<_, _>>()?;
             }
+            "--client-threads" => args.client_threads = value()?.parse()?,
+            "--echo-threads" => args.echo_threads = value()?.parse()?,
             "--encoder" => args.encoder = Some(value()?.into()),
             "--pid" => args.pid = Some(value()?.parse()?),
             "--load-runs" => {
@@ -123,14 +131,16 @@ impl Predictor for Echo {
 }
 
 /// Serves the echo RPC on its own runtime thread; returns its address.
-fn start_echo() -> anyhow::Result<String> {
+fn start_echo(threads: usize) -> anyhow::Result<String> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     listener.set_nonblocking(true)?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if threads > 0 {
+        builder.worker_threads(threads);
+    }
+    let runtime = builder.enable_all().build()?;
     std::thread::spawn(move || {
-        let Ok(runtime) = tokio::runtime::Runtime::new() else {
-            return;
-        };
         runtime.block_on(async move {
             let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
                 return;
@@ -420,13 +430,26 @@ async fn cold_loads(
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
+    let runtime = if args.client_threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.client_threads)
+            .enable_all()
+            .build()?
+    };
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let docs = Arc::new(documents(&args.documents)?);
     anyhow::ensure!(!docs.is_empty(), "--documents has no rows");
     let predict_channel = channel(&args.addr).await?;
-    let echo_channel = channel(&start_echo()?).await?;
+    let echo_channel = channel(&start_echo(args.echo_threads)?).await?;
 
     let objects = ObjectStore::new(&S3Config::default(), &args.s3);
     cold_loads(&predict_channel, &objects, &args, &docs[0]).await?;
