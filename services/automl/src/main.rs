@@ -273,6 +273,20 @@ fn fix_mmap_threshold() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn fix_mmap_threshold() {}
 
+/// tokio reads `TOKIO_WORKER_THREADS` when a runtime is built (the services' and the
+/// trainer's) and panics on a value that is not a positive integer; this says so plainly first.
+fn check_worker_threads(value: Option<std::ffi::OsString>) -> Result<(), String> {
+    let Some(value) = value else {
+        return Ok(());
+    };
+    match value.to_str().map(str::parse::<usize>) {
+        Some(Ok(count)) if count > 0 => Ok(()),
+        _ => Err(format!(
+            "TOKIO_WORKER_THREADS must be a whole number of worker threads above 0, not {value:?}"
+        )),
+    }
+}
+
 fn main() -> ExitCode {
     // Before the runtime starts its threads: prediction-service's model runs on candle, which
     // otherwise reads /proc/cpuinfo on every matrix product.
@@ -280,6 +294,10 @@ fn main() -> ExitCode {
     #[allow(unsafe_code)]
     unsafe {
         automl_text_classification::device::fix_cpu_thread_count();
+    }
+    if let Err(err) = check_worker_threads(std::env::var_os("TOKIO_WORKER_THREADS")) {
+        eprintln!("automl: {err}");
+        return ExitCode::FAILURE;
     }
     // The trainer parses its own arguments (and starts its own runtime).
     let mut raw = std::env::args_os();

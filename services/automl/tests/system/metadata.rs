@@ -298,3 +298,22 @@ async fn bad_configuration_is_refused_with_the_key_named() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("prot"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_worker_thread_count_is_refused_without_a_panic() {
+    let cwd = tempfile::tempdir().expect("tempdir");
+    for value in ["0", "two"] {
+        let output = tokio::task::block_in_place(|| {
+            Command::new(env!("CARGO_BIN_EXE_automl"))
+                .args(["serve", "all"])
+                .env("TOKIO_WORKER_THREADS", value)
+                .current_dir(cwd.path())
+                .output()
+        })
+        .expect("automl runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{value}: {stderr}");
+        assert!(stderr.contains("TOKIO_WORKER_THREADS"), "{value}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{value}: {stderr}");
+    }
+}
