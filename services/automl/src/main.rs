@@ -273,8 +273,9 @@ fn fix_mmap_threshold() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn fix_mmap_threshold() {}
 
-/// tokio reads `TOKIO_WORKER_THREADS` when a runtime is built (the services' and the
-/// trainer's) and panics on a value that is not a positive integer; this says so plainly first.
+/// tokio reads `TOKIO_WORKER_THREADS` when the services' runtime is built (the trainer's and the
+/// trace exporter's set their worker counts themselves) and panics on a value that is not a
+/// positive integer; this says so plainly first.
 fn check_worker_threads(value: Option<std::ffi::OsString>) -> Result<(), String> {
     let Some(value) = value else {
         return Ok(());
@@ -295,10 +296,6 @@ fn main() -> ExitCode {
     unsafe {
         automl_text_classification::device::fix_cpu_thread_count();
     }
-    if let Err(err) = check_worker_threads(std::env::var_os("TOKIO_WORKER_THREADS")) {
-        eprintln!("automl: {err}");
-        return ExitCode::FAILURE;
-    }
     // The trainer parses its own arguments (and starts its own runtime).
     let mut raw = std::env::args_os();
     if raw.nth(1).is_some_and(|first| first == "trainer") {
@@ -309,6 +306,10 @@ fn main() -> ExitCode {
         return trainer(args);
     }
     fix_mmap_threshold();
+    if let Err(err) = check_worker_threads(std::env::var_os("TOKIO_WORKER_THREADS")) {
+        eprintln!("automl: {err}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -122,15 +122,15 @@ impl Classifier {
     ) -> Result<Vec<Prediction>> {
         if let Some(host) = &self.host {
             return Ok(HOST_SCRATCH.with_borrow_mut(|work| {
+                let HostWork {
+                    encode,
+                    bag,
+                    head,
+                    scores,
+                } = work;
                 let predictions = texts
                     .iter()
                     .map(|text| {
-                        let HostWork {
-                            encode,
-                            bag,
-                            head,
-                            scores,
-                        } = work;
                         self.vocab.encode_into(text.as_ref(), encode, bag);
                         host.logits(&self.model.embedding, bag, head, scores);
                         softmax_in_place(scores);
