@@ -183,7 +183,21 @@ impl From<Artifact> for Classifier {
 
 /// Logits to probabilities: `exp(x − max) / Σ exp(x − max)`, as candle's `softmax_last_dim`.
 fn softmax_in_place(values: &mut [f32]) {
-    let max = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    // The maximum over 16 lanes, each a chain of its own, then across them: one chain through
+    // every value would wait on each comparison in turn.
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let chunks = values.chunks_exact(16);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (lane, &value) in lanes.iter_mut().zip(chunk) {
+            *lane = lane.max(value);
+        }
+    }
+    let max = lanes
+        .iter()
+        .chain(rest)
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0f32;
     for value in values.iter_mut() {
         *value = (*value - max).exp();
@@ -197,27 +211,28 @@ fn softmax_in_place(values: &mut [f32]) {
 /// The best label and the `top_k` best (at least one), best first, ties in class order.
 pub fn rank(probabilities: &[f32], classes: &[String], top_k: usize) -> Prediction {
     let k = top_k.max(1).min(probabilities.len());
-    // `a` ranks before `b`: higher probability, or the same and an earlier class.
-    let before = |a: usize, b: usize| {
-        probabilities[b]
-            .total_cmp(&probabilities[a])
-            .then(a.cmp(&b))
-            .is_lt()
+    // Each probability as an integer that orders as `f32::total_cmp` does, so a comparison is
+    // one integer compare.
+    let key = |p: f32| {
+        let bits = p.to_bits() as i32;
+        bits ^ (((bits >> 31) as u32) >> 1) as i32
     };
-    // One pass keeping the best k in order: k is small (a handful of labels), so most
-    // classes are turned away by one comparison with the last kept.
-    let mut order: Vec<usize> = Vec::with_capacity(k + 1);
-    for class in 0..probabilities.len() {
-        if order.len() == k && !before(class, order[k - 1]) {
+    // One pass keeping the best k in order, (key, class) best first: k is small (a handful of
+    // labels), so most classes are turned away by one comparison with the last kept. Classes
+    // come in order, so one that ties with a kept class ranks after it.
+    let mut best: Vec<(i32, usize)> = Vec::with_capacity(k + 1);
+    for (class, &p) in probabilities.iter().enumerate() {
+        let key = key(p);
+        if best.len() == k && key <= best[k - 1].0 {
             continue;
         }
-        let at = order.partition_point(|&kept| before(kept, class));
-        order.insert(at, class);
-        order.truncate(k);
+        let at = best.partition_point(|&(kept, _)| kept >= key);
+        best.insert(at, (key, class));
+        best.truncate(k);
     }
+    let order = best.iter().map(|&(_, class)| class);
     let top: Vec<LabelScore> = order
-        .iter()
-        .map(|&i| LabelScore {
+        .map(|i| LabelScore {
             label: classes[i].clone(),
             score: probabilities[i],
         })
