@@ -16,9 +16,11 @@
 #              trivial tonic echo RPC (the ceiling): one connection each, the same load
 #              generator, each level's BENCH_SECONDS split into BENCH_ROUNDS (default 4) rounds
 #              that alternate which goes first; rates, p50/p99 and the load average before and
-#              after; cold-load time; model compute per request. The load generator runs on
-#              one thread; the server is restarted for each of BENCH_SERVER_THREADS (default
-#              1,2) runtime worker threads, and the echo runs on as many.
+#              after; the server's CPU time per Predict beside the echo server's per echo
+#              (their threads' time on a CPU); cold-load time and the server's RSS; model
+#              compute per request. The load generator runs on one thread; the server is
+#              restarted for each of BENCH_SERVER_THREADS (default 1,2) runtime worker threads,
+#              and the echo runs on as many.
 #   predict-encoder
 #              the same for intent-classification-encoder: all-MiniLM-L6-v2 imported
 #              (scripts/fetch-encoder.sh, `automl pretrained import`), run 1 a head trained with
@@ -287,7 +289,7 @@ bench_predict() {
     start_model_server TOKIO_WORKER_THREADS="$threads"
     log "Predict load against $ps: server and echo runtimes with $threads worker thread(s)"
     "$bench_bin" --addr "$ps" --run 1 --s3 "http://$s3" --documents data/clinc/clinc-intents-part1.csv \
-      --seconds "$seconds" --rounds "${BENCH_ROUNDS:-4}" --echo-threads "$threads"
+      --seconds "$seconds" --rounds "${BENCH_ROUNDS:-4}" --echo-threads "$threads" --pid "$server_pid"
   done
   stop_server
 }

@@ -3,7 +3,10 @@
 //! trivial tonic echo RPC served in this process, as the ceiling; plus cold-load time and the
 //! model's own compute time per request. With `--pid`, the server's RSS before the first
 //! Predict and after the first Predict on `--run` and on each of `--load-runs`, beside the
-//! sizes of the weights each run brought.
+//! sizes of the weights each run brought, and the server's CPU time per Predict beside the echo
+//! server's per echo (the time their threads spent on a CPU, from /proc/PID/task/*/schedstat):
+//! where the load generator shares the cores, the steadier measure of what a call costs the
+//! server.
 //!
 //! Usage: `cargo bench -p automl --bench predict -- --addr HOST:PORT --run RUN_ID
 //!        --s3 http://HOST:PORT --documents FILE.csv [--seconds 5] [--rounds 4] [--callers 1,16,64]
@@ -43,7 +46,8 @@ struct Args {
     callers: Vec<usize>,
     /// The pretrained encoder's directory, for encoder models' compute time.
     encoder: Option<PathBuf>,
-    /// The server's process id, whose RSS is measured around the first Predicts.
+    /// The server's process id, whose RSS is measured around the first Predicts and whose CPU
+    /// time is measured per Predict.
     pid: Option<u32>,
     /// Runs loaded after `run`, one first Predict each, for the RSS table.
     load_runs: Vec<String>,
@@ -130,12 +134,35 @@ impl Predictor for Echo {
     }
 }
 
+/// The name of the echo runtime's threads, whose CPU time is the echo server's.
+const ECHO_THREAD: &str = "echo-worker";
+
+/// Nanoseconds the threads of process `pid` (those named `only`, when given) have spent on a
+/// CPU so far: the first field of /proc/PID/task/TID/schedstat (finer than the clock ticks of
+/// /proc/PID/stat).
+fn cpu_nanos(pid: u32, only: Option<&str>) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut nanos = 0;
+    for task in tasks.flatten() {
+        if let Some(name) = only {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim_end() != name {
+                continue;
+            }
+        }
+        let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+        nanos += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(nanos)
+}
+
 /// Serves the echo RPC on its own runtime thread; returns its address.
 fn start_echo(threads: usize) -> anyhow::Result<String> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     listener.set_nonblocking(true)?;
     let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.thread_name(ECHO_THREAD);
     if threads > 0 {
         builder.worker_threads(threads);
     }
@@ -169,11 +196,13 @@ enum Target {
     Echo = 1,
 }
 
-/// One target's calls and latencies summed over rounds.
+/// One target's calls and latencies summed over rounds, and its server's CPU time (none once a
+/// round could not read it).
 struct Totals {
     calls: f64,
     seconds: f64,
     histogram: Histogram<u64>,
+    cpu_nanos: Option<u64>,
 }
 
 impl Totals {
@@ -182,19 +211,34 @@ impl Totals {
             calls: 0.0,
             seconds: 0.0,
             histogram: Histogram::new(3)?,
+            cpu_nanos: Some(0),
         })
     }
 
-    fn add(&mut self, rate: f64, histogram: &Histogram<u64>) -> anyhow::Result<()> {
+    fn add(
+        &mut self,
+        rate: f64,
+        histogram: &Histogram<u64>,
+        cpu: Option<u64>,
+    ) -> anyhow::Result<()> {
         let calls = histogram.len() as f64;
         self.calls += calls;
         self.seconds += calls / rate;
         self.histogram.add(histogram)?;
+        self.cpu_nanos = self.cpu_nanos.zip(cpu).map(|(total, round)| total + round);
         Ok(())
     }
 
     fn rate(&self) -> f64 {
         self.calls / self.seconds
+    }
+
+    /// The server's CPU time per call in µs, or `-` where it was not measured.
+    fn cpu_per_call(&self) -> String {
+        match self.cpu_nanos {
+            Some(nanos) if self.calls > 0.0 => format!("{:.1}", nanos as f64 / 1e3 / self.calls),
+            _ => "-".into(),
+        }
     }
 }
 
@@ -489,9 +533,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .unwrap_or_default()
             .trim()
     );
+    // Whose CPU time is each target's server: the model server's process (given `--pid`), and
+    // the echo runtime's threads in this one.
+    let own_pid = std::process::id();
+    let server_cpu = |target: Target| match target {
+        Target::Predict => args.pid.and_then(|pid| cpu_nanos(pid, None)),
+        Target::Echo => args.pid.and_then(|_| cpu_nanos(own_pid, Some(ECHO_THREAD))),
+    };
     println!(
-        "{:>8} {:>12} {:>10} {:>10} {:>12} {:>10} {:>10} {:>8}",
-        "callers", "predict/s", "p50 ms", "p99 ms", "echo/s", "p50 ms", "p99 ms", "ratio"
+        "{:>8} {:>12} {:>10} {:>10} {:>7} {:>12} {:>10} {:>10} {:>7} {:>8}",
+        "callers",
+        "predict/s",
+        "p50 ms",
+        "p99 ms",
+        "cpu µs",
+        "echo/s",
+        "p50 ms",
+        "p99 ms",
+        "cpu µs",
+        "ratio"
     );
     for callers in &args.callers {
         let mut totals = [Totals::new()?, Totals::new()?];
@@ -506,21 +566,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     Target::Predict => predict_channel.clone(),
                     Target::Echo => echo_channel.clone(),
                 };
+                let cpu_before = server_cpu(target);
                 let (rate, hist) =
                     load(channel, target, &args.run, docs.clone(), *callers, round).await?;
-                totals[target as usize].add(rate, &hist)?;
+                let cpu = cpu_before
+                    .zip(server_cpu(target))
+                    .map(|(before, after)| after.saturating_sub(before));
+                totals[target as usize].add(rate, &hist, cpu)?;
             }
         }
         let [predict, echo] = &totals;
         println!(
-            "{:>8} {:>12.0} {:>10.3} {:>10.3} {:>12.0} {:>10.3} {:>10.3} {:>8.2}",
+            "{:>8} {:>12.0} {:>10.3} {:>10.3} {:>7} {:>12.0} {:>10.3} {:>10.3} {:>7} {:>8.2}",
             callers,
             predict.rate(),
             ms(&predict.histogram, 0.5),
             ms(&predict.histogram, 0.99),
+            predict.cpu_per_call(),
             echo.rate(),
             ms(&echo.histogram, 0.5),
             ms(&echo.histogram, 0.99),
+            echo.cpu_per_call(),
             predict.rate() / echo.rate()
         );
     }
