@@ -373,8 +373,8 @@ impl HostDense {
         self.accumulate_with::<64>(x, nonzero, out, |acc, value, w| value.mul_add(w, acc));
     }
 
-    /// Blocks of `BLOCK` outputs with `madd(acc, x, w)` as the multiply-add, then the rest
-    /// (a multiple of [`HostDense::LANES`]) in one narrower block.
+    /// Blocks of `BLOCK` outputs with `madd(acc, x, w)` as the multiply-add, then the rest (a
+    /// multiple of [`HostDense::LANES`] under `BLOCK`) in at most three narrower blocks.
     #[inline(always)]
     fn accumulate_with<const BLOCK: usize>(
         &self,
@@ -383,25 +383,21 @@ impl HostDense {
         out: &mut [f32],
         madd: impl Fn(f32, f32, f32) -> f32 + Copy,
     ) {
-        let full = out.len() / BLOCK * BLOCK;
-        for first in (0..full).step_by(BLOCK) {
+        let mut first = 0;
+        while out.len() - first >= BLOCK {
             self.block::<BLOCK>(x, nonzero, first, &mut out[first..first + BLOCK], madd);
+            first += BLOCK;
         }
-        let rest = &mut out[full..];
-        match rest.len() {
-            0 => {}
-            16 => self.block::<16>(x, nonzero, full, rest, madd),
-            32 => self.block::<32>(x, nonzero, full, rest, madd),
-            48 => self.block::<48>(x, nonzero, full, rest, madd),
-            64 => self.block::<64>(x, nonzero, full, rest, madd),
-            80 => self.block::<80>(x, nonzero, full, rest, madd),
-            96 => self.block::<96>(x, nonzero, full, rest, madd),
-            _ => {
-                for (offset, chunk) in rest.chunks_exact_mut(Self::LANES).enumerate() {
-                    let first = full + offset * Self::LANES;
-                    self.block::<16>(x, nonzero, first, chunk, madd);
-                }
-            }
+        if BLOCK > 64 && out.len() - first >= 64 {
+            self.block::<64>(x, nonzero, first, &mut out[first..first + 64], madd);
+            first += 64;
+        }
+        if out.len() - first >= 32 {
+            self.block::<32>(x, nonzero, first, &mut out[first..first + 32], madd);
+            first += 32;
+        }
+        if out.len() - first >= 16 {
+            self.block::<16>(x, nonzero, first, &mut out[first..first + 16], madd);
         }
     }
 
