@@ -83,10 +83,27 @@ impl Tokens {
         if self.text.len() > start {
             self.spans.push(start..self.text.len());
         }
+        // Padding, so that `key` reads a fixed number of bytes from any token's start.
+        self.text.push_str(PADDING);
     }
 
     fn len(&self) -> usize {
         self.spans.len()
+    }
+
+    /// Token `index` as a [`FeatureIds`] key.
+    fn key(&self, index: usize) -> Key<'_> {
+        let span = self.spans[index].clone();
+        let bytes = self.text.as_bytes();
+        // The text is followed by `INLINE` padding bytes (see `read`): the key is read in one
+        // load of a fixed size.
+        if span.len() < INLINE {
+            let mut word = [0u8; INLINE];
+            word.copy_from_slice(&bytes[span.start..span.start + INLINE]);
+            Key::Short(inline(u128::from_le_bytes(word), span.len()))
+        } else {
+            Key::Long(&self.text[span])
+        }
     }
 
     fn get(&self, index: usize) -> &str {
@@ -95,6 +112,118 @@ impl Tokens {
 
     fn iter(&self) -> impl Iterator<Item = &str> {
         self.spans.iter().map(|span| &self.text[span.clone()])
+    }
+}
+
+/// Features of fewer bytes than this are keys held in the table itself.
+const INLINE: usize = 16;
+
+/// `INLINE` zero bytes.
+const PADDING: &str = "\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
+
+/// A feature as the vocabulary's table keys it: one of fewer than [`INLINE`] bytes as those
+/// bytes (little-endian, zero above them) with its length in the top byte, so that a lookup
+/// compares two integers where a `String` key would be a pointer to follow and a `memcmp` to
+/// call; a longer one as its text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Key<'a> {
+    Short(u128),
+    Long(&'a str),
+}
+
+impl<'a> Key<'a> {
+    fn of(feature: &'a str) -> Self {
+        let bytes = feature.as_bytes();
+        if bytes.len() < INLINE {
+            let mut word = [0u8; INLINE];
+            word[..bytes.len()].copy_from_slice(bytes);
+            Key::Short(inline(u128::from_le_bytes(word), bytes.len()))
+        } else {
+            Key::Long(feature)
+        }
+    }
+}
+
+/// The [`Key::Short`] of the first `len` (under [`INLINE`]) bytes of `word`.
+fn inline(word: u128, len: usize) -> u128 {
+    let mask = (1u128 << (8 * len)) - 1;
+    (word & mask) | ((len as u128) << 120)
+}
+
+/// An owned [`Key`].
+#[derive(Debug, Clone)]
+enum OwnedKey {
+    Short(u128),
+    Long(Box<str>),
+}
+
+impl OwnedKey {
+    fn matches(&self, key: Key<'_>) -> bool {
+        match (self, key) {
+            (OwnedKey::Short(a), Key::Short(b)) => *a == b,
+            (OwnedKey::Long(a), Key::Long(b)) => **a == *b,
+            _ => false,
+        }
+    }
+
+    fn borrow(&self) -> Key<'_> {
+        match self {
+            OwnedKey::Short(word) => Key::Short(*word),
+            OwnedKey::Long(text) => Key::Long(text),
+        }
+    }
+}
+
+/// Feature → id: a hashbrown table of [`Key`]s, hashed with foldhash (the keys come from
+/// training data, not from callers).
+#[derive(Debug, Clone, Default)]
+struct FeatureIds {
+    table: hashbrown::HashTable<(OwnedKey, u32)>,
+    hasher: foldhash::fast::FixedState,
+}
+
+impl FeatureIds {
+    fn hash(&self, key: Key<'_>) -> u64 {
+        hash(&self.hasher, key)
+    }
+
+    fn get(&self, key: Key<'_>) -> Option<u32> {
+        self.table
+            .find(self.hash(key), |(kept, _)| kept.matches(key))
+            .map(|&(_, id)| id)
+    }
+
+    /// Sets `feature`'s id (a duplicate keeps the first id and is not counted by `len`).
+    fn insert(&mut self, feature: &str, id: u32) {
+        let key = Key::of(feature);
+        let hash = self.hash(key);
+        if self
+            .table
+            .find(hash, |(kept, _)| kept.matches(key))
+            .is_some()
+        {
+            return;
+        }
+        let owned = match key {
+            Key::Short(word) => OwnedKey::Short(word),
+            Key::Long(text) => OwnedKey::Long(text.into()),
+        };
+        let hasher = &self.hasher;
+        self.table.insert_unique(hash, (owned, id), |(kept, _)| {
+            self::hash(hasher, kept.borrow())
+        });
+    }
+
+    fn len(&self) -> usize {
+        self.table.len()
+    }
+}
+
+fn hash(hasher: &foldhash::fast::FixedState, key: Key<'_>) -> u64 {
+    use std::hash::BuildHasher;
+    match key {
+        Key::Short(word) => hasher.hash_one(word),
+        Key::Long(text) => hasher.hash_one(text),
     }
 }
 
@@ -124,11 +253,11 @@ pub fn features(text: &str, ngrams: usize) -> Vec<String> {
 }
 
 /// Feature ↔ id mapping of a trained model.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Vocab {
     tokens: Vec<String>,
-    /// Feature → id; foldhash, as the keys come from training data, not from callers.
-    ids: foldhash::HashMap<String, u32>,
+    /// Feature → id.
+    ids: FeatureIds,
     ngrams: usize,
 }
 
@@ -151,6 +280,16 @@ fn is_unigrams(ngrams: &usize) -> bool {
     *ngrams == 1
 }
 
+/// Vocabularies are equal when their features and n-gram length are (the table follows from
+/// the features).
+impl PartialEq for Vocab {
+    fn eq(&self, other: &Self) -> bool {
+        self.tokens == other.tokens && self.ngrams == other.ngrams
+    }
+}
+
+impl Eq for Vocab {}
+
 impl Vocab {
     /// The vocabulary of `texts` with n-grams up to `ngrams` (1 or 2): `<unk>`, then every
     /// feature by descending count.
@@ -172,11 +311,10 @@ impl Vocab {
     }
 
     fn from_tokens(tokens: Vec<String>, ngrams: usize) -> Self {
-        let ids = tokens
-            .iter()
-            .enumerate()
-            .map(|(id, token)| (token.clone(), id as u32))
-            .collect();
+        let mut ids = FeatureIds::default();
+        for (id, token) in tokens.iter().enumerate() {
+            ids.insert(token, id as u32);
+        }
         Self {
             tokens,
             ids,
@@ -191,8 +329,8 @@ impl Vocab {
         let fresh = Self::build(texts, self.ngrams);
         let before = self.tokens.len();
         for token in fresh.tokens.into_iter().skip(1) {
-            if !self.ids.contains_key(&token) {
-                self.ids.insert(token.clone(), self.tokens.len() as u32);
+            if self.ids.get(Key::of(&token)).is_none() {
+                self.ids.insert(&token, self.tokens.len() as u32);
                 self.tokens.push(token);
             }
         }
@@ -216,7 +354,7 @@ impl Vocab {
 
     /// The id of `token`, `<unk>`'s (0) when unknown.
     pub fn id(&self, token: &str) -> u32 {
-        self.ids.get(token).copied().unwrap_or(0)
+        self.ids.get(Key::of(token)).unwrap_or(0)
     }
 
     /// The feature ids of `text`: each word's (`<unk>` when unknown), then each known pair's.
@@ -232,14 +370,14 @@ impl Vocab {
         let EncodeScratch { tokens, pair } = scratch;
         tokens.read(text);
         ids.clear();
-        ids.extend(tokens.iter().map(|t| self.id(t)));
+        ids.extend((0..tokens.len()).map(|i| self.ids.get(tokens.key(i)).unwrap_or(0)));
         if self.ngrams >= 2 && tokens.len() >= 2 {
             for i in 1..tokens.len() {
                 pair.clear();
                 pair.push_str(tokens.get(i - 1));
                 pair.push(' ');
                 pair.push_str(tokens.get(i));
-                if let Some(&id) = self.ids.get(pair.as_str()) {
+                if let Some(id) = self.ids.get(Key::of(pair)) {
                     ids.push(id);
                 }
             }
@@ -364,6 +502,52 @@ mod tests {
         let reloaded = Vocab::from_json(&json).expect("parse");
         assert_eq!(reloaded, vocab);
         assert_eq!(reloaded.encode("b a"), [2, 1, 3]);
+    }
+
+    /// Features short enough to be held inline and longer ones, on either side of the limit
+    /// and with bytes of every kind, map to the ids a plain map of their texts gives.
+    #[test]
+    fn every_feature_length_finds_its_id() {
+        let words: Vec<String> = (1..=34)
+            .map(|len| {
+                (0..len)
+                    .map(|i| char::from(b'a' + ((len * 7 + i) % 26) as u8))
+                    .collect()
+            })
+            .chain(["é", "größe", "naïveté", "ab\0c", "日本語のテキスト"].map(String::from))
+            .collect();
+        let texts: Vec<String> = words.windows(3).map(|w| w.join(" ")).collect();
+        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+        for ngrams in [1, 2] {
+            let vocab = Vocab::build(texts.iter().copied(), ngrams);
+            let plain: HashMap<&str, u32> = vocab
+                .tokens()
+                .iter()
+                .enumerate()
+                .map(|(id, token)| (token.as_str(), id as u32))
+                .collect();
+            for token in vocab.tokens() {
+                assert_eq!(vocab.id(token), plain[token.as_str()], "{token:?}");
+            }
+            // Each text, and each text with a word the vocabulary lacks.
+            for text in texts.iter().map(|t| t.to_string()).chain(
+                texts
+                    .iter()
+                    .map(|t| format!("{t} zzzzzzzzzzzzzzz zzzzzzzzzzzzzzzz")),
+            ) {
+                let expected: Vec<u32> = features(&text, 1)
+                    .iter()
+                    .map(|f| plain.get(f.as_str()).copied().unwrap_or(0))
+                    .chain(
+                        features(&text, ngrams)
+                            .iter()
+                            .skip(tokenize(&text).len())
+                            .filter_map(|f| plain.get(f.as_str()).copied()),
+                    )
+                    .collect();
+                assert_eq!(vocab.encode(&text), expected, "{text:?}");
+            }
+        }
     }
 
     #[test]
