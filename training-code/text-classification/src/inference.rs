@@ -273,19 +273,16 @@ fn exp(x: f32) -> f32 {
 /// The best label and the `top_k` best (at least one), best first, ties in class order.
 pub fn rank(probabilities: &[f32], classes: &[String], top_k: usize) -> Prediction {
     let k = top_k.max(1).min(probabilities.len());
-    let mut best = [0u64; 8];
-    match k {
-        1 => best[..1].copy_from_slice(&best_of::<1>(probabilities)),
-        2 => best[..2].copy_from_slice(&best_of::<2>(probabilities)),
-        3 => best[..3].copy_from_slice(&best_of::<3>(probabilities)),
-        4 => best[..4].copy_from_slice(&best_of::<4>(probabilities)),
-        5 => best[..5].copy_from_slice(&best_of::<5>(probabilities)),
-        6 => best[..6].copy_from_slice(&best_of::<6>(probabilities)),
-        7 => best[..7].copy_from_slice(&best_of::<7>(probabilities)),
-        8 => best.copy_from_slice(&best_of::<8>(probabilities)),
-        _ => return prediction(&best_of_many(probabilities, k), probabilities, classes),
+    // A row of fixed length for the usual handful of labels, kept in registers.
+    macro_rules! fixed_rows {
+        ($($rows:literal),*) => {
+            match k {
+                $($rows => prediction(&best_of::<$rows>(probabilities), probabilities, classes),)*
+                _ => prediction(&best_of_many(probabilities, k), probabilities, classes),
+            }
+        };
     }
-    prediction(&best[..k], probabilities, classes)
+    fixed_rows!(1, 2, 3, 4, 5, 6, 7, 8)
 }
 
 /// A probability and its class as one integer, larger for the better of two: the probability

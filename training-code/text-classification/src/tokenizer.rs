@@ -183,35 +183,32 @@ struct FeatureIds {
 }
 
 impl FeatureIds {
-    fn hash(&self, key: Key<'_>) -> u64 {
-        hash(&self.hasher, key)
-    }
-
     fn get(&self, key: Key<'_>) -> Option<u32> {
         self.table
-            .find(self.hash(key), |(kept, _)| kept.matches(key))
+            .find(hash(&self.hasher, key), |(kept, _)| kept.matches(key))
             .map(|&(_, id)| id)
     }
 
-    /// Sets `feature`'s id (a duplicate keeps the first id and is not counted by `len`).
-    fn insert(&mut self, feature: &str, id: u32) {
+    /// Sets `feature`'s id unless it has one: returns whether it was new (a duplicate keeps
+    /// the first id and is not counted by `len`).
+    fn insert(&mut self, feature: &str, id: u32) -> bool {
         let key = Key::of(feature);
-        let hash = self.hash(key);
-        if self
-            .table
-            .find(hash, |(kept, _)| kept.matches(key))
-            .is_some()
-        {
-            return;
-        }
-        let owned = match key {
-            Key::Short(word) => OwnedKey::Short(word),
-            Key::Long(text) => OwnedKey::Long(text.into()),
-        };
         let hasher = &self.hasher;
-        self.table.insert_unique(hash, (owned, id), |(kept, _)| {
-            self::hash(hasher, kept.borrow())
-        });
+        match self.table.entry(
+            hash(hasher, key),
+            |(kept, _)| kept.matches(key),
+            |(kept, _)| hash(hasher, kept.borrow()),
+        ) {
+            hashbrown::hash_table::Entry::Occupied(_) => false,
+            hashbrown::hash_table::Entry::Vacant(vacant) => {
+                let owned = match key {
+                    Key::Short(word) => OwnedKey::Short(word),
+                    Key::Long(text) => OwnedKey::Long(text.into()),
+                };
+                vacant.insert((owned, id));
+                true
+            }
+        }
     }
 
     fn len(&self) -> usize {
@@ -329,8 +326,7 @@ impl Vocab {
         let fresh = Self::build(texts, self.ngrams);
         let before = self.tokens.len();
         for token in fresh.tokens.into_iter().skip(1) {
-            if self.ids.get(Key::of(&token)).is_none() {
-                self.ids.insert(&token, self.tokens.len() as u32);
+            if self.ids.insert(&token, self.tokens.len() as u32) {
                 self.tokens.push(token);
             }
         }
