@@ -254,9 +254,14 @@ impl Model {
 /// head this small (a few tens of thousands of multiply-adds) a tensor library's per-operator
 /// dispatch and allocations cost far more than the arithmetic; serving on the CPU uses this.
 /// It is built from a [`Model`] and holds copies of its dense weights, so it cannot drift from
-/// the model it was made from (a test compares the two on the CLINC sentences).
+/// the model it was made from (a test compares the two on the CLINC sentences). Where the
+/// vocabulary is small enough, the first layer is folded into the embedding table at load
+/// time, so a document reads its tokens' rows of that table instead of the layer's weight.
 #[derive(Debug, Clone)]
 pub struct HostHead {
+    /// The first layer folded into the embedding table ([`HostDense::folded`]), where that
+    /// table is at most [`HostHead::FOLD_MAX_BYTES`].
+    folded: Option<HostDense>,
     layers: [HostDense; 3],
 }
 
@@ -320,10 +325,15 @@ impl HostDense {
             nonzero[count] = i as u32;
             count += usize::from(value != 0.0);
         }
-        let nonzero = &nonzero[..count];
+        self.affine(x, &nonzero[..count], out, relu);
+    }
+
+    /// `out = b + Σ scale(i) · W[i]` over the input rows `i` listed in `rows` (repeats add
+    /// again), then ReLU when `relu`.
+    fn affine(&self, scale: impl Scales, rows: &[u32], out: &mut Vec<f32>, relu: bool) {
         out.clear();
         out.extend_from_slice(&self.bias);
-        self.accumulate(x, nonzero, out);
+        self.accumulate(scale, rows, out);
         out.truncate(self.outputs);
         if relu {
             for o in out.iter_mut() {
@@ -332,8 +342,39 @@ impl HostDense {
         }
     }
 
-    /// Adds `x Wᵀ` to `out` (`padded` long), over the inputs listed in `nonzero`.
-    fn accumulate(&self, x: &[f32], nonzero: &[u32], out: &mut [f32]) {
+    /// Number of inputs (rows of the transposed weight).
+    fn inputs(&self) -> usize {
+        self.weight_t.len() / self.padded.max(1)
+    }
+
+    /// This layer (which must take `embedding`'s rows as its input) folded into the table: the
+    /// layer whose input row `t` is `E[t] Wᵀ`. Pooling is a mean, and the layer is affine, so
+    /// `mean(E[bag]) Wᵀ + b = mean(E[bag] Wᵀ) + b`: the folded layer gives this one's output
+    /// for the mean of a bag's rows from just the bag's rows, where this one reads its whole
+    /// weight. `None` when the widths differ.
+    fn folded(&self, embedding: &EmbeddingBag) -> Option<Self> {
+        if embedding.dim != self.inputs() || embedding.dim == 0 {
+            return None;
+        }
+        let listed: Vec<u32> = (0..embedding.dim as u32).collect();
+        let mut weight_t = vec![0f32; embedding.rows() * self.padded];
+        for (row, source) in weight_t
+            .chunks_exact_mut(self.padded)
+            .zip(embedding.weights.chunks_exact(embedding.dim))
+        {
+            self.accumulate(source, &listed, row);
+        }
+        Some(Self {
+            outputs: self.outputs,
+            padded: self.padded,
+            weight_t,
+            bias: self.bias.clone(),
+        })
+    }
+
+    /// Adds `Σ x(i) · W[i]` to `out` (`padded` long), over the input rows `i` listed in
+    /// `nonzero`.
+    fn accumulate(&self, x: impl Scales, nonzero: &[u32], out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx512f") {
@@ -362,14 +403,14 @@ impl HostDense {
     /// chains to hide their latency.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx2,fma")]
-    fn accumulate_avx512(&self, x: &[f32], nonzero: &[u32], out: &mut [f32]) {
+    fn accumulate_avx512(&self, x: impl Scales, nonzero: &[u32], out: &mut [f32]) {
         self.accumulate_with::<128>(x, nonzero, out, |acc, value, w| value.mul_add(w, acc));
     }
 
     /// 64 outputs at a time: 8 of the 16 AVX registers.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    fn accumulate_avx2_fma(&self, x: &[f32], nonzero: &[u32], out: &mut [f32]) {
+    fn accumulate_avx2_fma(&self, x: impl Scales, nonzero: &[u32], out: &mut [f32]) {
         self.accumulate_with::<64>(x, nonzero, out, |acc, value, w| value.mul_add(w, acc));
     }
 
@@ -378,7 +419,7 @@ impl HostDense {
     #[inline(always)]
     fn accumulate_with<const BLOCK: usize>(
         &self,
-        x: &[f32],
+        x: impl Scales,
         nonzero: &[u32],
         out: &mut [f32],
         madd: impl Fn(f32, f32, f32) -> f32 + Copy,
@@ -405,7 +446,7 @@ impl HostDense {
     #[inline(always)]
     fn block<const N: usize>(
         &self,
-        x: &[f32],
+        x: impl Scales,
         nonzero: &[u32],
         first: usize,
         out: &mut [f32],
@@ -415,13 +456,38 @@ impl HostDense {
         acc.copy_from_slice(out);
         for &i in nonzero {
             let i = i as usize;
-            let value = x[i];
+            let value = x.of(i);
             let row = &self.weight_t[i * self.padded + first..][..N];
             for (a, &w) in acc.iter_mut().zip(row) {
                 *a = madd(*a, value, w);
             }
         }
         out.copy_from_slice(&acc);
+    }
+}
+
+/// The factor of each weight row a layer adds: an input vector's entry, or one factor for
+/// every row.
+trait Scales: Copy {
+    /// The factor of row `row`.
+    fn of(self, row: usize) -> f32;
+}
+
+impl Scales for &[f32] {
+    #[inline(always)]
+    fn of(self, row: usize) -> f32 {
+        self[row]
+    }
+}
+
+/// The same factor for every row.
+#[derive(Debug, Clone, Copy)]
+struct Uniform(f32);
+
+impl Scales for Uniform {
+    #[inline(always)]
+    fn of(self, _row: usize) -> f32 {
+        self.0
     }
 }
 
@@ -434,19 +500,36 @@ pub struct HostScratch {
 }
 
 impl HostHead {
+    /// Largest folded first layer ([`HostDense::folded`]) a head keeps: vocabulary rows ×
+    /// `FC_SIZE` floats. 16,384 rows at the default `FC_SIZE` of 128; a larger vocabulary pools
+    /// the embedding rows and then applies the first layer.
+    pub const FOLD_MAX_BYTES: usize = 8 << 20;
+
     /// The head of `model`, copied to host memory.
     pub fn new(model: &Model) -> Result<Self> {
         let [fc1, fc2, fc3] = &model.layers;
+        let fc1 = HostDense::from_layer(fc1)?;
+        let folded = (model.embedding.rows() * fc1.padded * std::mem::size_of::<f32>()
+            <= Self::FOLD_MAX_BYTES)
+            .then(|| fc1.folded(&model.embedding))
+            .flatten();
         Ok(Self {
+            folded,
             layers: [
-                HostDense::from_layer(fc1)?,
+                fc1,
                 HostDense::from_layer(fc2)?,
                 HostDense::from_layer(fc3)?,
             ],
         })
     }
 
-    /// The logits of one token-id bag pooled by `embedding`, written to `logits`.
+    /// Whether the first layer is folded into the embedding table.
+    pub fn is_folded(&self) -> bool {
+        self.folded.is_some()
+    }
+
+    /// The logits of one token-id bag pooled by `embedding` (the model's, which this head was
+    /// made from), written to `logits`.
     pub fn logits(
         &self,
         embedding: &EmbeddingBag,
@@ -454,11 +537,31 @@ impl HostHead {
         scratch: &mut HostScratch,
         logits: &mut Vec<f32>,
     ) {
-        embedding.pool_into(bag, &mut scratch.pooled);
         let [fc1, fc2, fc3] = &self.layers;
         let [hidden1, hidden2] = &mut scratch.hidden;
         let nonzero = &mut scratch.nonzero;
-        fc1.apply(&scratch.pooled, nonzero, hidden1, true);
+        match &self.folded {
+            Some(folded) => {
+                // The mean of the bag's folded rows; an id outside the table counts as
+                // `<unk>` (0), an empty bag gives the bias alone, as pooling does.
+                let rows = folded.inputs();
+                nonzero.clear();
+                nonzero.extend(
+                    bag.iter()
+                        .map(|&id| if (id as usize) < rows { id } else { 0 }),
+                );
+                let scale = if bag.is_empty() {
+                    0.0
+                } else {
+                    1.0 / bag.len() as f32
+                };
+                folded.affine(Uniform(scale), nonzero, hidden1, true);
+            }
+            None => {
+                embedding.pool_into(bag, &mut scratch.pooled);
+                fc1.apply(&scratch.pooled, nonzero, hidden1, true);
+            }
+        }
         fc2.apply(hidden1, nonzero, hidden2, true);
         fc3.apply(hidden2, nonzero, logits, false);
     }
@@ -566,7 +669,9 @@ mod tests {
             );
             let listed: Vec<u32> = (0..inputs as u32).collect();
             let mut plain = dense.bias.clone();
-            dense.accumulate_with::<64>(&x, &listed, &mut plain, |acc, value, w| acc + value * w);
+            dense.accumulate_with::<64>(&x[..], &listed, &mut plain, |acc, value, w| {
+                acc + value * w
+            });
             assert!(close(&plain[..outputs]), "{inputs}×{outputs} baseline");
             #[cfg(target_arch = "x86_64")]
             {
@@ -578,7 +683,7 @@ mod tests {
                     // SAFETY: the CPU has the features (checked above).
                     #[allow(unsafe_code)]
                     unsafe {
-                        dense.accumulate_avx2_fma(&x, &listed, &mut sums)
+                        dense.accumulate_avx2_fma(&x[..], &listed, &mut sums)
                     };
                     paths.push(sums);
                 }
@@ -587,7 +692,7 @@ mod tests {
                     // SAFETY: as above.
                     #[allow(unsafe_code)]
                     unsafe {
-                        dense.accumulate_avx512(&x, &listed, &mut sums)
+                        dense.accumulate_avx512(&x[..], &listed, &mut sums)
                     };
                     paths.push(sums);
                 }
@@ -600,6 +705,53 @@ mod tests {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// The head with its first layer folded into the embedding gives the tensor forward
+    /// pass's logits, as the unfolded head does: for empty bags, repeated ids and ids outside
+    /// the table too; a table over the limit is not folded.
+    #[test]
+    fn the_folded_first_layer_gives_the_logits_of_pooling_then_the_layer() -> Result<()> {
+        let model = Model::new(config(), 5, &Device::Cpu)?;
+        let head = HostHead::new(&model)?;
+        assert!(head.is_folded());
+        let unfolded = HostHead {
+            folded: None,
+            layers: head.layers.clone(),
+        };
+        let rows = model.embedding.rows() as u32;
+        let bags: Vec<Vec<u32>> = vec![
+            vec![],
+            vec![0],
+            vec![3],
+            vec![1, 1, 1, 2],
+            vec![rows - 1, rows, rows + 7, 4],
+            (0..rows).collect(),
+        ];
+        let expected = model.logits(&bags)?.to_vec2::<f32>()?;
+        let (mut scratch, mut logits) = (HostScratch::default(), Vec::new());
+        for (bag, expected) in bags.iter().zip(&expected) {
+            for head in [&head, &unfolded] {
+                head.logits(&model.embedding, bag, &mut scratch, &mut logits);
+                assert_eq!(logits.len(), expected.len());
+                for (a, b) in logits.iter().zip(expected) {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                        "{bag:?} (folded: {}): {a} against {b}",
+                        head.is_folded()
+                    );
+                }
+            }
+        }
+
+        let wide = ModelConfig {
+            vocab_size: HostHead::FOLD_MAX_BYTES / (4 * 16) + 1,
+            embed_dim: 4,
+            fc_size: 16,
+            num_classes: 3,
+        };
+        assert!(!HostHead::new(&Model::new(wide, 5, &Device::Cpu)?)?.is_folded());
         Ok(())
     }
 
