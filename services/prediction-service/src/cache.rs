@@ -28,7 +28,9 @@ use crate::resolver::ArtifactRef;
 pub struct LoadedModel {
     /// Answers predictions, batching concurrent ones.
     pub batcher: Batcher,
-    /// Size of its weights file, what the memory bound counts.
+    /// What the memory bound counts: the bytes of weights an embedding-bag model holds in
+    /// memory (its head's host copies and folded table included), the size of its weights
+    /// files for an encoder model.
     pub bytes: u64,
     /// Artifact version, reported with each prediction.
     pub version: String,
@@ -359,7 +361,8 @@ impl ModelCache {
         let model_dir = dir.to_path_buf();
         if !is_encoder_manifest(&manifest) {
             let classifier = blocking(move || Classifier::load(&model_dir)).await?;
-            return Ok((classifier.into(), size("model.safetensors")));
+            let bytes = classifier.memory_bytes().max(size("model.safetensors"));
+            return Ok((classifier.into(), bytes));
         }
         let parsed = EncoderManifest::parse(&manifest)?;
         let reference = parsed.pretrained.reference();

@@ -103,6 +103,13 @@ impl Classifier {
         self.host.is_some()
     }
 
+    /// Bytes of weights it holds in memory: the model's, and on the host path the head's
+    /// copies of them with the first layer folded into the embedding ([`HostHead::bytes`]).
+    pub fn memory_bytes(&self) -> u64 {
+        let host = self.host.as_ref().map_or(0, |head| head.bytes());
+        u64::try_from(self.model.bytes() + host).unwrap_or(u64::MAX)
+    }
+
     /// The artifact's manifest (algorithm, lineage, metrics).
     pub fn manifest(&self) -> &Manifest {
         &self.manifest

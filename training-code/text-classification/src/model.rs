@@ -179,6 +179,19 @@ impl Model {
         self.head(&self.pool(bags)?)
     }
 
+    /// Bytes of its weights: the embedding table and the dense layers (as `f32`).
+    pub fn bytes(&self) -> usize {
+        let ModelConfig {
+            embed_dim,
+            fc_size,
+            num_classes,
+            ..
+        } = self.config;
+        let dense =
+            (embed_dim + 1) * fc_size + (fc_size + 1) * fc_size + (fc_size + 1) * num_classes;
+        (self.embedding.weights.len() + dense) * std::mem::size_of::<f32>()
+    }
+
     /// The dense parameters in a fixed order (fc1.weight, fc1.bias, fc2…, fc3…).
     pub fn dense_vars(&self) -> [&Var; 6] {
         let [fc1, fc2, fc3] = &self.layers;
@@ -340,6 +353,11 @@ impl HostDense {
                 *o = o.max(0.0);
             }
         }
+    }
+
+    /// Bytes of its weight and bias.
+    fn bytes(&self) -> usize {
+        (self.weight_t.len() + self.bias.len()) * std::mem::size_of::<f32>()
     }
 
     /// Number of inputs (rows of the transposed weight).
@@ -521,6 +539,15 @@ impl HostHead {
                 HostDense::from_layer(fc3)?,
             ],
         })
+    }
+
+    /// Bytes of the weights it holds: its copies of the three layers and the folded table.
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .chain(&self.folded)
+            .map(HostDense::bytes)
+            .sum()
     }
 
     /// Whether the first layer is folded into the embedding table.
@@ -720,6 +747,14 @@ mod tests {
             folded: None,
             layers: head.layers.clone(),
         };
+        // What the head holds: the three layers, and the table of one padded row per token
+        // with the first layer's bias; the model's own weights as saved.
+        let padded = config().fc_size.div_ceil(HostDense::LANES) * HostDense::LANES;
+        let folded_bytes = (model.embedding.rows() + 1) * padded * 4;
+        assert_eq!(head.bytes(), unfolded.bytes() + folded_bytes);
+        let saved: usize = model.named_weights()?.iter().map(|(_, _, v)| v.len()).sum();
+        assert_eq!(model.bytes(), saved * 4);
+
         let rows = model.embedding.rows() as u32;
         let bags: Vec<Vec<u32>> = vec![
             vec![],
