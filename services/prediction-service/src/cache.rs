@@ -361,7 +361,7 @@ impl ModelCache {
         let model_dir = dir.to_path_buf();
         if !is_encoder_manifest(&manifest) {
             let classifier = blocking(move || Classifier::load(&model_dir)).await?;
-            let bytes = classifier.memory_bytes().max(size("model.safetensors"));
+            let bytes = classifier.memory_bytes();
             return Ok((classifier.into(), bytes));
         }
         let parsed = EncoderManifest::parse(&manifest)?;

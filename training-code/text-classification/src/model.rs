@@ -74,7 +74,7 @@ impl EmbeddingBag {
 /// outside the table counts as `<unk>` (0).
 fn pool_rows(weights: &[f32], dim: usize, rows: usize, bag: &[u32], out: &mut [f32]) {
     for &id in bag {
-        let row = if (id as usize) < rows { id as usize } else { 0 };
+        let row = row_of(id, rows);
         let src = &weights[row * dim..(row + 1) * dim];
         out.iter_mut().zip(src).for_each(|(o, s)| *o += s);
     }
@@ -82,6 +82,12 @@ fn pool_rows(weights: &[f32], dim: usize, rows: usize, bag: &[u32], out: &mut [f
         let scale = 1.0 / bag.len() as f32;
         out.iter_mut().for_each(|o| *o *= scale);
     }
+}
+
+/// The table row of token id `id` in a table of `rows` rows: an id outside it counts as
+/// `<unk>` (0).
+fn row_of(id: u32, rows: usize) -> usize {
+    if (id as usize) < rows { id as usize } else { 0 }
 }
 
 /// One dense layer; the weight is `out × in` as in PyTorch.
@@ -181,14 +187,7 @@ impl Model {
 
     /// Bytes of its weights: the embedding table and the dense layers (as `f32`).
     pub fn bytes(&self) -> usize {
-        let ModelConfig {
-            embed_dim,
-            fc_size,
-            num_classes,
-            ..
-        } = self.config;
-        let dense =
-            (embed_dim + 1) * fc_size + (fc_size + 1) * fc_size + (fc_size + 1) * num_classes;
+        let dense: usize = self.dense_vars().iter().map(|var| var.elem_count()).sum();
         (self.embedding.weights.len() + dense) * std::mem::size_of::<f32>()
     }
 
@@ -573,10 +572,7 @@ impl HostHead {
                 // `<unk>` (0), an empty bag gives the bias alone, as pooling does.
                 let rows = folded.inputs();
                 nonzero.clear();
-                nonzero.extend(
-                    bag.iter()
-                        .map(|&id| if (id as usize) < rows { id } else { 0 }),
-                );
+                nonzero.extend(bag.iter().map(|&id| row_of(id, rows) as u32));
                 let scale = if bag.is_empty() {
                     0.0
                 } else {
