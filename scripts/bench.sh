@@ -18,9 +18,11 @@
 #              that alternate which goes first; rates, p50/p99 and the load average before and
 #              after; the server's CPU time per Predict beside the echo server's per echo
 #              (their threads' time on a CPU); cold-load time and the server's RSS; model
-#              compute per request. The load generator runs on one thread; the server is
-#              restarted for each of BENCH_SERVER_THREADS (default 1,2) runtime worker threads,
-#              and the echo runs on as many.
+#              compute per request, warm and with 8 MiB written before each document (so its
+#              weights come from beyond the L2 cache, as in a loaded server). The load
+#              generator runs on one thread; the server is restarted for each of
+#              BENCH_SERVER_THREADS (default 1,2) runtime worker threads, and the echo runs
+#              on as many.
 #   predict-encoder
 #              the same for intent-classification-encoder: all-MiniLM-L6-v2 imported
 #              (scripts/fetch-encoder.sh, `automl pretrained import`), run 1 a head trained with
