@@ -2,12 +2,12 @@
 //! `scripts/bench.sh predict` or `predict-encoder`), and the same load generator against a
 //! trivial tonic echo RPC served in this process, as the ceiling; plus cold-load time and the
 //! model's own compute time per request, with warm caches and with its weights evicted from
-//! the L2 cache before each document (as other work evicts them in a server). With `--pid`, the server's RSS before the first
-//! Predict and after the first Predict on `--run` and on each of `--load-runs`, beside the
-//! sizes of the weights each run brought, and the server's CPU time per Predict beside the echo
-//! server's per echo (the time their threads spent on a CPU, from /proc/PID/task/*/schedstat):
-//! where the load generator shares the cores, the steadier measure of what a call costs the
-//! server.
+//! the L2 cache before each document (as other work evicts them in a server). With `--pid`,
+//! the server's RSS before the first Predict and after the first Predict on `--run` and on
+//! each of `--load-runs`, beside the sizes of the weights each run brought, and the server's
+//! CPU time per Predict beside the echo server's per echo (the time their threads spent on a
+//! CPU, from /proc/PID/task/*/schedstat): where the load generator shares the cores, the
+//! steadier measure of what a call costs the server.
 //!
 //! Usage: `cargo bench -p automl --bench predict -- --addr HOST:PORT --run RUN_ID
 //!        --s3 http://HOST:PORT --documents FILE.csv [--seconds 5] [--rounds 4] [--callers 1,16,64]
