@@ -150,78 +150,136 @@ fn inline(word: u128, len: usize) -> u128 {
     (word & mask) | ((len as u128) << 120)
 }
 
-/// An owned [`Key`].
-#[derive(Debug, Clone)]
-enum OwnedKey {
-    Short(u128),
-    Long(Box<str>),
-}
-
-impl OwnedKey {
-    fn matches(&self, key: Key<'_>) -> bool {
-        match (self, key) {
-            (OwnedKey::Short(a), Key::Short(b)) => *a == b,
-            (OwnedKey::Long(a), Key::Long(b)) => **a == *b,
-            _ => false,
-        }
-    }
-
-    fn borrow(&self) -> Key<'_> {
-        match self {
-            OwnedKey::Short(word) => Key::Short(*word),
-            OwnedKey::Long(text) => Key::Long(text),
-        }
-    }
-}
-
-/// Feature → id: a hashbrown table of [`Key`]s, hashed with foldhash (the keys come from
-/// training data, not from callers).
+/// Feature → id: hashbrown tables hashed with foldhash (the keys come from training data, not
+/// from callers), one for the features held inline ([`Key::Short`], as two words: 24-byte
+/// entries, where a `u128` would align them to 32 and an enum of both kinds to 48) and one for
+/// the longer ones.
 #[derive(Debug, Clone, Default)]
 struct FeatureIds {
-    table: hashbrown::HashTable<(OwnedKey, u32)>,
+    short: hashbrown::HashTable<([u64; 2], u32)>,
+    long: hashbrown::HashTable<(Box<str>, u32)>,
     hasher: foldhash::fast::FixedState,
+}
+
+/// A [`Key::Short`] as two words.
+fn words(key: u128) -> [u64; 2] {
+    [key as u64, (key >> 64) as u64]
 }
 
 impl FeatureIds {
     fn get(&self, key: Key<'_>) -> Option<u32> {
-        self.table
-            .find(hash(&self.hasher, key), |(kept, _)| kept.matches(key))
-            .map(|&(_, id)| id)
+        use std::hash::BuildHasher;
+        match key {
+            Key::Short(key) => {
+                let kept = words(key);
+                self.short
+                    .find(self.hasher.hash_one(key), |(k, _)| *k == kept)
+                    .map(|&(_, id)| id)
+            }
+            Key::Long(text) => self
+                .long
+                .find(self.hasher.hash_one(text), |(k, _)| **k == *text)
+                .map(|&(_, id)| id),
+        }
     }
 
     /// Sets `feature`'s id unless it has one: returns whether it was new (a duplicate keeps
     /// the first id and is not counted by `len`).
     fn insert(&mut self, feature: &str, id: u32) -> bool {
-        let key = Key::of(feature);
+        use hashbrown::hash_table::Entry;
+        use std::hash::BuildHasher;
         let hasher = &self.hasher;
-        match self.table.entry(
-            hash(hasher, key),
-            |(kept, _)| kept.matches(key),
-            |(kept, _)| hash(hasher, kept.borrow()),
-        ) {
-            hashbrown::hash_table::Entry::Occupied(_) => false,
-            hashbrown::hash_table::Entry::Vacant(vacant) => {
-                let owned = match key {
-                    Key::Short(word) => OwnedKey::Short(word),
-                    Key::Long(text) => OwnedKey::Long(text.into()),
+        match Key::of(feature) {
+            Key::Short(key) => {
+                let kept = words(key);
+                let rehash = |(k, _): &([u64; 2], u32)| {
+                    hasher.hash_one(u128::from(k[0]) | (u128::from(k[1]) << 64))
                 };
-                vacant.insert((owned, id));
-                true
+                match self
+                    .short
+                    .entry(hasher.hash_one(key), |(k, _)| *k == kept, rehash)
+                {
+                    Entry::Occupied(_) => false,
+                    Entry::Vacant(vacant) => {
+                        vacant.insert((kept, id));
+                        true
+                    }
+                }
+            }
+            Key::Long(text) => {
+                let rehash = |(k, _): &(Box<str>, u32)| hasher.hash_one(&**k);
+                match self
+                    .long
+                    .entry(hasher.hash_one(text), |(k, _)| **k == *text, rehash)
+                {
+                    Entry::Occupied(_) => false,
+                    Entry::Vacant(vacant) => {
+                        vacant.insert((text.into(), id));
+                        true
+                    }
+                }
             }
         }
     }
 
     fn len(&self) -> usize {
-        self.table.len()
+        self.short.len() + self.long.len()
     }
 }
 
-fn hash(hasher: &foldhash::fast::FixedState, key: Key<'_>) -> u64 {
-    use std::hash::BuildHasher;
-    match key {
-        Key::Short(word) => hasher.hash_one(word),
-        Key::Long(text) => hasher.hash_one(text),
+/// The pairs of a vocabulary as encoding looks them up: a pair `a b` whose words are both
+/// features, by the two words' ids (16-byte entries; no text to join, hash and compare).
+#[derive(Debug, Clone, Default)]
+struct PairIds {
+    /// `(id of a) << 32 | (id of b)` → the pair's id.
+    table: hashbrown::HashTable<(u64, u32)>,
+    /// Whether some pair's words are not both features: encoding then looks a pair with an
+    /// unknown word up by its text.
+    by_text: bool,
+    hasher: foldhash::fast::FixedState,
+}
+
+impl PairIds {
+    /// The pairs among `tokens` (ids in order), their words looked up in `ids`.
+    fn new(tokens: &[String], ids: &FeatureIds) -> Self {
+        use std::hash::BuildHasher;
+        let mut pairs = Self::default();
+        for (id, feature) in tokens.iter().enumerate() {
+            // Only `a b` with neither side empty nor holding a space can be a text's pair.
+            let Some((a, b)) = feature.split_once(' ') else {
+                continue;
+            };
+            if a.is_empty() || b.is_empty() || b.contains(' ') {
+                continue;
+            }
+            match (ids.get(Key::of(a)), ids.get(Key::of(b))) {
+                (Some(a), Some(b)) if a != 0 && b != 0 => {
+                    let key = pair_key(a, b);
+                    let hasher = &pairs.hasher;
+                    pairs
+                        .table
+                        .insert_unique(hasher.hash_one(key), (key, id as u32), |(k, _)| {
+                            hasher.hash_one(*k)
+                        });
+                }
+                _ => pairs.by_text = true,
+            }
+        }
+        pairs
     }
+
+    /// The id of the pair of the words with ids `a` and `b` (both known).
+    fn get(&self, a: u32, b: u32) -> Option<u32> {
+        use std::hash::BuildHasher;
+        let key = pair_key(a, b);
+        self.table
+            .find(self.hasher.hash_one(key), |(k, _)| *k == key)
+            .map(|&(_, id)| id)
+    }
+}
+
+fn pair_key(a: u32, b: u32) -> u64 {
+    (u64::from(a) << 32) | u64::from(b)
 }
 
 /// Reusable buffers of [`Vocab::encode_into`].
@@ -255,6 +313,8 @@ pub struct Vocab {
     tokens: Vec<String>,
     /// Feature → id.
     ids: FeatureIds,
+    /// The pairs by their words' ids, for encoding.
+    pairs: PairIds,
     ngrams: usize,
 }
 
@@ -312,9 +372,11 @@ impl Vocab {
         for (id, token) in tokens.iter().enumerate() {
             ids.insert(token, id as u32);
         }
+        let pairs = PairIds::new(&tokens, &ids);
         Self {
             tokens,
             ids,
+            pairs,
             ngrams,
         }
     }
@@ -330,6 +392,8 @@ impl Vocab {
                 self.tokens.push(token);
             }
         }
+        // A new word can make an older pair one of known words.
+        self.pairs = PairIds::new(&self.tokens, &self.ids);
         self.tokens.len() - before
     }
 
@@ -369,11 +433,19 @@ impl Vocab {
         ids.extend((0..tokens.len()).map(|i| self.ids.get(tokens.key(i)).unwrap_or(0)));
         if self.ngrams >= 2 && tokens.len() >= 2 {
             for i in 1..tokens.len() {
-                pair.clear();
-                pair.push_str(tokens.get(i - 1));
-                pair.push(' ');
-                pair.push_str(tokens.get(i));
-                if let Some(id) = self.ids.get(Key::of(pair)) {
+                let (a, b) = (ids[i - 1], ids[i]);
+                let id = if a != 0 && b != 0 {
+                    self.pairs.get(a, b)
+                } else if self.pairs.by_text {
+                    pair.clear();
+                    pair.push_str(tokens.get(i - 1));
+                    pair.push(' ');
+                    pair.push_str(tokens.get(i));
+                    self.ids.get(Key::of(pair))
+                } else {
+                    None
+                };
+                if let Some(id) = id {
                     ids.push(id);
                 }
             }
@@ -544,6 +616,22 @@ mod tests {
                 assert_eq!(vocab.encode(&text), expected, "{text:?}");
             }
         }
+    }
+
+    /// A pair whose words are not both features (a vocab.json written by hand can hold one)
+    /// is still found, by its text; once its words are added, by their ids.
+    #[test]
+    fn pairs_of_unknown_words_are_found_by_their_text() {
+        let json = br#"{"tokenizer":"basic_english_v1","ngrams":2,
+            "tokens":["<unk>","a","b c","a b","x  y"," a"]}"#;
+        let mut vocab = Vocab::from_json(json).expect("parse");
+        assert!(vocab.pairs.by_text);
+        assert_eq!(vocab.encode("a b c"), [1, 0, 0, 3, 2]);
+        assert_eq!(vocab.encode("x y a"), [0, 0, 1]);
+        assert_eq!(vocab.extend(["b c"]), 2);
+        assert_eq!(&vocab.tokens()[6..], ["b", "c"]);
+        assert!(!vocab.pairs.by_text);
+        assert_eq!(vocab.encode("a b c"), [1, 6, 7, 3, 2]);
     }
 
     #[test]
