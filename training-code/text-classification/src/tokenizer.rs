@@ -186,40 +186,27 @@ impl FeatureIds {
     /// Sets `feature`'s id unless it has one: returns whether it was new (a duplicate keeps
     /// the first id and is not counted by `len`).
     fn insert(&mut self, feature: &str, id: u32) -> bool {
-        use hashbrown::hash_table::Entry;
         use std::hash::BuildHasher;
+        let key = Key::of(feature);
+        if self.get(key).is_some() {
+            return false;
+        }
         let hasher = &self.hasher;
-        match Key::of(feature) {
+        match key {
             Key::Short(key) => {
-                let kept = words(key);
-                let rehash = |(k, _): &([u64; 2], u32)| {
-                    hasher.hash_one(u128::from(k[0]) | (u128::from(k[1]) << 64))
-                };
-                match self
-                    .short
-                    .entry(hasher.hash_one(key), |(k, _)| *k == kept, rehash)
-                {
-                    Entry::Occupied(_) => false,
-                    Entry::Vacant(vacant) => {
-                        vacant.insert((kept, id));
-                        true
-                    }
-                }
+                self.short
+                    .insert_unique(hasher.hash_one(key), (words(key), id), |(k, _)| {
+                        hasher.hash_one(u128::from(k[0]) | (u128::from(k[1]) << 64))
+                    });
             }
             Key::Long(text) => {
-                let rehash = |(k, _): &(Box<str>, u32)| hasher.hash_one(&**k);
-                match self
-                    .long
-                    .entry(hasher.hash_one(text), |(k, _)| **k == *text, rehash)
-                {
-                    Entry::Occupied(_) => false,
-                    Entry::Vacant(vacant) => {
-                        vacant.insert((text.into(), id));
-                        true
-                    }
-                }
+                self.long
+                    .insert_unique(hasher.hash_one(text), (text.into(), id), |(k, _)| {
+                        hasher.hash_one(&**k)
+                    });
             }
         }
+        true
     }
 
     fn len(&self) -> usize {
