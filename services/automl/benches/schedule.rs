@@ -173,6 +173,28 @@ async fn succeeded(client: &mut TrainingServiceClient<Channel>) -> anyhow::Resul
         .total)
 }
 
+/// Fails naming the first failed job, if any: the queue's jobs would never all succeed.
+async fn none_failed(client: &mut TrainingServiceClient<Channel>) -> anyhow::Result<()> {
+    let failed = client
+        .list_training_jobs(pb::ListTrainingJobsRequest {
+            limit: 1,
+            index: 0,
+            statuses: vec![pb::TrainingStatus::Failure.into()],
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    if let Some(job) = failed.jobs.first() {
+        anyhow::bail!(
+            "{} job(s) failed; job {}: {}",
+            failed.total,
+            job.job_id,
+            job.message
+        );
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut addr = String::from("127.0.0.1:6003");
@@ -245,11 +267,17 @@ async fn main() -> anyhow::Result<()> {
         client.train(request(&trace)).await?;
     }
     let submitted = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let done = succeeded(&mut client).await? - before;
         if usize::try_from(done)? >= queue_jobs {
             break;
         }
+        none_failed(&mut client).await?;
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the queue's jobs never all succeeded"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = started.elapsed();

@@ -132,7 +132,9 @@ impl LocalBackend {
                 ))
             })?;
         let pid = child.id().unwrap_or_default();
-        let identity = identity_of(pid).ok_or_else(|| {
+        // Read even if it has ended already (a trainer may exit within a millisecond): until
+        // the task below reaps it, its pid is not reused, and its exit is reported as usual.
+        let identity = child_identity(pid).ok_or_else(|| {
             TrainingError::FailedPrecondition(format!(
                 "trainer {} ended before it could be followed",
                 command.display()
@@ -407,19 +409,30 @@ async fn read_lines(
 /// The kernel's start time of running process `pid` (clock ticks after boot, `/proc/<pid>/stat`
 /// field 22), which tells it from a later process given the same pid; `None` once it ended.
 pub fn start_time(pid: u32) -> Option<u64> {
+    match stat_start(pid)? {
+        (start, false) => Some(start),
+        // A zombie has ended; only its parent has yet to reap it.
+        (_, true) => None,
+    }
+}
+
+/// The start time of process `pid` and whether it is a zombie (state Z).
+fn stat_start(pid: u32) -> Option<(u64, bool)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) is in parentheses and may hold spaces: count after its end.
     let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
-    // A zombie (state Z) has ended; only its parent has yet to reap it.
-    if fields.next()? == "Z" {
-        return None;
-    }
-    fields.nth(18)?.parse().ok()
+    let zombie = fields.next()? == "Z";
+    Some((fields.nth(18)?.parse().ok()?, zombie))
 }
 
 /// `pid:start` of a running process.
 pub fn identity_of(pid: u32) -> Option<String> {
     Some(format!("{pid}:{}", start_time(pid)?))
+}
+
+/// `pid:start` of a child of this process not yet reaped, running or ended.
+fn child_identity(pid: u32) -> Option<String> {
+    Some(format!("{pid}:{}", stat_start(pid)?.0))
 }
 
 /// The pid and start time a stored identity (`pid:start`) names.
@@ -504,6 +517,63 @@ mod tests {
         );
         assert!(!trainer_alive(pid), "a bare pid cannot be verified");
         assert!(!trainer_alive("1:0") && !trainer_alive("") && !trainer_alive("x:y"));
+    }
+
+    /// A trainer that exits at once, before its identity is read, is followed all the same:
+    /// its start is recorded and its exit reported.
+    #[tokio::test]
+    async fn a_trainer_that_ends_at_once_is_followed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (exits, mut observed) = mpsc::unbounded_channel();
+        let backend = LocalBackend::new(dir.path().to_path_buf(), exits);
+        for (job_id, command) in [(1, "/bin/true"), (2, "/bin/false")] {
+            let identity = backend
+                .start_process(
+                    job_id,
+                    Path::new(command),
+                    &[],
+                    &[],
+                    Duration::from_secs(60),
+                )
+                .expect("started");
+            assert!(parse_identity(&identity).is_some(), "{identity}");
+            let Some(Observed::Exited(job, exit)) = observed.recv().await else {
+                panic!("no exit reported");
+            };
+            assert_eq!(job.job_id, job_id);
+            match command {
+                "/bin/true" => assert_eq!(exit, Exit::Success),
+                _ => assert_eq!(exit, Exit::Failed("exit code 1".into())),
+            }
+        }
+    }
+
+    /// The identity of an ended child not yet reaped still reads; a running process's only
+    /// while it runs.
+    #[tokio::test]
+    async fn an_ended_child_keeps_its_identity_until_reaped() {
+        let mut child = Command::new("/bin/true").spawn().expect("spawn");
+        let pid = child.id().expect("pid");
+        // Wait until it is a zombie (without reaping it).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while stat_start(pid).is_some_and(|(_, zombie)| !zombie) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the child never ended"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(
+            identity_of(pid).is_none(),
+            "an ended process is not running"
+        );
+        let identity = child_identity(pid).expect("an ended child's identity");
+        assert!(identity.starts_with(&format!("{pid}:")), "{identity}");
+        child.wait().await.expect("reaped");
+        assert!(
+            child_identity(pid).is_none(),
+            "a reaped child has no identity"
+        );
     }
 
     #[test]
