@@ -160,30 +160,29 @@ fn request(trace: &str) -> pb::TrainRequest {
     }
 }
 
-async fn succeeded(client: &mut TrainingServiceClient<Channel>) -> anyhow::Result<i32> {
+/// Jobs in `status`: how many, and the first of them.
+async fn jobs_in(
+    client: &mut TrainingServiceClient<Channel>,
+    status: pb::TrainingStatus,
+) -> anyhow::Result<pb::ListTrainingJobsResponse> {
     Ok(client
         .list_training_jobs(pb::ListTrainingJobsRequest {
             limit: 1,
             index: 0,
-            statuses: vec![pb::TrainingStatus::Succeed.into()],
+            statuses: vec![status.into()],
             ..Default::default()
         })
         .await?
-        .into_inner()
-        .total)
+        .into_inner())
+}
+
+async fn succeeded(client: &mut TrainingServiceClient<Channel>) -> anyhow::Result<i32> {
+    Ok(jobs_in(client, pb::TrainingStatus::Succeed).await?.total)
 }
 
 /// Fails naming the first failed job, if any: the queue's jobs would never all succeed.
 async fn none_failed(client: &mut TrainingServiceClient<Channel>) -> anyhow::Result<()> {
-    let failed = client
-        .list_training_jobs(pb::ListTrainingJobsRequest {
-            limit: 1,
-            index: 0,
-            statuses: vec![pb::TrainingStatus::Failure.into()],
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
+    let failed = jobs_in(client, pb::TrainingStatus::Failure).await?;
     if let Some(job) = failed.jobs.first() {
         anyhow::bail!(
             "{} job(s) failed; job {}: {}",

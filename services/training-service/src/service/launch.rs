@@ -256,23 +256,17 @@ impl Training {
                 &now_iso(),
             )
             .await?;
-        if !moved {
-            // Ended already (a trainer that exits at once has its exit recorded first), or
-            // canceled while the process was starting: stopping it is a no-op for the one,
-            // and for the other its exit records the end.
-            tracing::info!(
-                job_id = job.job_id,
-                "the job left LAUNCH while its trainer started; stopping the trainer"
-            );
-            backend.stop(job, true).await?;
-            return Ok(());
-        }
-        if self.store.get_by_id(job.job_id).await?.canceling {
-            // Canceled while the process was starting: stop it now; its exit records the end.
-            tracing::info!(
-                job_id = job.job_id,
-                "canceled during launch; stopping the trainer"
-            );
+        let canceling = moved && self.store.get_by_id(job.job_id).await?.canceling;
+        if !moved || canceling {
+            // Canceled while the process was starting, or (not moved) ended already: a
+            // trainer that exits at once has its exit recorded first. Stopping an ended one
+            // does nothing; a running one's exit records the end.
+            let why = if moved {
+                "canceled during launch"
+            } else {
+                "the job left LAUNCH while its trainer started"
+            };
+            tracing::info!(job_id = job.job_id, "{why}; stopping the trainer");
             backend.stop(job, true).await?;
             return Ok(());
         }
