@@ -38,11 +38,38 @@ fn readme_lab_commands() -> Vec<String> {
         .collect()
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
+/// `count` free ports for the lab's fixed-port services, all below the kernel's ephemeral range:
+/// a port chosen by binding port 0 and then released can be handed to any other socket (another
+/// test's listener, an outgoing connection's local port) before `automl serve all` binds it.
+/// The ports are distinct from those given to the other lab test running beside this one.
+fn lab_ports(count: usize) -> Vec<u16> {
+    use std::collections::HashSet;
+    use std::hash::{BuildHasher, RandomState};
+    use std::sync::Mutex;
+    static TAKEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_low.max(10_001));
+    let mut taken = TAKEN
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let taken = taken.get_or_insert_with(HashSet::new);
+    let seed = RandomState::new().hash_one(std::process::id());
+    let span = u64::from(high - low);
+    let mut ports = Vec::with_capacity(count);
+    for step in 0..span {
+        let port = low + ((seed.wrapping_add(step)) % span) as u16;
+        if !taken.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            taken.insert(port);
+            ports.push(port);
+            if ports.len() == count {
+                return ports;
+            }
+        }
+    }
+    panic!("no {count} free ports in {low}..{high}");
 }
 
 /// The top-level JSON objects grpcurl printed (each from a line `{` to a line `}`), in order.
@@ -119,7 +146,7 @@ impl Lab {
             automl.display()
         );
         let data_dir = tempfile::tempdir().expect("tempdir");
-        let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+        let ports = lab_ports(6);
         let grpcurl_dir = grpcurl().parent().expect("grpcurl dir").to_path_buf();
         let path = format!(
             "{}:{}",
