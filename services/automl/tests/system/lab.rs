@@ -43,10 +43,9 @@ fn readme_lab_commands() -> Vec<String> {
 /// test's listener, an outgoing connection's local port) before `automl serve all` binds it.
 /// The ports are distinct from those given to the other lab test running beside this one.
 fn lab_ports(count: usize) -> Vec<u16> {
-    use std::collections::HashSet;
     use std::hash::{BuildHasher, RandomState};
     use std::sync::Mutex;
-    static TAKEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    static TAKEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
     let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|text| text.split_whitespace().next()?.parse::<u16>().ok())
@@ -55,14 +54,13 @@ fn lab_ports(count: usize) -> Vec<u16> {
     let mut taken = TAKEN
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let taken = taken.get_or_insert_with(HashSet::new);
     let seed = RandomState::new().hash_one(std::process::id());
     let span = u64::from(high - low);
     let mut ports = Vec::with_capacity(count);
     for step in 0..span {
         let port = low + ((seed.wrapping_add(step)) % span) as u16;
         if !taken.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            taken.insert(port);
+            taken.push(port);
             ports.push(port);
             if ports.len() == count {
                 return ports;
